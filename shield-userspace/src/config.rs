@@ -1,0 +1,555 @@
+//! `shield.toml` → a typed, validated [`Config`].
+//!
+//! Parsing is all-or-nothing: [`Config::load`] either returns a config in
+//! which every key was understood and checked, or an error naming the key
+//! and the reason. Nothing is applied from a config that failed here.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/shield/shield.toml";
+
+/// A config that failed to load; the message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+/// A key that failed validation, before the file path is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidKey {
+    pub key: String,
+    pub reason: String,
+}
+
+impl InvalidKey {
+    fn new(key: impl Into<String>, reason: impl fmt::Display) -> Self {
+        InvalidKey {
+            key: key.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub xdp: XdpConfig,
+    #[serde(default)]
+    pub ranges: RangesConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default, rename = "site")]
+    pub sites: Vec<SiteConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpMode {
+    /// Native (driver) mode, else generic with the kernel's reason logged.
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fragments {
+    JudgeFirst,
+    DropOutside,
+}
+
+impl From<Fragments> for shield_common::FragmentPolicy {
+    fn from(value: Fragments) -> Self {
+        match value {
+            Fragments::JudgeFirst => shield_common::FragmentPolicy::JudgeFirst,
+            Fragments::DropOutside => shield_common::FragmentPolicy::DropOutside,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpConfig {
+    pub interfaces: Vec<String>,
+    pub mode: XdpMode,
+    pub enforce: bool,
+    pub protected_tcp_ports: Vec<u16>,
+    pub protected_udp_ports: Vec<u16>,
+    pub fragments: Fragments,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        XdpConfig {
+            interfaces: Vec::new(),
+            mode: XdpMode::Auto,
+            enforce: true,
+            protected_tcp_ports: vec![80, 443],
+            protected_udp_ports: vec![443],
+            fragments: Fragments::JudgeFirst,
+        }
+    }
+}
+
+/// `[ranges].refresh`: a period, or `"off"` for cache/snapshot only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    Off,
+    Every(Duration),
+}
+
+impl<'de> Deserialize<'de> for Refresh {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_refresh(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_refresh(text: &str) -> Result<Refresh, String> {
+    if text == "off" {
+        return Ok(Refresh::Off);
+    }
+    let period = humantime::parse_duration(text)
+        .map_err(|e| format!("expected a duration such as \"6h\" or \"off\", got {text:?}: {e}"))?;
+    if period < Duration::from_secs(60) {
+        return Err(format!(
+            "{text:?} is shorter than a minute; Cloudflare changes its ranges rarely"
+        ));
+    }
+    Ok(Refresh::Every(period))
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RangesConfig {
+    pub sources: Vec<String>,
+    pub refresh: Refresh,
+    pub cache: PathBuf,
+    pub extra_allow: Vec<IpNetwork>,
+}
+
+impl Default for RangesConfig {
+    fn default() -> Self {
+        RangesConfig {
+            sources: vec!["https://api.cloudflare.com/client/v4/ips".to_owned()],
+            refresh: Refresh::Every(Duration::from_secs(6 * 3600)),
+            cache: PathBuf::from("/var/lib/shield/ranges.json"),
+            extra_allow: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9469)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HttpAction {
+    /// 301 to the same host and path over https.
+    Redirect,
+    /// 403 Forbidden.
+    Deny,
+    /// No port-80 listener.
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub action: HttpAction,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 80)),
+            action: HttpAction::Redirect,
+        }
+    }
+}
+
+/// The `client_ca` entry that selects Cloudflare's shared origin-pull CA.
+pub const CLOUDFLARE_SHARED_CA: &str = "cloudflare-shared";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub server_names: Vec<String>,
+    #[serde(default = "default_site_listen")]
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA files, or [`CLOUDFLARE_SHARED_CA`].
+    pub client_ca: Vec<String>,
+    #[serde(default)]
+    pub client_spki_pins: Vec<String>,
+    #[serde(default)]
+    pub client_crl: Vec<PathBuf>,
+    pub upstream: String,
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl SiteConfig {
+    /// The site's name in metrics (`site` label) and logs.
+    pub fn label(&self) -> &str {
+        self.server_names.first().map(String::as_str).unwrap_or("")
+    }
+}
+
+fn default_site_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 443))
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    // Cloudflare keeps idle origin connections for 900 s.
+    Duration::from_secs(900)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|error| error.with_path(path))
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ParseError> {
+        let config: Config = toml::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
+        config.validate().map_err(ParseError::Invalid)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), InvalidKey> {
+        validate_xdp(&self.xdp)?;
+        validate_ranges(&self.ranges)?;
+        validate_sites(&self.sites)?;
+        Ok(())
+    }
+
+    /// Whether this config attaches XDP at all.
+    pub fn xdp_enabled(&self) -> bool {
+        !self.xdp.interfaces.is_empty()
+    }
+}
+
+/// A parse failure before the file path is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    Syntax(String),
+    Invalid(InvalidKey),
+}
+
+impl ParseError {
+    fn with_path(self, path: &Path) -> ConfigError {
+        match self {
+            ParseError::Syntax(message) => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            ParseError::Invalid(InvalidKey { key, reason }) => ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                reason,
+            },
+        }
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Syntax(message) => f.write_str(message),
+            ParseError::Invalid(InvalidKey { key, reason }) => write!(f, "`{key}`: {reason}"),
+        }
+    }
+}
+
+fn validate_xdp(xdp: &XdpConfig) -> Result<(), InvalidKey> {
+    let mut seen = BTreeSet::new();
+    for name in &xdp.interfaces {
+        validate_interface_name(name).map_err(|reason| InvalidKey::new("xdp.interfaces", reason))?;
+        if !seen.insert(name) {
+            return Err(InvalidKey::new(
+                "xdp.interfaces",
+                format!("{name:?} is listed twice"),
+            ));
+        }
+    }
+    for (key, ports) in [
+        ("xdp.protected_tcp_ports", &xdp.protected_tcp_ports),
+        ("xdp.protected_udp_ports", &xdp.protected_udp_ports),
+    ] {
+        if ports.contains(&0) {
+            return Err(InvalidKey::new(key, "port 0 cannot be protected"));
+        }
+    }
+    Ok(())
+}
+
+/// Linux interface names: 1 to 15 bytes, no '/', whitespace or ':'.
+pub fn validate_interface_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{name:?} is not an interface name (1 to 15 bytes)"));
+    }
+    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    Ok(())
+}
+
+fn validate_ranges(ranges: &RangesConfig) -> Result<(), InvalidKey> {
+    for source in &ranges.sources {
+        let is_url = source.starts_with("https://") || source.starts_with("http://");
+        if !is_url && !source.starts_with('/') {
+            return Err(InvalidKey::new(
+                "ranges.sources",
+                format!("{source:?} is neither an http(s) URL nor an absolute file path"),
+            ));
+        }
+    }
+    if ranges.cache.as_os_str().is_empty() || !ranges.cache.is_absolute() {
+        return Err(InvalidKey::new("ranges.cache", "must be an absolute path"));
+    }
+    for network in &ranges.extra_allow {
+        if network.ip() != network.network() {
+            return Err(InvalidKey::new(
+                "ranges.extra_allow",
+                format!(
+                    "{network} has host bits set; did you mean {}/{}?",
+                    network.network(),
+                    network.prefix()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_sites(sites: &[SiteConfig]) -> Result<(), InvalidKey> {
+    let mut names = BTreeSet::new();
+    for (index, site) in sites.iter().enumerate() {
+        let key = |field: &str| format!("site[{index}].{field}");
+        if site.server_names.is_empty() {
+            return Err(InvalidKey::new(key("server_names"), "needs at least one name"));
+        }
+        for name in &site.server_names {
+            let lower = name.to_ascii_lowercase();
+            if lower.is_empty() || lower.contains(['/', ':', ' ']) {
+                return Err(InvalidKey::new(key("server_names"), format!("{name:?} is not a host name")));
+            }
+            // SNI picks the site, so a name may belong to one site per listener.
+            if !names.insert((site.listen, lower)) {
+                return Err(InvalidKey::new(
+                    key("server_names"),
+                    format!("{name:?} is already served by another site on {}", site.listen),
+                ));
+            }
+        }
+        if site.client_ca.is_empty() {
+            return Err(InvalidKey::new(
+                key("client_ca"),
+                format!("needs your zone's AOP CA file, or [\"{CLOUDFLARE_SHARED_CA}\"]"),
+            ));
+        }
+        if !(site.upstream.starts_with("http://") || site.upstream.starts_with("https://")) {
+            return Err(InvalidKey::new(
+                key("upstream"),
+                format!("{:?} must be an http:// or https:// URL", site.upstream),
+            ));
+        }
+        if site.max_connections == 0 {
+            return Err(InvalidKey::new(key("max_connections"), "must be at least 1"));
+        }
+        for (field, value) in [
+            ("handshake_timeout", site.handshake_timeout),
+            ("header_timeout", site.header_timeout),
+            ("idle_timeout", site.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(InvalidKey::new(key(field), "must be longer than zero"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid_key(text: &str) -> Option<String> {
+        match Config::parse(text) {
+            Err(ParseError::Invalid(InvalidKey { key, .. })) => Some(key),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn empty_config_has_spec_defaults() {
+        let config = Config::parse("").unwrap();
+        assert!(config.xdp.interfaces.is_empty());
+        assert_eq!(config.xdp.mode, XdpMode::Auto);
+        assert!(config.xdp.enforce);
+        assert_eq!(config.xdp.protected_tcp_ports, vec![80, 443]);
+        assert_eq!(config.xdp.protected_udp_ports, vec![443]);
+        assert_eq!(config.xdp.fragments, Fragments::JudgeFirst);
+        assert_eq!(config.ranges.refresh, Refresh::Every(Duration::from_secs(21600)));
+        assert_eq!(config.ranges.cache, PathBuf::from("/var/lib/shield/ranges.json"));
+        assert_eq!(config.metrics.listen.to_string(), "127.0.0.1:9469");
+        assert_eq!(config.http.action, HttpAction::Redirect);
+        assert!(config.sites.is_empty());
+    }
+
+    #[test]
+    fn spec_example_parses() {
+        let text = r#"
+[xdp]
+interfaces = ["eth0"]
+mode = "auto"
+enforce = true
+protected_tcp_ports = [80, 443]
+protected_udp_ports = [443]
+fragments = "judge-first"
+
+[ranges]
+sources = ["https://api.cloudflare.com/client/v4/ips"]
+refresh = "6h"
+cache = "/var/lib/shield/ranges.json"
+extra_allow = []
+
+[metrics]
+listen = "127.0.0.1:9469"
+
+[http]
+listen = "0.0.0.0:80"
+action = "redirect"
+
+[[site]]
+server_names = ["www.example.com", "example.com"]
+listen = "0.0.0.0:443"
+cert = "/etc/shield/example.com.pem"
+key = "/etc/shield/example.com.key"
+client_ca = ["/etc/shield/aop-zone-ca.pem"]
+client_spki_pins = []
+client_crl = []
+upstream = "http://127.0.0.1:8080"
+"#;
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.sites.len(), 1);
+        assert_eq!(config.sites[0].label(), "www.example.com");
+        assert_eq!(config.sites[0].idle_timeout, Duration::from_secs(900));
+        assert_eq!(config.sites[0].max_connections, 10_000);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let site = |extra: &str| {
+            format!(
+                "[[site]]\nserver_names=[\"a.example\"]\ncert=\"/c\"\nkey=\"/k\"\nclient_ca=[\"cloudflare-shared\"]\nupstream=\"http://127.0.0.1:1\"\n{extra}"
+            )
+        };
+        let cases: &[(&str, String)] = &[
+            ("xdp.interfaces", "[xdp]\ninterfaces = [\"\"]".into()),
+            ("xdp.interfaces", "[xdp]\ninterfaces = [\"a/b\"]".into()),
+            ("xdp.interfaces", "[xdp]\ninterfaces = [\"eth0\", \"eth0\"]".into()),
+            ("xdp.interfaces", "[xdp]\ninterfaces = [\"abcdefghijklmnop\"]".into()),
+            ("xdp.protected_tcp_ports", "[xdp]\nprotected_tcp_ports = [0]".into()),
+            ("ranges.extra_allow", "[ranges]\nextra_allow = [\"10.0.0.1/8\"]".into()),
+            ("ranges.sources", "[ranges]\nsources = [\"relative/path\"]".into()),
+            ("ranges.cache", "[ranges]\ncache = \"ranges.json\"".into()),
+            ("site[0].upstream", site("").replace("http://127.0.0.1:1", "127.0.0.1:1")),
+            ("site[0].max_connections", site("max_connections = 0")),
+            ("site[0].client_ca", site("").replace("[\"cloudflare-shared\"]", "[]")),
+            ("site[0].server_names", site("").replace("[\"a.example\"]", "[]")),
+        ];
+        for (key, text) in cases {
+            assert_eq!(invalid_key(text).as_deref(), Some(*key), "config:\n{text}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_not_defaulted() {
+        let cases = [
+            "[xdp]\nmode = \"fast\"",
+            "[xdp]\nfragments = \"drop-all\"",
+            "[xdp]\nunknown = 1",
+            "[nope]\n",
+            "[ranges]\nrefresh = \"soon\"",
+            "[ranges]\nrefresh = \"5s\"",
+            "[ranges]\nextra_allow = [\"not-a-cidr\"]",
+            "[metrics]\nlisten = \"localhost\"",
+            "[http]\naction = \"teapot\"",
+            "[xdp]\nprotected_tcp_ports = [70000]",
+        ];
+        for text in cases {
+            assert!(
+                matches!(Config::parse(text), Err(ParseError::Syntax(_))),
+                "expected a syntax error for:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn refresh_accepts_off_and_durations() {
+        assert_eq!(parse_refresh("off"), Ok(Refresh::Off));
+        assert_eq!(parse_refresh("6h"), Ok(Refresh::Every(Duration::from_secs(21600))));
+        assert_eq!(parse_refresh("90m"), Ok(Refresh::Every(Duration::from_secs(5400))));
+        assert!(parse_refresh("1s").is_err());
+        assert!(parse_refresh("").is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! shield: an origin shield for hosts behind Cloudflare.
+//!
+//! Two layers: an XDP allowlist of Cloudflare's ranges on the public
+//! interfaces ([`dataplane`]), and an mTLS terminator that requires the
+//! Authenticated Origin Pulls client certificate (`tls`, `proxy`).
+pub mod config;
