@@ -4,3 +4,6 @@
 //! interfaces ([`dataplane`]), and an mTLS terminator that requires the
 //! Authenticated Origin Pulls client certificate (`tls`, `proxy`).
 pub mod config;
+pub mod dataplane;
+pub mod policy;
+pub mod ranges;

@@ -1,0 +1,270 @@
+//! Reading and writing the XDP program's maps.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, MapError, PerCpuArray};
+use ipnetwork::IpNetwork;
+use shield_common::{
+    counter_index, map_names, port_bit, port_word_index, Counter, PortProtocol, Reason, Settings,
+    Verdict, PORT_MAP_WORDS,
+};
+
+use super::DataplaneError;
+
+/// The maps every interface's program shares.
+pub struct SharedMaps {
+    settings: Array<MapData, Settings>,
+    ports: Array<MapData, u64>,
+    allow_v4: LpmTrie<MapData, [u8; 4], u8>,
+    allow_v6: LpmTrie<MapData, [u8; 16], u8>,
+}
+
+/// An allowed prefix and where it came from (`PREFIX_FROM_*`).
+pub type TaggedPrefix = (IpNetwork, u8);
+
+/// What an allowlist update wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub added: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+}
+
+fn map_error(context: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
+    let context = context.into();
+    move |source| DataplaneError::Map { context, source }
+}
+
+impl SharedMaps {
+    /// Takes the shared maps out of a freshly loaded object.
+    pub fn take_from(ebpf: &mut aya::Ebpf) -> Result<SharedMaps, DataplaneError> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| DataplaneError::MissingMap { name: name.to_owned() })
+        };
+        let settings = take(map_names::SETTINGS)?;
+        let ports = take(map_names::PORTS)?;
+        let allow_v4 = take(map_names::ALLOW_V4)?;
+        let allow_v6 = take(map_names::ALLOW_V6)?;
+        SharedMaps::from_maps(settings, ports, allow_v4, allow_v6)
+    }
+
+    /// Opens the pinned shared maps (for status and classify while the
+    /// daemon is down).
+    pub fn open_pinned(layout: &super::PinLayout) -> Result<SharedMaps, DataplaneError> {
+        let open = |name: &str| {
+            let path = layout.shared_map(name);
+            MapData::from_pin(&path)
+                .map_err(map_error(format!("cannot open pinned map {}", path.display())))
+        };
+        SharedMaps::from_maps(
+            Map::Array(open(map_names::SETTINGS)?),
+            Map::Array(open(map_names::PORTS)?),
+            Map::LpmTrie(open(map_names::ALLOW_V4)?),
+            Map::LpmTrie(open(map_names::ALLOW_V6)?),
+        )
+    }
+
+    fn from_maps(settings: Map, ports: Map, allow_v4: Map, allow_v6: Map) -> Result<SharedMaps, DataplaneError> {
+        Ok(SharedMaps {
+            settings: Array::try_from(settings).map_err(map_error("SETTINGS"))?,
+            ports: Array::try_from(ports).map_err(map_error("PORTS"))?,
+            allow_v4: LpmTrie::try_from(allow_v4).map_err(map_error("ALLOW_V4"))?,
+            allow_v6: LpmTrie::try_from(allow_v6).map_err(map_error("ALLOW_V6"))?,
+        })
+    }
+
+    pub fn settings(&self) -> Result<Settings, DataplaneError> {
+        self.settings.get(&0, 0).map_err(map_error("cannot read SETTINGS"))
+    }
+
+    pub fn write_settings(&mut self, settings: Settings) -> Result<(), DataplaneError> {
+        if self.settings().ok() == Some(settings) {
+            return Ok(());
+        }
+        self.settings
+            .set(0, settings, 0)
+            .map_err(map_error("cannot write SETTINGS"))
+    }
+
+    /// Makes the protected-port bitmaps equal to these sets, writing only the
+    /// words that change.
+    pub fn write_ports(&mut self, tcp: &BTreeSet<u16>, udp: &BTreeSet<u16>) -> Result<(), DataplaneError> {
+        let mut desired = vec![0u64; PORT_MAP_WORDS as usize];
+        for (protocol, ports) in [(PortProtocol::Tcp, tcp), (PortProtocol::Udp, udp)] {
+            for &port in ports {
+                desired[port_word_index(protocol, port) as usize] |= port_bit(port);
+            }
+        }
+        for (index, want) in (0u32..).zip(desired) {
+            let have = self.ports.get(&index, 0).map_err(map_error("cannot read PORTS"))?;
+            if have != want {
+                self.ports
+                    .set(index, want, 0)
+                    .map_err(map_error("cannot write PORTS"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Protected ports as (tcp, udp) sets.
+    pub fn ports(&self) -> Result<(BTreeSet<u16>, BTreeSet<u16>), DataplaneError> {
+        let mut tcp = BTreeSet::new();
+        let mut udp = BTreeSet::new();
+        for (index, word) in (0u32..).zip(self.ports.iter()) {
+            let word = word.map_err(map_error("cannot read PORTS"))?;
+            if word == 0 {
+                continue;
+            }
+            let (set, base) = if index < PORT_MAP_WORDS / 2 {
+                (&mut tcp, index * 64)
+            } else {
+                (&mut udp, (index - PORT_MAP_WORDS / 2) * 64)
+            };
+            for bit in 0..64 {
+                if word & (1 << bit) != 0 {
+                    set.insert((base + bit) as u16);
+                }
+            }
+        }
+        Ok((tcp, udp))
+    }
+
+    /// The allowed prefixes in the kernel now, with their origin tags.
+    pub fn allowlist(&self) -> Result<Vec<TaggedPrefix>, DataplaneError> {
+        let mut prefixes = Vec::new();
+        for entry in self.allow_v4.iter() {
+            let (key, tag) = entry.map_err(map_error("cannot read ALLOW_V4"))?;
+            let network = ipnetwork::Ipv4Network::new(key.data().into(), key.prefix_len() as u8)
+                .map_err(|e| DataplaneError::CorruptMap { name: "ALLOW_V4", reason: e.to_string() })?;
+            prefixes.push((IpNetwork::V4(network), tag));
+        }
+        for entry in self.allow_v6.iter() {
+            let (key, tag) = entry.map_err(map_error("cannot read ALLOW_V6"))?;
+            let network = ipnetwork::Ipv6Network::new(key.data().into(), key.prefix_len() as u8)
+                .map_err(|e| DataplaneError::CorruptMap { name: "ALLOW_V6", reason: e.to_string() })?;
+            prefixes.push((IpNetwork::V6(network), tag));
+        }
+        Ok(prefixes)
+    }
+
+    /// Makes the allowlist equal to `desired`.
+    ///
+    /// Add before remove: every new prefix is in the trie before any old one
+    /// leaves it. An address allowed both before and after is covered by
+    /// some prefix at every instant, so a packet from it is never dropped
+    /// mid-update; an address only in the old set stops passing when the
+    /// last removal lands. One trie per family (rather than two flipped by a
+    /// settings write) keeps the program's hot path to a single lookup.
+    pub fn apply_allowlist(&mut self, desired: &[TaggedPrefix]) -> Result<ApplyStats, DataplaneError> {
+        let current: BTreeMap<IpNetwork, u8> = self.allowlist()?.into_iter().collect();
+        let desired: BTreeMap<IpNetwork, u8> = desired.iter().map(|(p, t)| (canonical(*p), *t)).collect();
+        let mut stats = ApplyStats::default();
+        for (&prefix, &tag) in &desired {
+            if current.get(&prefix) == Some(&tag) {
+                stats.unchanged += 1;
+                continue;
+            }
+            self.insert(prefix, tag)?;
+            stats.added += 1;
+        }
+        for &prefix in current.keys() {
+            if !desired.contains_key(&prefix) {
+                self.remove(prefix)?;
+                stats.removed += 1;
+            }
+        }
+        Ok(stats)
+    }
+
+    fn insert(&mut self, prefix: IpNetwork, tag: u8) -> Result<(), DataplaneError> {
+        let context = || format!("cannot add {prefix} to the allowlist (the trie holds {} prefixes per family)", shield_common::MAX_PREFIXES);
+        match prefix {
+            IpNetwork::V4(p) => self
+                .allow_v4
+                .insert(&Key::new(u32::from(p.prefix()), p.network().octets()), tag, 0)
+                .map_err(map_error(context())),
+            IpNetwork::V6(p) => self
+                .allow_v6
+                .insert(&Key::new(u32::from(p.prefix()), p.network().octets()), tag, 0)
+                .map_err(map_error(context())),
+        }
+    }
+
+    fn remove(&mut self, prefix: IpNetwork) -> Result<(), DataplaneError> {
+        let context = format!("cannot remove {prefix} from the allowlist");
+        match prefix {
+            IpNetwork::V4(p) => self
+                .allow_v4
+                .remove(&Key::new(u32::from(p.prefix()), p.network().octets()))
+                .map_err(map_error(context)),
+            IpNetwork::V6(p) => self
+                .allow_v6
+                .remove(&Key::new(u32::from(p.prefix()), p.network().octets()))
+                .map_err(map_error(context)),
+        }
+    }
+
+    /// Whether the kernel's trie allows `address` (one LPM lookup).
+    pub fn allows(&self, address: IpAddr) -> Result<bool, DataplaneError> {
+        let result = match address {
+            IpAddr::V4(a) => self.allow_v4.get(&Key::new(32, a.octets()), 0).map(|_| ()),
+            IpAddr::V6(a) => self.allow_v6.get(&Key::new(128, a.octets()), 0).map(|_| ()),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(source) => Err(DataplaneError::Map { context: "allowlist lookup".into(), source }),
+        }
+    }
+}
+
+fn canonical(prefix: IpNetwork) -> IpNetwork {
+    IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix)
+}
+
+/// Summed per-CPU counters of one program instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    slots: BTreeMap<(Verdict, Reason), Counter>,
+}
+
+impl Counters {
+    pub fn read(map: &PerCpuArray<MapData, Counter>) -> Result<Counters, DataplaneError> {
+        let mut slots = BTreeMap::new();
+        for verdict in Verdict::ALL {
+            for reason in Reason::ALL {
+                let per_cpu = map
+                    .get(&counter_index(verdict, reason), 0)
+                    .map_err(map_error("cannot read COUNTERS"))?;
+                let mut total = Counter::default();
+                for value in per_cpu.iter() {
+                    total.packets += value.packets;
+                    total.bytes += value.bytes;
+                }
+                slots.insert((verdict, reason), total);
+            }
+        }
+        Ok(Counters { slots })
+    }
+
+    pub fn get(&self, verdict: Verdict, reason: Reason) -> Counter {
+        self.slots.get(&(verdict, reason)).copied().unwrap_or_default()
+    }
+
+    /// The (verdict, reason) pairs that a packet can land in, with counts;
+    /// pass reasons never drop, so their drop slots are left out.
+    pub fn iter(&self) -> impl Iterator<Item = (Verdict, Reason, Counter)> + '_ {
+        self.slots
+            .iter()
+            .filter(|((verdict, reason), _)| (*verdict == Verdict::Pass) != reason.drops())
+            .map(|(&(verdict, reason), &counter)| (verdict, reason, counter))
+    }
+
+    pub fn total_packets(&self) -> u64 {
+        self.slots.values().map(|c| c.packets).sum()
+    }
+}

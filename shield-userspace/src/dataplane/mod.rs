@@ -1,0 +1,632 @@
+//! The XDP dataplane: load, attach (native, else generic), pin, re-adopt,
+//! write maps, read counters, detach.
+//!
+//! Enforcement must never lapse across a restart or an upgrade. So a start
+//! finds the pinned link of each interface and swaps the new program into it
+//! with `bpf_link_update` (atomic in the kernel) instead of detaching, and
+//! the shared maps are re-opened from their pins with their contents intact.
+//! A first start fills every map before the program is attached.
+
+mod bpffs;
+mod maps;
+mod pins;
+pub mod testrun;
+
+use std::{
+    collections::BTreeSet,
+    ffi::CString,
+    io,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    maps::{Array, MapData, MapError, PerCpuArray},
+    programs::{links::FdLink, links::PinnedLink, ProgramError, Xdp, XdpMode},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use shield_common::{map_names, AttachMode, Counter, FragmentPolicy, InterfaceState, Settings, PROGRAM_NAME};
+
+pub use maps::{ApplyStats, Counters, SharedMaps, TaggedPrefix};
+pub use pins::{PinLayout, DEFAULT_PIN_ROOT, PIN_ROOT_ENV};
+
+use crate::config::{self, Config};
+
+/// The compiled XDP program (built by `build.rs` from `shield-ebpf`).
+pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shield-xdp"));
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataplaneError {
+    #[error("interface {name:?} does not exist (see `ip link`); fix [xdp].interfaces")]
+    NoSuchInterface { name: String },
+    #[error("bpffs is not mounted at {path} and mounting it failed: {source} (shield needs CAP_SYS_ADMIN to mount it)")]
+    Bpffs { path: String, source: io::Error },
+    #[error("cannot parse the XDP object: {0}")]
+    Object(#[source] EbpfError),
+    #[error("the kernel refused the XDP program for {interface}: {source}")]
+    Load { interface: String, source: ProgramError },
+    #[error("cannot attach XDP to {interface} in {mode} mode: {source}")]
+    Attach {
+        interface: String,
+        mode: &'static str,
+        source: ProgramError,
+    },
+    #[error("the pinned link {path} is not an XDP bpf_link ({reason}); the kernel needs bpf_link XDP support (Linux 5.9+)")]
+    BadLink { path: String, reason: String },
+    #[error("pinned map {path} does not match this shield version ({reason}); run `shield detach` and start again")]
+    IncompatiblePin { path: String, reason: String },
+    #[error("the XDP object has no map {name}")]
+    MissingMap { name: String },
+    #[error("map {name} holds an invalid entry: {reason}")]
+    CorruptMap { name: &'static str, reason: String },
+    #[error("{context}: {source}")]
+    Map { context: String, source: MapError },
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("no shield pins at {0}: nothing is attached")]
+    NotPinned(String),
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
+    let context = context.into();
+    move |source| DataplaneError::Io { context, source }
+}
+
+/// What the dataplane enforces besides the allowlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneSettings {
+    pub enforce: bool,
+    pub fragments: FragmentPolicy,
+    pub protected_tcp_ports: BTreeSet<u16>,
+    pub protected_udp_ports: BTreeSet<u16>,
+}
+
+impl DataplaneSettings {
+    pub fn from_config(config: &Config) -> Self {
+        DataplaneSettings {
+            enforce: config.xdp.enforce,
+            fragments: config.xdp.fragments.into(),
+            protected_tcp_ports: config.xdp.protected_tcp_ports.iter().copied().collect(),
+            protected_udp_ports: config.xdp.protected_udp_ports.iter().copied().collect(),
+        }
+    }
+
+    fn kernel_settings(&self) -> Settings {
+        Settings::new(self.enforce, self.fragments)
+    }
+}
+
+/// Writes settings, ports and the allowlist, in the order that never opens
+/// a gap: settings and ports first, then the allowlist add-before-remove.
+pub fn write_policy(
+    maps: &mut SharedMaps,
+    settings: &DataplaneSettings,
+    allowlist: &[TaggedPrefix],
+) -> Result<ApplyStats, DataplaneError> {
+    maps.write_settings(settings.kernel_settings())?;
+    maps.write_ports(&settings.protected_tcp_ports, &settings.protected_udp_ports)?;
+    maps.apply_allowlist(allowlist)
+}
+
+/// How an interface came to be attached in this start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// The pinned link was kept; the new program was swapped in atomically.
+    Adopted,
+    /// Nothing was attached; a new link was created.
+    Fresh,
+}
+
+
+pub struct AttachedInterface {
+    pub name: String,
+    pub ifindex: u32,
+    pub mode: AttachMode,
+    pub attachment: Attachment,
+    counters: PerCpuArray<MapData, Counter>,
+}
+
+impl AttachedInterface {
+    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+        Counters::read(&self.counters)
+    }
+}
+
+/// The running dataplane: shared maps plus one program per interface.
+pub struct Dataplane {
+    layout: PinLayout,
+    maps: SharedMaps,
+    interfaces: Vec<AttachedInterface>,
+}
+
+/// An interface to attach: its name, index and wanted mode.
+struct Target {
+    name: String,
+    ifindex: u32,
+}
+
+impl Dataplane {
+    /// Loads, fills the maps, attaches or re-adopts every configured
+    /// interface. On error nothing this call attached stays attached, and
+    /// links that were already pinned before it stay as they were.
+    pub fn start(
+        config: &Config,
+        layout: PinLayout,
+        allowlist: &[TaggedPrefix],
+    ) -> Result<Dataplane, DataplaneError> {
+        let targets = config
+            .xdp
+            .interfaces
+            .iter()
+            .map(|name| {
+                Ok(Target {
+                    name: name.clone(),
+                    ifindex: interface_index(name)?,
+                })
+            })
+            .collect::<Result<Vec<_>, DataplaneError>>()?;
+        bpffs::ensure_mounted(layout.root())?;
+        let root_existed = layout.root().exists();
+        let mut started = Starting {
+            layout: &layout,
+            root_existed,
+            fresh: Vec::new(),
+            created_dirs: Vec::new(),
+        };
+        match started.run(config, &targets, allowlist) {
+            Ok((maps, interfaces)) => {
+                started.fresh.clear();
+                started.created_dirs.clear();
+                let dataplane = Dataplane { layout: layout.clone(), maps, interfaces };
+                dataplane.release_unconfigured(config)?;
+                Ok(dataplane)
+            }
+            Err(error) => {
+                started.roll_back();
+                Err(error)
+            }
+        }
+    }
+
+    pub fn maps(&mut self) -> &mut SharedMaps {
+        &mut self.maps
+    }
+
+    pub fn interfaces(&self) -> &[AttachedInterface] {
+        &self.interfaces
+    }
+
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// Detaches interfaces pinned by an earlier run that the config no
+    /// longer lists.
+    fn release_unconfigured(&self, config: &Config) -> Result<(), DataplaneError> {
+        let pinned = self
+            .layout
+            .pinned_interfaces()
+            .map_err(io_error("cannot list pinned interfaces"))?;
+        for name in pinned {
+            if !config.xdp.interfaces.contains(&name) {
+                tracing::warn!(interface = %name, "detaching: no longer in [xdp].interfaces");
+                remove_interface_pins(&self.layout, &name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// State of a start in progress, so a failure can undo exactly its own work.
+struct Starting<'a> {
+    layout: &'a PinLayout,
+    root_existed: bool,
+    /// Interfaces attached fresh by this start (undone on failure).
+    fresh: Vec<String>,
+    created_dirs: Vec<std::path::PathBuf>,
+}
+
+impl Starting<'_> {
+    fn run(
+        &mut self,
+        config: &Config,
+        targets: &[Target],
+        allowlist: &[TaggedPrefix],
+    ) -> Result<(SharedMaps, Vec<AttachedInterface>), DataplaneError> {
+        self.create_dir(self.layout.root().to_owned())?;
+        self.create_dir(self.layout.interfaces_dir())?;
+        let settings = DataplaneSettings::from_config(config);
+        let mut shared: Option<SharedMaps> = None;
+        let mut interfaces = Vec::new();
+        for target in targets {
+            self.create_dir(self.layout.interface_dir(&target.name))?;
+            let mut ebpf = load_program(self.layout, &target.name)?;
+            if shared.is_none() {
+                // The first load created or re-opened the shared pins; fill
+                // them before any program can run against them.
+                let mut maps = SharedMaps::take_from(&mut ebpf)?;
+                check_pinned_layouts(self.layout)?;
+                let stats = write_policy(&mut maps, &settings, allowlist)?;
+                tracing::info!(added = stats.added, removed = stats.removed, unchanged = stats.unchanged, "allowlist written");
+                shared = Some(maps);
+            }
+            let attached = self.attach(&mut ebpf, target, config.xdp.mode)?;
+            interfaces.push(attached);
+        }
+        let maps = match shared {
+            Some(maps) => maps,
+            // TLS-only config: still open (or create) the shared maps so
+            // `shield status` has something consistent to read.
+            None => SharedMaps::open_pinned(self.layout).or_else(|_| {
+                let mut ebpf = load_unattached(self.layout)?;
+                SharedMaps::take_from(&mut ebpf)
+            })?,
+        };
+        Ok((maps, interfaces))
+    }
+
+    fn create_dir(&mut self, path: std::path::PathBuf) -> Result<(), DataplaneError> {
+        if path.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir(&path).map_err(io_error(format!("cannot create {}", path.display())))?;
+        self.created_dirs.push(path);
+        Ok(())
+    }
+
+    fn attach(&mut self, ebpf: &mut Ebpf, target: &Target, wanted: config::XdpMode) -> Result<AttachedInterface, DataplaneError> {
+        let link_path = self.layout.link(&target.name);
+        let state_path = self.layout.state(&target.name);
+        let previous = read_state(&state_path).ok();
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| DataplaneError::MissingMap { name: PROGRAM_NAME.into() })?
+            .try_into()
+            .map_err(|source| DataplaneError::Load { interface: target.name.clone(), source })?;
+
+        let mut adopted = None;
+        if link_path.exists() {
+            adopted = adopt(program, target, &link_path, previous, wanted)?;
+        }
+        let (mode, attachment) = match adopted {
+            Some(mode) => (mode, Attachment::Adopted),
+            None => {
+                let mode = attach_fresh(program, target, wanted, &link_path)?;
+                self.fresh.push(target.name.clone());
+                (mode, Attachment::Fresh)
+            }
+        };
+        // Re-pin the program so `bpftool prog show pinned` finds the one in force.
+        let program_path = self.layout.program(&target.name);
+        let _ = std::fs::remove_file(&program_path);
+        program.pin(&program_path).map_err(|e| DataplaneError::Io {
+            context: format!("cannot pin program at {}", program_path.display()),
+            source: io::Error::other(e.to_string()),
+        })?;
+        write_state(&state_path, InterfaceState {
+            ifindex: target.ifindex,
+            mode: mode as u32,
+            attached_at: unix_now(),
+        })?;
+        let counters = open_counters(self.layout, &target.name)?;
+        tracing::info!(interface = %target.name, mode = mode.name(), ?attachment, "XDP attached");
+        Ok(AttachedInterface {
+            name: target.name.clone(),
+            ifindex: target.ifindex,
+            mode,
+            attachment,
+            counters,
+        })
+    }
+
+    fn roll_back(&mut self) {
+        for name in self.fresh.drain(..) {
+            if let Err(error) = remove_interface_pins(self.layout, &name) {
+                tracing::error!(interface = %name, %error, "rollback: could not detach");
+            }
+        }
+        // Remove only what this start created (maps pinned inside the root
+        // included, when the root itself is new), deepest first.
+        for dir in self.created_dirs.drain(..).rev() {
+            if dir == self.layout.root() && !self.root_existed {
+                let _ = remove_shared_pins(self.layout);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// Swaps the new program into the pinned link. `None` when there is no
+/// usable link (defunct, or another mode wanted) and a fresh attach is due.
+fn adopt(
+    program: &mut Xdp,
+    target: &Target,
+    link_path: &std::path::Path,
+    previous: Option<InterfaceState>,
+    wanted: config::XdpMode,
+) -> Result<Option<AttachMode>, DataplaneError> {
+    let previous_mode = previous
+        .filter(|state| state.ifindex == target.ifindex)
+        .and_then(|state| AttachMode::from_u32(state.mode));
+    let Some(previous_mode) = previous_mode else {
+        // The interface was re-created (new ifindex) or the state is gone:
+        // the old link is defunct, the kernel already detached it.
+        tracing::warn!(interface = %target.name, "pinned link belongs to a vanished interface; attaching anew");
+        let _ = std::fs::remove_file(link_path);
+        return Ok(None);
+    };
+    let mode_ok = match wanted {
+        config::XdpMode::Auto => true,
+        config::XdpMode::Native => previous_mode == AttachMode::Native,
+        config::XdpMode::Generic => previous_mode == AttachMode::Generic,
+    };
+    if !mode_ok {
+        // The kernel refuses native and generic programs on one device at
+        // the same time, so a mode change cannot be gapless.
+        tracing::warn!(interface = %target.name, from = previous_mode.name(), "XDP mode change: detaching and re-attaching (a brief unfiltered window)");
+        let _ = std::fs::remove_file(link_path);
+        return Ok(None);
+    }
+    let pinned = PinnedLink::from_pin(link_path).map_err(|e| DataplaneError::BadLink {
+        path: link_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned)).map_err(|e| DataplaneError::BadLink {
+        path: link_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    match program.attach_to_link(link) {
+        Ok(link_id) => {
+            // The link stays pinned; dropping our handle only closes an fd.
+            let _ = program.take_link(link_id);
+            Ok(Some(previous_mode))
+        }
+        Err(ProgramError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::ENOLINK) => {
+            tracing::warn!(interface = %target.name, "pinned link is defunct; attaching anew");
+            let _ = std::fs::remove_file(link_path);
+            Ok(None)
+        }
+        Err(source) => Err(DataplaneError::Attach {
+            interface: target.name.clone(),
+            mode: previous_mode.name(),
+            source,
+        }),
+    }
+}
+
+fn attach_fresh(
+    program: &mut Xdp,
+    target: &Target,
+    wanted: config::XdpMode,
+    link_path: &std::path::Path,
+) -> Result<AttachMode, DataplaneError> {
+    let attempt = |program: &mut Xdp, mode: AttachMode| {
+        let flags = match mode {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        };
+        program
+            .attach_to_if_index(target.ifindex, flags)
+            .map_err(|source| DataplaneError::Attach {
+                interface: target.name.clone(),
+                mode: mode.name(),
+                source,
+            })
+    };
+    let (link_id, mode) = match wanted {
+        config::XdpMode::Native => (attempt(program, AttachMode::Native)?, AttachMode::Native),
+        config::XdpMode::Generic => (attempt(program, AttachMode::Generic)?, AttachMode::Generic),
+        config::XdpMode::Auto => match attempt(program, AttachMode::Native) {
+            Ok(id) => (id, AttachMode::Native),
+            Err(error) => {
+                tracing::warn!(interface = %target.name, reason = %error, "native XDP refused; falling back to generic mode");
+                (attempt(program, AttachMode::Generic)?, AttachMode::Generic)
+            }
+        },
+    };
+    let link = program.take_link(link_id).map_err(|source| DataplaneError::Attach {
+        interface: target.name.clone(),
+        mode: mode.name(),
+        source,
+    })?;
+    let link = FdLink::try_from(link).map_err(|e| DataplaneError::BadLink {
+        path: link_path.display().to_string(),
+        reason: format!("{e}: the kernel attached through netlink, not bpf_link"),
+    })?;
+    link.pin(link_path).map_err(|e| DataplaneError::Io {
+        context: format!("cannot pin link at {}", link_path.display()),
+        source: io::Error::other(e.to_string()),
+    })?;
+    Ok(mode)
+}
+
+fn interface_index(name: &str) -> Result<u32, DataplaneError> {
+    let no_such = || DataplaneError::NoSuchInterface { name: name.to_owned() };
+    let c_name = CString::new(name).map_err(|_| no_such())?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string and nothing else.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        Err(no_such())
+    } else {
+        Ok(index)
+    }
+}
+
+fn object_loader(layout: &PinLayout) -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    for name in [map_names::SETTINGS, map_names::PORTS, map_names::ALLOW_V4, map_names::ALLOW_V6] {
+        loader.map_pin_path(name, layout.shared_map(name));
+    }
+    loader
+}
+
+fn load_program(layout: &PinLayout, interface: &str) -> Result<Ebpf, DataplaneError> {
+    let mut loader = object_loader(layout);
+    loader.map_pin_path(map_names::COUNTERS, layout.counters(interface));
+    let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(DataplaneError::Object)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| DataplaneError::MissingMap { name: PROGRAM_NAME.into() })?
+        .try_into()
+        .map_err(|source| DataplaneError::Load { interface: interface.to_owned(), source })?;
+    program
+        .load()
+        .map_err(|source| DataplaneError::Load { interface: interface.to_owned(), source })?;
+    Ok(ebpf)
+}
+
+/// Creates the shared pins without loading a program into the kernel.
+fn load_unattached(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
+    object_loader(layout).load(PROGRAM_OBJECT).map_err(DataplaneError::Object)
+}
+
+/// Pins reused from an older shield must have the layout this one expects.
+fn check_pinned_layouts(layout: &PinLayout) -> Result<(), DataplaneError> {
+    use std::mem::size_of;
+    let expected: [(&str, usize, usize, u32); 4] = [
+        (map_names::SETTINGS, size_of::<u32>(), size_of::<Settings>(), 1),
+        (map_names::PORTS, size_of::<u32>(), size_of::<u64>(), shield_common::PORT_MAP_WORDS),
+        (map_names::ALLOW_V4, 4 + 4, 1, shield_common::MAX_PREFIXES),
+        (map_names::ALLOW_V6, 4 + 16, 1, shield_common::MAX_PREFIXES),
+    ];
+    for (name, key_size, value_size, max_entries) in expected {
+        let path = layout.shared_map(name);
+        let info = MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .map_err(|source| DataplaneError::Map { context: format!("cannot inspect {}", path.display()), source })?;
+        if info.key_size() as usize != key_size || info.value_size() as usize != value_size || info.max_entries() != max_entries {
+            return Err(DataplaneError::IncompatiblePin {
+                path: path.display().to_string(),
+                reason: format!(
+                    "key {}B value {}B entries {}, expected {key_size}B {value_size}B {max_entries}",
+                    info.key_size(),
+                    info.value_size(),
+                    info.max_entries()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn open_counters(layout: &PinLayout, interface: &str) -> Result<PerCpuArray<MapData, Counter>, DataplaneError> {
+    let path = layout.counters(interface);
+    let map = MapData::from_pin(&path)
+        .map_err(|source| DataplaneError::Map { context: format!("cannot open {}", path.display()), source })?;
+    PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map))
+        .map_err(|source| DataplaneError::Map { context: format!("{} is not a counter map", path.display()), source })
+}
+
+fn read_state(path: &std::path::Path) -> Result<InterfaceState, DataplaneError> {
+    let map = MapData::from_pin(path)
+        .map_err(|source| DataplaneError::Map { context: format!("cannot open {}", path.display()), source })?;
+    let array: Array<MapData, InterfaceState> = Array::try_from(aya::maps::Map::Array(map))
+        .map_err(|source| DataplaneError::Map { context: path.display().to_string(), source })?;
+    array
+        .get(&0, 0)
+        .map_err(|source| DataplaneError::Map { context: path.display().to_string(), source })
+}
+
+fn write_state(path: &std::path::Path, state: InterfaceState) -> Result<(), DataplaneError> {
+    let map_error = |source| DataplaneError::Map { context: format!("cannot write {}", path.display()), source };
+    let mut array: Array<MapData, InterfaceState> = match MapData::from_pin(path) {
+        Ok(map) => Array::try_from(aya::maps::Map::Array(map)).map_err(map_error)?,
+        Err(_) => {
+            let array = Array::<MapData, InterfaceState>::create(1, 0).map_err(map_error)?;
+            array.pin(path).map_err(|e| DataplaneError::Io {
+                context: format!("cannot pin {}", path.display()),
+                source: io::Error::other(e.to_string()),
+            })?;
+            Array::try_from(aya::maps::Map::Array(MapData::from_pin(path).map_err(map_error)?)).map_err(map_error)?
+        }
+    };
+    array.set(0, state, 0).map_err(map_error)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Removes an interface's pins; unpinning the link detaches the program.
+fn remove_interface_pins(layout: &PinLayout, interface: &str) -> Result<(), DataplaneError> {
+    let dir = layout.interface_dir(interface);
+    // The link first: from here on nothing is filtered on that interface.
+    for path in [layout.link(interface), layout.program(interface), layout.counters(interface), layout.state(interface)] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(format!("cannot remove {}", path.display()))(e)),
+        }
+    }
+    match std::fs::remove_dir(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(format!("cannot remove {}", dir.display()))(e)),
+    }
+}
+
+fn remove_shared_pins(layout: &PinLayout) -> Result<(), DataplaneError> {
+    for name in [map_names::SETTINGS, map_names::PORTS, map_names::ALLOW_V4, map_names::ALLOW_V6] {
+        let path = layout.shared_map(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(format!("cannot remove {}", path.display()))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// `shield detach`: removes one interface's program, or everything.
+pub fn detach(layout: &PinLayout, interface: Option<&str>) -> Result<Vec<String>, DataplaneError> {
+    if !layout.root().exists() {
+        return Err(DataplaneError::NotPinned(layout.root().display().to_string()));
+    }
+    let pinned = layout.pinned_interfaces().map_err(io_error("cannot list pinned interfaces"))?;
+    let chosen: Vec<String> = match interface {
+        Some(name) if pinned.iter().any(|p| p == name) => vec![name.to_owned()],
+        Some(name) => return Err(DataplaneError::NotPinned(layout.interface_dir(name).display().to_string())),
+        None => pinned.clone(),
+    };
+    for name in &chosen {
+        remove_interface_pins(layout, name)?;
+    }
+    if chosen.len() == pinned.len() {
+        remove_shared_pins(layout)?;
+        let _ = std::fs::remove_dir(layout.interfaces_dir());
+        std::fs::remove_dir(layout.root()).map_err(io_error(format!("cannot remove {}", layout.root().display())))?;
+    }
+    Ok(chosen)
+}
+
+/// One interface as `shield status` reports it, read from the pins alone.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InterfaceStatus {
+    pub interface: String,
+    pub attached: bool,
+    pub mode: Option<&'static str>,
+    pub ifindex: u32,
+    pub attached_at: u64,
+    #[serde(skip)]
+    pub counters: Counters,
+}
+
+/// Reads the status of every pinned interface (works with no daemon).
+pub fn status(layout: &PinLayout) -> Result<Vec<InterfaceStatus>, DataplaneError> {
+    let mut result = Vec::new();
+    for name in layout.pinned_interfaces().map_err(io_error("cannot list pinned interfaces"))? {
+        let state = read_state(&layout.state(&name)).ok();
+        let current_index = interface_index(&name).ok();
+        let attached = layout.link(&name).exists() && state.is_some_and(|s| Some(s.ifindex) == current_index);
+        let counters = open_counters(layout, &name).and_then(|map| Counters::read(&map)).unwrap_or_default();
+        result.push(InterfaceStatus {
+            attached,
+            mode: state.and_then(|s| AttachMode::from_u32(s.mode)).map(AttachMode::name),
+            ifindex: state.map(|s| s.ifindex).unwrap_or(0),
+            attached_at: state.map(|s| s.attached_at).unwrap_or(0),
+            counters,
+            interface: name,
+        });
+    }
+    Ok(result)
+}

@@ -1,0 +1,109 @@
+//! The XDP program loaded without pins or attachment, for
+//! `BPF_PROG_TEST_RUN`: unit tests, the differential test and benchmarks.
+
+use std::time::Duration;
+
+use aya::{
+    maps::{MapData, PerCpuArray},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use shield_common::{map_names, Counter, Reason, Verdict, PROGRAM_NAME};
+
+use super::{Counters, DataplaneError, SharedMaps, PROGRAM_OBJECT};
+
+pub struct TestProgram {
+    ebpf: Ebpf,
+    maps: SharedMaps,
+    counters: PerCpuArray<MapData, Counter>,
+}
+
+/// One test run: the XDP action and the kernel's timing.
+#[derive(Debug, Clone, Copy)]
+pub struct RunResult {
+    pub action: u32,
+    /// Mean time per repetition as the kernel measured it.
+    pub per_run: Duration,
+}
+
+fn run_error(source: ProgramError) -> DataplaneError {
+    DataplaneError::Load {
+        interface: "(test run)".into(),
+        source,
+    }
+}
+
+impl TestProgram {
+    /// Loads the program with private, unpinned maps.
+    pub fn load() -> Result<TestProgram, DataplaneError> {
+        TestProgram::load_object(PROGRAM_OBJECT, PROGRAM_NAME)
+    }
+
+    /// Loads `program` from another object with the same map names
+    /// (benchmarks use this for their anchors).
+    pub fn load_object(object: &[u8], program: &str) -> Result<TestProgram, DataplaneError> {
+        let mut ebpf = EbpfLoader::new().load(object).map_err(DataplaneError::Object)?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(program)
+            .ok_or_else(|| DataplaneError::MissingMap { name: program.into() })?
+            .try_into()
+            .map_err(run_error)?;
+        xdp.load().map_err(run_error)?;
+        let maps = SharedMaps::take_from(&mut ebpf)?;
+        let counters = ebpf
+            .take_map(map_names::COUNTERS)
+            .ok_or_else(|| DataplaneError::MissingMap { name: map_names::COUNTERS.into() })?;
+        let counters = PerCpuArray::try_from(counters).map_err(|source| DataplaneError::Map {
+            context: "COUNTERS".into(),
+            source,
+        })?;
+        Ok(TestProgram { ebpf, maps, counters })
+    }
+
+    pub fn maps(&mut self) -> &mut SharedMaps {
+        &mut self.maps
+    }
+
+    fn program(&self) -> Result<&Xdp, DataplaneError> {
+        self.ebpf
+            .program(PROGRAM_NAME)
+            .ok_or_else(|| DataplaneError::MissingMap { name: PROGRAM_NAME.into() })?
+            .try_into()
+            .map_err(run_error)
+    }
+
+    /// Runs the program `repeat` times on `frame` (at least 14 bytes: the
+    /// kernel refuses shorter test input).
+    pub fn run_repeat(&self, frame: &[u8], repeat: u32) -> Result<RunResult, DataplaneError> {
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let result = self.program()?.test_run(options).map_err(run_error)?;
+        Ok(RunResult {
+            action: result.return_value,
+            per_run: result.duration,
+        })
+    }
+
+    pub fn run(&self, frame: &[u8]) -> Result<u32, DataplaneError> {
+        self.run_repeat(frame, 1).map(|r| r.action)
+    }
+
+    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+        Counters::read(&self.counters)
+    }
+
+    /// One slot, summed over CPUs (cheaper than all of them).
+    pub fn counter(&self, verdict: Verdict, reason: Reason) -> Result<Counter, DataplaneError> {
+        let values = self
+            .counters
+            .get(&shield_common::counter_index(verdict, reason), 0)
+            .map_err(|source| DataplaneError::Map { context: "COUNTERS".into(), source })?;
+        Ok(values.iter().fold(Counter::default(), |sum, c| Counter {
+            packets: sum.packets + c.packets,
+            bytes: sum.bytes + c.bytes,
+        }))
+    }
+}

@@ -1,0 +1,395 @@
+//! The reference classifier: SPEC's packet policy as plain Rust over a byte
+//! slice.
+//!
+//! It is written independently of the XDP program (no shared parsing code)
+//! so that the differential tests, which run both on the same packets, catch
+//! a bug in either. `shield classify` uses it to explain a verdict.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ipnetwork::IpNetwork;
+use shield_common::{FragmentPolicy, Reason, Verdict, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
+
+/// The allowed prefixes with the longest-prefix match the kernel's LPM trie
+/// performs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowlist {
+    prefixes: Vec<IpNetwork>,
+}
+
+impl Allowlist {
+    pub fn new(prefixes: impl IntoIterator<Item = IpNetwork>) -> Self {
+        let mut prefixes: Vec<IpNetwork> = prefixes.into_iter().collect();
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.prefix()));
+        Allowlist { prefixes }
+    }
+
+    /// The longest allowed prefix holding `address`.
+    pub fn longest_match(&self, address: IpAddr) -> Option<IpNetwork> {
+        // Sorted longest first, so the first hit is the longest match.
+        self.prefixes.iter().copied().find(|p| p.contains(address))
+    }
+
+    pub fn prefixes(&self) -> &[IpNetwork] {
+        &self.prefixes
+    }
+}
+
+/// Everything the verdict depends on: the dataplane's settings and maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub enforce: bool,
+    pub fragments: FragmentPolicy,
+    pub protected_tcp_ports: BTreeSet<u16>,
+    pub protected_udp_ports: BTreeSet<u16>,
+    pub allowed: Allowlist,
+}
+
+/// The verdict for one packet and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub reason: Reason,
+    pub verdict: Verdict,
+    /// The allowed prefix the source matched, when it was looked up and hit.
+    pub matched: Option<IpNetwork>,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.verdict.name(), self.reason.name())?;
+        if let Some(prefix) = self.matched {
+            write!(f, " {prefix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The transport protocols `shield classify` can ask about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
+        }
+    }
+}
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const EXT_HOPOPTS: u8 = 0;
+const EXT_ROUTING: u8 = 43;
+const EXT_FRAGMENT: u8 = 44;
+const EXT_AH: u8 = 51;
+const EXT_DSTOPTS: u8 = 60;
+
+/// What parsing found before the allowlist is consulted.
+enum Parsed {
+    NotIp,
+    /// IP ethertype, but not even the source address is there.
+    NoSource,
+    Ip {
+        source: IpAddr,
+        fragment: bool,
+        transport: Transport,
+    },
+}
+
+enum Transport {
+    Port(Protocol, u16),
+    Other,
+    NonFirstFragment,
+    Malformed,
+}
+
+impl Policy {
+    /// The verdict the dataplane gives this Ethernet frame.
+    pub fn classify_packet(&self, frame: &[u8]) -> Decision {
+        let (reason, matched) = match parse(frame) {
+            Parsed::NotIp => (Reason::NonIp, None),
+            Parsed::NoSource => (Reason::Malformed, None),
+            Parsed::Ip {
+                source,
+                fragment,
+                transport,
+            } => self.judge(source, fragment, transport),
+        };
+        Decision {
+            reason,
+            verdict: reason.verdict(self.enforce),
+            matched,
+        }
+    }
+
+    fn judge(&self, source: IpAddr, fragment: bool, transport: Transport) -> (Reason, Option<IpNetwork>) {
+        let by_source = |otherwise: Reason| match self.allowed.longest_match(source) {
+            Some(prefix) => (Reason::Allowed, Some(prefix)),
+            None => (otherwise, None),
+        };
+        if fragment && self.fragments == FragmentPolicy::DropOutside {
+            return by_source(Reason::Fragment);
+        }
+        match transport {
+            Transport::Port(protocol, port) if self.is_protected(protocol, port) => {
+                by_source(Reason::OutsideRanges)
+            }
+            Transport::Port(..) | Transport::Other => (Reason::Unprotected, None),
+            Transport::NonFirstFragment => (Reason::NonFirstFragment, None),
+            Transport::Malformed => by_source(Reason::Malformed),
+        }
+    }
+
+    fn is_protected(&self, protocol: Protocol, port: u16) -> bool {
+        match protocol {
+            Protocol::Tcp => self.protected_tcp_ports.contains(&port),
+            Protocol::Udp => self.protected_udp_ports.contains(&port),
+        }
+    }
+
+    /// The verdict for a plain, unfragmented packet from `source` to `port`:
+    /// what `shield classify` answers.
+    pub fn classify_flow(&self, source: IpAddr, protocol: Protocol, port: u16) -> Decision {
+        self.classify_packet(&flow_packet(source, protocol, port))
+    }
+}
+
+/// A minimal well-formed Ethernet frame for one flow.
+pub fn flow_packet(source: IpAddr, protocol: Protocol, port: u16) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    let l4_len = match protocol {
+        Protocol::Tcp => 20,
+        Protocol::Udp => 8,
+    };
+    match source {
+        IpAddr::V4(source) => {
+            frame.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+            let total = (20 + l4_len) as u16;
+            frame.extend_from_slice(&[0x45, 0]);
+            frame.extend_from_slice(&total.to_be_bytes());
+            frame.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol.number(), 0, 0]);
+            frame.extend_from_slice(&source.octets());
+            frame.extend_from_slice(&Ipv4Addr::new(192, 0, 2, 1).octets());
+        }
+        IpAddr::V6(source) => {
+            frame.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+            frame.extend_from_slice(&[0x60, 0, 0, 0]);
+            frame.extend_from_slice(&(l4_len as u16).to_be_bytes());
+            frame.extend_from_slice(&[protocol.number(), 64]);
+            frame.extend_from_slice(&source.octets());
+            frame.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().map(|a| a.octets()).unwrap_or_default());
+        }
+    }
+    let mut l4 = vec![0u8; l4_len];
+    l4[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    l4[2..4].copy_from_slice(&port.to_be_bytes());
+    if protocol == Protocol::Tcp {
+        l4[12] = 5 << 4;
+        l4[13] = 0x02; // SYN
+    } else {
+        l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    }
+    frame.extend_from_slice(&l4);
+    frame
+}
+
+fn be16(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
+}
+
+fn parse(frame: &[u8]) -> Parsed {
+    let Some(mut ethertype) = be16(frame, 12) else {
+        return Parsed::NotIp;
+    };
+    let mut l3 = 14;
+    let mut tags = 0;
+    while (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) && tags < MAX_VLAN_TAGS {
+        match be16(frame, l3 + 2) {
+            Some(inner) => ethertype = inner,
+            None => return Parsed::NotIp,
+        }
+        l3 += 4;
+        tags += 1;
+    }
+    match ethertype {
+        ETH_P_IPV4 => parse_ipv4(&frame[l3.min(frame.len())..]),
+        ETH_P_IPV6 => parse_ipv6(&frame[l3.min(frame.len())..]),
+        _ => Parsed::NotIp,
+    }
+}
+
+fn parse_ipv4(packet: &[u8]) -> Parsed {
+    if packet.len() < 20 {
+        return Parsed::NoSource;
+    }
+    let source = IpAddr::V4(Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]));
+    let header_len = usize::from(packet[0] & 0x0f) * 4;
+    if packet[0] >> 4 != 4 || header_len < 20 || header_len > packet.len() {
+        return Parsed::Ip {
+            source,
+            fragment: false,
+            transport: Transport::Malformed,
+        };
+    }
+    let field = u16::from_be_bytes([packet[6], packet[7]]);
+    let offset = field & 0x1fff;
+    let more = field & 0x2000 != 0;
+    let transport = if offset != 0 {
+        Transport::NonFirstFragment
+    } else {
+        transport(packet[9], &packet[header_len..])
+    };
+    Parsed::Ip {
+        source,
+        fragment: offset != 0 || more,
+        transport,
+    }
+}
+
+fn parse_ipv6(packet: &[u8]) -> Parsed {
+    if packet.len() < 40 {
+        return Parsed::NoSource;
+    }
+    let mut octets = [0u8; 16];
+    octets.copy_from_slice(&packet[8..24]);
+    let source = IpAddr::V6(Ipv6Addr::from(octets));
+    let malformed = |fragment| Parsed::Ip {
+        source,
+        fragment,
+        transport: Transport::Malformed,
+    };
+    if packet[0] >> 4 != 6 {
+        return malformed(false);
+    }
+    let mut next = packet[6];
+    let mut rest = &packet[40..];
+    let mut fragment = false;
+    let mut walked = 0;
+    loop {
+        let header_len = match next {
+            EXT_HOPOPTS | EXT_ROUTING | EXT_DSTOPTS | EXT_AH | EXT_FRAGMENT if walked == MAX_IPV6_EXT_HEADERS => {
+                return malformed(fragment);
+            }
+            EXT_HOPOPTS | EXT_ROUTING | EXT_DSTOPTS => match rest.get(..2) {
+                Some(h) => (usize::from(h[1]) + 1) * 8,
+                None => return malformed(fragment),
+            },
+            EXT_AH => match rest.get(..2) {
+                Some(h) => (usize::from(h[1]) + 2) * 4,
+                None => return malformed(fragment),
+            },
+            EXT_FRAGMENT => {
+                let Some(h) = rest.get(..8) else {
+                    return malformed(fragment);
+                };
+                let field = u16::from_be_bytes([h[2], h[3]]);
+                let offset = field >> 3;
+                let more = field & 1 != 0;
+                fragment |= offset != 0 || more;
+                if offset != 0 {
+                    return Parsed::Ip {
+                        source,
+                        fragment,
+                        transport: Transport::NonFirstFragment,
+                    };
+                }
+                8
+            }
+            protocol => {
+                return Parsed::Ip {
+                    source,
+                    fragment,
+                    transport: transport(protocol, rest),
+                }
+            }
+        };
+        next = rest[0];
+        walked += 1;
+        // A header claiming to run past the packet leaves the next read
+        // short, which is what makes it malformed.
+        rest = rest.get(header_len..).unwrap_or(&[]);
+    }
+}
+
+fn transport(protocol: u8, l4: &[u8]) -> Transport {
+    let (protocol, min_len) = match protocol {
+        IPPROTO_TCP => (Protocol::Tcp, 20),
+        IPPROTO_UDP => (Protocol::Udp, 8),
+        _ => return Transport::Other,
+    };
+    if l4.len() < min_len {
+        return Transport::Malformed;
+    }
+    Transport::Port(protocol, u16::from_be_bytes([l4[2], l4[3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            enforce: true,
+            fragments: FragmentPolicy::JudgeFirst,
+            protected_tcp_ports: [80, 443].into(),
+            protected_udp_ports: [443].into(),
+            allowed: Allowlist::new(["173.245.48.0/20".parse().unwrap(), "2400:cb00::/32".parse().unwrap()]),
+        }
+    }
+
+    #[test]
+    fn flows_get_spec_verdicts() {
+        let policy = policy();
+        let cases: &[(&str, Protocol, u16, &str)] = &[
+            ("173.245.48.1", Protocol::Tcp, 443, "pass allowed 173.245.48.0/20"),
+            ("203.0.113.9", Protocol::Tcp, 443, "drop outside_ranges"),
+            ("203.0.113.9", Protocol::Tcp, 80, "drop outside_ranges"),
+            ("203.0.113.9", Protocol::Udp, 443, "drop outside_ranges"),
+            ("203.0.113.9", Protocol::Tcp, 22, "pass unprotected"),
+            ("203.0.113.9", Protocol::Udp, 53, "pass unprotected"),
+            ("2400:cb00::1", Protocol::Tcp, 443, "pass allowed 2400:cb00::/32"),
+            ("2001:db8::9", Protocol::Udp, 443, "drop outside_ranges"),
+        ];
+        for (source, protocol, port, expected) in cases {
+            let decision = policy.classify_flow(source.parse().unwrap(), *protocol, *port);
+            assert_eq!(decision.to_string(), *expected, "{source} {protocol:?} {port}");
+        }
+    }
+
+    #[test]
+    fn monitor_mode_would_drop() {
+        let mut policy = policy();
+        policy.enforce = false;
+        let decision = policy.classify_flow("203.0.113.9".parse().unwrap(), Protocol::Tcp, 443);
+        assert_eq!(decision.verdict, Verdict::WouldDrop);
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let list = Allowlist::new(["10.0.0.0/8".parse().unwrap(), "10.1.0.0/16".parse().unwrap()]);
+        assert_eq!(list.longest_match("10.1.2.3".parse().unwrap()), Some("10.1.0.0/16".parse().unwrap()));
+        assert_eq!(list.longest_match("10.2.2.3".parse().unwrap()), Some("10.0.0.0/8".parse().unwrap()));
+        assert_eq!(list.longest_match("11.0.0.1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn truncated_frames_never_panic() {
+        let policy = policy();
+        let frame = flow_packet("203.0.113.9".parse().unwrap(), Protocol::Tcp, 443);
+        for len in 0..frame.len() {
+            let _ = policy.classify_packet(&frame[..len]);
+        }
+    }
+}

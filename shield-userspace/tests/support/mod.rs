@@ -1,0 +1,79 @@
+#![allow(dead_code)]
+pub mod packet;
+
+use std::collections::BTreeSet;
+
+use ipnetwork::IpNetwork;
+use shield::{
+    dataplane::{testrun::TestProgram, write_policy, DataplaneSettings},
+    policy::{Allowlist, Policy},
+};
+use shield_common::{FragmentPolicy, Reason, Verdict, PREFIX_FROM_RANGES};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// Privileged tests need root (BPF_PROG_LOAD). Outside CI a non-root run
+/// says so loudly and returns false; under CI=true it fails the test.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("this test needs root (BPF_PROG_LOAD, netns); CI runs as root, so this is a broken runner");
+    }
+    eprintln!("NOT RUN: needs root; run `cargo xtask test` as root");
+    false
+}
+
+pub fn policy(prefixes: &[&str], enforce: bool, fragments: FragmentPolicy) -> Policy {
+    Policy {
+        enforce,
+        fragments,
+        protected_tcp_ports: [80, 443].into(),
+        protected_udp_ports: [443].into(),
+        allowed: Allowlist::new(prefixes.iter().map(|p| p.parse::<IpNetwork>().expect("test prefix"))),
+    }
+}
+
+/// Writes `policy` into the program's maps exactly as the daemon would.
+pub fn apply(program: &mut TestProgram, policy: &Policy) {
+    let settings = DataplaneSettings {
+        enforce: policy.enforce,
+        fragments: policy.fragments,
+        protected_tcp_ports: policy.protected_tcp_ports.iter().copied().collect::<BTreeSet<_>>(),
+        protected_udp_ports: policy.protected_udp_ports.iter().copied().collect::<BTreeSet<_>>(),
+    };
+    let allow: Vec<_> = policy.allowed.prefixes().iter().map(|p| (*p, PREFIX_FROM_RANGES)).collect();
+    write_policy(program.maps(), &settings, &allow).expect("write policy maps");
+}
+
+/// Kernel and oracle on one frame: returns (kernel action, kernel reason,
+/// oracle reason). The kernel reason is the counter slot that moved.
+pub fn judge(program: &TestProgram, policy: &Policy, frame: &[u8]) -> (u32, Reason, Reason) {
+    let before = program.counters().expect("read counters");
+    let action = program.run(frame).expect("test run");
+    let after = program.counters().expect("read counters");
+    let mut moved = Vec::new();
+    for verdict in Verdict::ALL {
+        for reason in Reason::ALL {
+            let delta = after.get(verdict, reason).packets - before.get(verdict, reason).packets;
+            if delta != 0 {
+                moved.push((verdict, reason, delta));
+            }
+        }
+    }
+    assert_eq!(moved.len(), 1, "exactly one counter slot must move per packet, got {moved:?}");
+    let (verdict, reason, delta) = moved[0];
+    assert_eq!(delta, 1);
+    assert_eq!(
+        after.get(verdict, reason).bytes - before.get(verdict, reason).bytes,
+        frame.len() as u64,
+        "bytes counter must grow by the frame length"
+    );
+    let expected_action = if verdict == Verdict::Drop { XDP_DROP } else { XDP_PASS };
+    assert_eq!(action, expected_action, "action disagrees with the counted verdict {verdict:?}");
+    assert_eq!(verdict, reason.verdict(policy.enforce), "verdict slot inconsistent with reason");
+    (action, reason, policy.classify_packet(frame).reason)
+}
