@@ -13,7 +13,7 @@ use std::{
 };
 
 use ipnetwork::IpNetwork;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PATH: &str = "/etc/shield/shield.toml";
 
@@ -52,7 +52,7 @@ impl InvalidKey {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -67,7 +67,7 @@ pub struct Config {
     pub sites: Vec<SiteConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum XdpMode {
     /// Native (driver) mode, else generic with the kernel's reason logged.
@@ -76,7 +76,7 @@ pub enum XdpMode {
     Generic,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fragments {
     JudgeFirst,
@@ -92,7 +92,7 @@ impl From<Fragments> for shield_common::FragmentPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct XdpConfig {
     pub interfaces: Vec<String>,
@@ -123,6 +123,15 @@ pub enum Refresh {
     Every(Duration),
 }
 
+impl Serialize for Refresh {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Refresh::Off => serializer.serialize_str("off"),
+            Refresh::Every(period) => serializer.serialize_str(&humantime::format_duration(*period).to_string()),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Refresh {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -144,7 +153,7 @@ fn parse_refresh(text: &str) -> Result<Refresh, String> {
     Ok(Refresh::Every(period))
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RangesConfig {
     pub sources: Vec<String>,
@@ -164,7 +173,7 @@ impl Default for RangesConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub listen: SocketAddr,
@@ -178,7 +187,7 @@ impl Default for MetricsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HttpAction {
     /// 301 to the same host and path over https.
@@ -189,7 +198,7 @@ pub enum HttpAction {
     Off,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
@@ -208,7 +217,7 @@ impl Default for HttpConfig {
 /// The `client_ca` entry that selects Cloudflare's shared origin-pull CA.
 pub const CLOUDFLARE_SHARED_CA: &str = "cloudflare-shared";
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     pub server_names: Vec<String>,
@@ -542,6 +551,13 @@ upstream = "http://127.0.0.1:8080"
                 "expected a syntax error for:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn effective_config_round_trips_through_toml() {
+        let config = Config::parse("[xdp]\ninterfaces=[\"eth0\"]\n[ranges]\nrefresh=\"off\"\nextra_allow=[\"192.0.2.0/24\"]").unwrap();
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), config, "{text}");
     }
 
     #[test]

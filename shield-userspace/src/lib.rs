@@ -7,3 +7,5 @@ pub mod config;
 pub mod dataplane;
 pub mod policy;
 pub mod ranges;
+pub mod cli;
+pub mod daemon;

@@ -1,1 +1,144 @@
-fn main() {}
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use shield::{
+    cli::{Cli, Command},
+    config::Config,
+    dataplane::{self, PinLayout},
+    daemon::Daemon,
+    policy::Policy,
+    ranges::RangeSet,
+};
+use shield_common::Verdict;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHIELD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let daemon = Daemon::start(&args.config)?;
+                daemon.run().await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig(args) => match Config::load(&args.config) {
+            Ok(config) => {
+                print!("{}", toml::to_string(&config).context("cannot print the config")?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("invalid: {error}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::Classify { address, port, proto, config } => {
+            let config = Config::load(&config.config).context("classify needs a valid config")?;
+            let ranges = RangeSet::snapshot();
+            let decision = Policy::from_config(&config, &ranges).classify_flow(address, proto.into(), port);
+            println!("{decision}");
+            Ok(if decision.verdict == Verdict::Pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Ranges { refresh, config } => {
+            let config = Config::load(&config.config).context("ranges needs a valid config")?;
+            anyhow::ensure!(!refresh, "`shield ranges --refresh` is not available in this build yet; ranges come from the embedded snapshot");
+            let ranges = RangeSet::snapshot();
+            println!("source: {}", ranges.source);
+            println!("etag: {}", ranges.etag.as_deref().unwrap_or("-"));
+            println!("ipv4: {} prefixes, ipv6: {} prefixes, extra_allow: {}", ranges.ipv4.len(), ranges.ipv6.len(), config.ranges.extra_allow.len());
+            for prefix in ranges.prefixes() {
+                println!("  {prefix}");
+            }
+            for prefix in &config.ranges.extra_allow {
+                println!("  {prefix} (extra_allow)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let layout = PinLayout::from_env();
+            let interfaces = dataplane::status(&layout).context("cannot read the pinned state")?;
+            if json {
+                println!("{}", status_json(&interfaces));
+            } else {
+                print_status(&layout, &interfaces);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Detach { iface } => {
+            let layout = PinLayout::from_env();
+            let removed = dataplane::detach(&layout, iface.as_deref()).context("detach failed")?;
+            for name in removed {
+                println!("detached {name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn status_json(interfaces: &[dataplane::InterfaceStatus]) -> serde_json::Value {
+    let list: Vec<_> = interfaces
+        .iter()
+        .map(|i| {
+            let counters: Vec<_> = i
+                .counters
+                .iter()
+                .map(|(verdict, reason, c)| {
+                    serde_json::json!({"verdict": verdict.name(), "reason": reason.name(), "packets": c.packets, "bytes": c.bytes})
+                })
+                .collect();
+            serde_json::json!({
+                "interface": i.interface, "attached": i.attached, "mode": i.mode,
+                "ifindex": i.ifindex, "attached_at": i.attached_at, "counters": counters,
+            })
+        })
+        .collect();
+    serde_json::json!({ "interfaces": list })
+}
+
+fn print_status(layout: &PinLayout, interfaces: &[dataplane::InterfaceStatus]) {
+    if interfaces.is_empty() {
+        println!("no interfaces attached (pins: {})", layout.root().display());
+        return;
+    }
+    for i in interfaces {
+        println!(
+            "interface {} ifindex {}: {} mode {}",
+            i.interface,
+            i.ifindex,
+            if i.attached { "attached" } else { "NOT attached" },
+            i.mode.unwrap_or("unknown")
+        );
+        println!("  {:<10} {:<20} {:>12} {:>14}", "verdict", "reason", "packets", "bytes");
+        for (verdict, reason, counter) in i.counters.iter() {
+            println!("  {:<10} {:<20} {:>12} {:>14}", verdict.name(), reason.name(), counter.packets, counter.bytes);
+        }
+    }
+    if let Ok(maps) = dataplane::SharedMaps::open_pinned(layout) {
+        if let (Ok(settings), Ok(allow)) = (maps.settings(), maps.allowlist()) {
+            println!(
+                "enforce: {}  fragments: {}  allowed prefixes: {}",
+                settings.enforce != 0,
+                if settings.fragments == 0 { "judge-first" } else { "drop-outside" },
+                allow.len()
+            );
+        }
+    }
+}

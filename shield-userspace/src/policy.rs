@@ -116,6 +116,17 @@ enum Transport {
 }
 
 impl Policy {
+    /// The policy a config enforces with these ranges.
+    pub fn from_config(config: &crate::config::Config, ranges: &crate::ranges::RangeSet) -> Policy {
+        Policy {
+            enforce: config.xdp.enforce,
+            fragments: config.xdp.fragments.into(),
+            protected_tcp_ports: config.xdp.protected_tcp_ports.iter().copied().collect(),
+            protected_udp_ports: config.xdp.protected_udp_ports.iter().copied().collect(),
+            allowed: crate::ranges::allowlist(ranges, &config.ranges.extra_allow),
+        }
+    }
+
     /// The verdict the dataplane gives this Ethernet frame.
     pub fn classify_packet(&self, frame: &[u8]) -> Decision {
         let (reason, matched) = match parse(frame) {

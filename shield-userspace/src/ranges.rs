@@ -115,9 +115,23 @@ fn parse_family(
         .collect()
 }
 
-/// The allowlist the dataplane enforces: the ranges plus `extra_allow`.
+/// The allowlist the dataplane enforces: the ranges plus `extra_allow`,
+/// each tagged with where it came from. A prefix in both keeps the
+/// `extra_allow` tag, so removing it from the ranges cannot lock it out.
+pub fn tagged_allowlist(ranges: &RangeSet, extra_allow: &[IpNetwork]) -> Vec<(IpNetwork, u8)> {
+    let mut tagged: std::collections::BTreeMap<IpNetwork, u8> = ranges
+        .prefixes()
+        .map(|p| (p, shield_common::PREFIX_FROM_RANGES))
+        .collect();
+    for prefix in extra_allow {
+        tagged.insert(*prefix, shield_common::PREFIX_FROM_EXTRA);
+    }
+    tagged.into_iter().collect()
+}
+
+/// The reference classifier's view of the same allowlist.
 pub fn allowlist(ranges: &RangeSet, extra_allow: &[IpNetwork]) -> crate::policy::Allowlist {
-    crate::policy::Allowlist::new(ranges.prefixes().chain(extra_allow.iter().copied()))
+    crate::policy::Allowlist::new(tagged_allowlist(ranges, extra_allow).into_iter().map(|(p, _)| p))
 }
 
 #[cfg(test)]

@@ -1,0 +1,74 @@
+//! The `shield` command line: parsing only; each command's work lives in
+//! the module it belongs to.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "shield", version, about = "Origin shield for hosts behind Cloudflare: XDP allowlist of Cloudflare's ranges plus mTLS Authenticated Origin Pulls")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Path of shield.toml.
+    #[arg(long, short, default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach XDP, keep ranges fresh, terminate mTLS, serve metrics.
+    Run(ConfigArg),
+    /// Parse and validate the config, print the effective config; exit 0 if valid, 1 if not.
+    CheckConfig(ConfigArg),
+    /// The verdict the dataplane gives a source, and why; exit 0 pass, 1 drop.
+    Classify {
+        /// Source address to judge.
+        address: IpAddr,
+        /// Destination port.
+        #[arg(long, default_value_t = 443)]
+        port: u16,
+        #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
+        proto: ProtoArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The ranges in force: source, age, etag and prefixes.
+    Ranges {
+        /// Fetch, validate and show the difference (applied by the running daemon).
+        #[arg(long)]
+        refresh: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Attached interfaces, mode and counters by reason, read from the pinned maps.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the XDP program and its pins (all interfaces, or one).
+    Detach {
+        #[arg(long)]
+        iface: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtoArg {
+    Tcp,
+    Udp,
+}
+
+impl From<ProtoArg> for crate::policy::Protocol {
+    fn from(value: ProtoArg) -> Self {
+        match value {
+            ProtoArg::Tcp => crate::policy::Protocol::Tcp,
+            ProtoArg::Udp => crate::policy::Protocol::Udp,
+        }
+    }
+}
