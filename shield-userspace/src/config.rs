@@ -240,6 +240,10 @@ pub struct SiteConfig {
     pub idle_timeout: Duration,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// How long the upstream may take to answer with response headers
+    /// before the client gets a 504.
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    pub upstream_timeout: Duration,
 }
 
 impl SiteConfig {
@@ -264,6 +268,10 @@ fn default_idle_timeout() -> Duration {
 }
 fn default_max_connections() -> usize {
     10_000
+}
+fn default_upstream_timeout() -> Duration {
+    // nginx's proxy_read_timeout default; Cloudflare itself waits 100 s.
+    Duration::from_secs(60)
 }
 
 impl Config {
@@ -428,6 +436,7 @@ fn validate_sites(sites: &[SiteConfig]) -> Result<(), InvalidKey> {
             ("handshake_timeout", site.handshake_timeout),
             ("header_timeout", site.header_timeout),
             ("idle_timeout", site.idle_timeout),
+            ("upstream_timeout", site.upstream_timeout),
         ] {
             if value.is_zero() {
                 return Err(InvalidKey::new(key(field), "must be longer than zero"));

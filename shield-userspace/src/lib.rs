@@ -9,3 +9,5 @@ pub mod policy;
 pub mod ranges;
 pub mod cli;
 pub mod daemon;
+pub mod proxy;
+pub mod tls;

@@ -1,0 +1,235 @@
+//! What changes in the headers on the way upstream and back.
+//!
+//! The client is Cloudflare, verified by its certificate, so its
+//! `CF-Connecting-IP` is the visitor's address; every other client-sent
+//! statement about forwarding is dropped and rewritten.
+
+use std::net::IpAddr;
+
+use http::{
+    header::{self, HeaderName},
+    HeaderMap, HeaderValue,
+};
+
+/// The verified client certificate's SHA-256 fingerprint (hex of the leaf DER).
+pub const CLIENT_CERT_SHA256: HeaderName = HeaderName::from_static("x-shield-client-cert-sha256");
+/// The id shield logs for this request.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-shield-request-id");
+pub const CF_CONNECTING_IP: HeaderName = HeaderName::from_static("cf-connecting-ip");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// RFC 9110 7.6.1: fields that describe one connection, never forwarded.
+/// `proxy-connection` and `keep-alive` are the pre-standard spellings that
+/// clients still send.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Forwarding statements that only shield may make.
+const REWRITTEN: [HeaderName; 4] = [
+    X_FORWARDED_FOR,
+    X_REAL_IP,
+    header::FORWARDED,
+    X_FORWARDED_PROTO,
+];
+
+/// Removes the hop-by-hop fields, including those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// What shield states about a request to the upstream.
+pub struct Forwarding<'a> {
+    pub host: &'a str,
+    /// The TCP peer (a Cloudflare edge address), used when Cloudflare sent
+    /// no usable `CF-Connecting-IP`.
+    pub peer: IpAddr,
+    pub client_cert_sha256: &'a str,
+    pub request_id: &'a str,
+}
+
+/// Rewrites a verified request's headers for the upstream.
+pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
+    // Read before stripping: a client listing it in `Connection` addresses
+    // it to us, which is where it is used.
+    let visitor = headers
+        .get(&CF_CONNECTING_IP)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        .unwrap_or(fwd.peer);
+    strip_hop_by_hop(headers);
+    for name in REWRITTEN {
+        headers.remove(name);
+    }
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-shield-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
+    if let Ok(visitor) = HeaderValue::from_str(&visitor.to_string()) {
+        headers.insert(X_FORWARDED_FOR, visitor.clone());
+        headers.insert(X_REAL_IP, visitor);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    if let Ok(host) = HeaderValue::from_str(fwd.host) {
+        headers.insert(header::HOST, host);
+    }
+    if let Ok(value) = HeaderValue::from_str(fwd.client_cert_sha256) {
+        headers.insert(CLIENT_CERT_SHA256, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(fwd.request_id) {
+        headers.insert(REQUEST_ID, value);
+    }
+}
+
+/// The host a request is for, lowercase and without port: the URI authority
+/// (h2 `:authority`, h1 absolute-form) else `Host`. `None` when absent, or
+/// when both are present and disagree.
+pub fn request_host(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
+    let from_header = match headers.get(header::HOST) {
+        Some(value) => Some(normalize_host(value.to_str().ok()?)?),
+        None => None,
+    };
+    let from_uri = uri.authority().and_then(|a| normalize_host(a.host()));
+    match (from_uri, from_header) {
+        (Some(a), Some(b)) if a != b => None,
+        (Some(a), _) => Some(a),
+        (None, b) => b,
+    }
+}
+
+/// Lowercase host without port or trailing dot; IPv6 literals keep brackets.
+pub fn normalize_host(text: &str) -> Option<String> {
+    let text = text.trim();
+    let host = if text.starts_with('[') {
+        let end = text.find(']')?;
+        &text[..=end]
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            Some(_) => return None,
+            None => text,
+        }
+    };
+    let host = host.trim_end_matches('.');
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn spoofed_forwarding_is_replaced() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-proto", "http"),
+            ("x-shield-client-cert-sha256", "forged"),
+            ("cf-connecting-ip", "203.0.113.7"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+        ]);
+        prepare_request(
+            &mut headers,
+            &Forwarding {
+                host: "www.example.com",
+                peer: "172.64.0.1".parse().unwrap(),
+                client_cert_sha256: "ab12",
+                request_id: "r1",
+            },
+        );
+        assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.7");
+        assert_eq!(headers["x-real-ip"], "203.0.113.7");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-shield-client-cert-sha256"], "ab12");
+        assert_eq!(headers["host"], "www.example.com");
+        assert_eq!(headers["accept"], "*/*");
+        for gone in [
+            "forwarded",
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "upgrade",
+        ] {
+            assert!(headers.get(gone).is_none(), "{gone} was forwarded");
+        }
+    }
+
+    #[test]
+    fn peer_is_used_without_a_valid_cf_connecting_ip() {
+        let mut headers = map(&[("cf-connecting-ip", "not an ip")]);
+        prepare_request(
+            &mut headers,
+            &Forwarding {
+                host: "a",
+                peer: "2001:db8::1".parse().unwrap(),
+                client_cert_sha256: "",
+                request_id: "",
+            },
+        );
+        assert_eq!(headers["x-forwarded-for"], "2001:db8::1");
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(
+            normalize_host("WWW.Example.com:443").as_deref(),
+            Some("www.example.com")
+        );
+        assert_eq!(
+            normalize_host("example.com.").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(normalize_host("[::1]:8443").as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host("a:b"), None);
+        let uri: http::Uri = "https://a.example/x".parse().unwrap();
+        assert_eq!(request_host(&uri, &map(&[("host", "b.example")])), None);
+        assert_eq!(
+            request_host(&uri, &map(&[("host", "A.example:443")])).as_deref(),
+            Some("a.example")
+        );
+        let origin_form: http::Uri = "/x".parse().unwrap();
+        assert_eq!(request_host(&origin_form, &HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,16 @@
+//! The HTTP side of the terminator: serving h1/h2 on verified TLS
+//! connections, binding Host to SNI, the header policy, the pooled upstream
+//! client, and the port-80 handler.
+
+mod activity;
+mod handler;
+pub mod headers;
+pub mod plain;
+mod route;
+mod serve;
+mod upstream;
+
+pub use handler::Connection;
+pub use route::{Route, Upstream};
+pub use serve::{serve, Protocol, H2_MAX_STREAMS, MAX_HEADER_BYTES};
+pub use upstream::{client as upstream_client, UpstreamClient};

@@ -1,0 +1,200 @@
+//! One listening address: accept under the connection cap, read the
+//! ClientHello, pick the site by SNI, finish the handshake with that site's
+//! policy under its timeout, count the result, serve HTTP.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    server::{Acceptor, ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+    ServerConfig,
+};
+use sha2::{Digest, Sha256};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{watch, OwnedSemaphorePermit, Semaphore},
+    time::{timeout_at, Instant},
+};
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::{
+    metrics::{HandshakeResult, NO_SITE},
+    verify, SiteTable, TlsMetrics,
+};
+use crate::proxy::{self, Connection, Protocol, UpstreamClient};
+
+/// What every connection of every listener shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub metrics: TlsMetrics,
+    pub upstream: UpstreamClient,
+    /// Finishes a ClientHello whose SNI names no site with a fatal alert.
+    pub refuse: Arc<ServerConfig>,
+    /// Turns true when the frontend shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn refuse_config() -> Arc<ServerConfig> {
+        let config = ServerConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .map(|builder| {
+                builder
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::new(NoCertificate))
+            });
+        match config {
+            Ok(config) => Arc::new(config),
+            // Only fails if the provider lacks TLS 1.2 and 1.3 suites, which
+            // the provider we build never does; then the plain default.
+            Err(_) => Arc::new(
+                ServerConfig::builder()
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::new(NoCertificate)),
+            ),
+        }
+    }
+}
+
+/// rustls answers a resolver that finds no certificate with a fatal alert,
+/// which tells the client plainly that this name is not served here.
+#[derive(Debug)]
+struct NoCertificate;
+
+impl ResolvesServerCert for NoCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        None
+    }
+}
+
+/// Accepts until the task is aborted. The permit is taken before `accept`,
+/// so at the cap the kernel backlog holds new connections (accepting pauses)
+/// instead of shield accepting and dropping them.
+pub async fn run(
+    listener: TcpListener,
+    table: Arc<ArcSwap<SiteTable>>,
+    limit: Arc<Semaphore>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let table = table.load_full();
+        tokio::spawn(connection(tcp, peer, table, permit, shared.clone()));
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    table: Arc<SiteTable>,
+    permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+) {
+    let started = Instant::now();
+    let metrics = &shared.metrics;
+    let hello = timeout_at(
+        started + table.hello_timeout,
+        LazyConfigAcceptor::new(Acceptor::default(), tcp),
+    )
+    .await;
+    let start = match hello {
+        Ok(Ok(start)) => start,
+        Ok(Err(error)) => {
+            metrics.handshake(NO_SITE, verify::classify(&error));
+            return;
+        }
+        Err(_) => {
+            metrics.handshake(NO_SITE, HandshakeResult::Timeout);
+            return;
+        }
+    };
+    let sni = start
+        .client_hello()
+        .server_name()
+        .map(|name| name.trim_end_matches('.').to_ascii_lowercase());
+    let Some(site) = table.lookup(sni.as_deref()).cloned() else {
+        metrics.handshake(NO_SITE, HandshakeResult::UnknownSni);
+        tracing::debug!(%peer, sni = ?sni, "refused: no site for this SNI");
+        let _ = timeout_at(
+            started + table.hello_timeout,
+            start.into_stream(shared.refuse.clone()),
+        )
+        .await;
+        return;
+    };
+    let label = site.label();
+    let handshake = timeout_at(
+        started + site.handshake_timeout,
+        start.into_stream(site.tls.clone()),
+    )
+    .await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            let result = verify::classify(&error);
+            metrics.handshake(label, result);
+            tracing::info!(site = label, %peer, %result, %error, "handshake refused");
+            return;
+        }
+        Err(_) => {
+            metrics.handshake(label, HandshakeResult::Timeout);
+            tracing::info!(site = label, %peer, "handshake timed out");
+            return;
+        }
+    };
+    metrics.handshake(label, HandshakeResult::Ok);
+
+    let (_, session) = tls.get_ref();
+    let protocol = match session.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    let client_cert_sha256 = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| hex(&Sha256::digest(leaf.as_ref())))
+        .unwrap_or_default();
+    let sni = sni.unwrap_or_default();
+    let route = site.route.clone();
+    let upstream = shared.upstream.clone();
+    let conn_metrics = shared.metrics.clone();
+    proxy::serve(
+        tls,
+        protocol,
+        move |activity| Connection {
+            route,
+            sni,
+            peer,
+            client_cert_sha256,
+            activity,
+            upstream,
+            metrics: conn_metrics,
+        },
+        shared.shutdown.clone(),
+    )
+    .await;
+    drop(permit);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}

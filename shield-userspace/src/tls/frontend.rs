@@ -1,0 +1,393 @@
+//! The running terminator: listeners, their site tables, reload, shutdown.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::{watch, Semaphore},
+    task::JoinHandle,
+};
+
+use super::{
+    accept::{self, Shared},
+    watch::Stamps,
+    Site, SiteTable, TlsError, TlsMetrics,
+};
+use crate::{
+    config::{Config, HttpAction},
+    proxy::{self, plain::PlainRoutes},
+};
+
+/// Pending connections the kernel queues per listener: room for Cloudflare's
+/// bursts, and for the backlog that builds while accepting is paused at
+/// `max_connections`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+#[derive(Debug, Clone)]
+pub struct FrontendOptions {
+    /// How often certificate, key, CA and CRL files are checked for
+    /// changes; `None` disables the watcher.
+    pub watch_interval: Option<Duration>,
+}
+
+impl Default for FrontendOptions {
+    fn default() -> Self {
+        FrontendOptions {
+            watch_interval: Some(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// The TLS terminator of all sites, and the port-80 handler.
+///
+/// Reloads are atomic: the new state is built completely (every file read
+/// and checked, every new address bound) before any of it replaces the old;
+/// on error the old state keeps serving. Established connections keep the
+/// site state they were accepted with.
+#[derive(Debug, Clone)]
+pub struct Frontend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The config in force; `None` until the first successful load.
+    config: Option<Config>,
+    stamps: Stamps,
+    listeners: HashMap<SocketAddr, Listener>,
+    plain: Option<PlainListener>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Listener {
+    local_addr: SocketAddr,
+    table: Arc<ArcSwap<SiteTable>>,
+    limit: Arc<Semaphore>,
+    capacity: usize,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct PlainListener {
+    configured: SocketAddr,
+    local_addr: SocketAddr,
+    routes: Arc<ArcSwap<PlainRoutes>>,
+    task: JoinHandle<()>,
+}
+
+/// The new state, fully built, not yet in force.
+struct Prepared {
+    tables: HashMap<SocketAddr, SiteTable>,
+    bound: HashMap<SocketAddr, TcpListener>,
+    plain_bound: Option<TcpListener>,
+    stamps: Stamps,
+}
+
+impl Frontend {
+    /// Binds every site's listener (and port 80 unless `[http].action` is
+    /// off) and serves on the current tokio runtime.
+    pub fn start(config: &Config, metrics: TlsMetrics) -> Result<Frontend, TlsError> {
+        Frontend::start_with(config, metrics, FrontendOptions::default())
+    }
+
+    pub fn start_with(
+        config: &Config,
+        metrics: TlsMetrics,
+        options: FrontendOptions,
+    ) -> Result<Frontend, TlsError> {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            metrics,
+            upstream: proxy::upstream_client(),
+            refuse: Shared::refuse_config(),
+            shutdown: shutdown_rx,
+        });
+        let empty = State {
+            config: None,
+            stamps: Stamps::default(),
+            listeners: HashMap::new(),
+            plain: None,
+            watcher: None,
+        };
+        let frontend = Frontend {
+            inner: Arc::new(Inner {
+                shared,
+                shutdown,
+                state: Mutex::new(empty),
+            }),
+        };
+        frontend.reload(config)?;
+        if let Some(interval) = options.watch_interval {
+            let weak = Arc::downgrade(&frontend.inner);
+            let task = tokio::spawn(watch_files(weak, interval));
+            frontend.state().watcher = Some(task);
+        }
+        Ok(frontend)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data: every
+        // mutation below happens after all fallible steps.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies `config`: new certificates, CAs, CRLs, pins and upstreams
+    /// for new connections, listeners opened and closed as needed. On error
+    /// nothing changes and the error says which file or key is at fault.
+    pub fn reload(&self, config: &Config) -> Result<(), TlsError> {
+        let mut state = self.state();
+        let prepared = prepare(config, &state)?;
+        self.commit(&mut state, config, prepared);
+        Ok(())
+    }
+
+    fn commit(&self, state: &mut State, config: &Config, prepared: Prepared) {
+        let Prepared {
+            tables,
+            mut bound,
+            plain_bound,
+            stamps,
+        } = prepared;
+        let metrics = &self.inner.shared.metrics;
+
+        // Gauges of sites that are gone fall to 0; the rest are set below.
+        for old in state.config.iter().flat_map(|c| &c.sites) {
+            if !config.sites.iter().any(|s| s.label() == old.label()) {
+                metrics.set_shared_ca_in_use(old.label(), false);
+            }
+        }
+        let mut routes = Vec::new();
+        for table in tables.values() {
+            for site in table.sites() {
+                routes.push(site.route.clone());
+                metrics.set_shared_ca_in_use(site.label(), site.uses_shared_ca);
+                if site.uses_shared_ca {
+                    tracing::warn!(
+                        site = site.label(),
+                        "client_ca = [\"cloudflare-shared\"]: any Cloudflare customer can present \
+                         this certificate, so it proves only that a request came through \
+                         Cloudflare, not through your zone. Enable zone-level Authenticated \
+                         Origin Pulls with a certificate from your own CA and list that CA here."
+                    );
+                }
+            }
+        }
+
+        state.listeners.retain(|addr, listener| {
+            let keep = tables.contains_key(addr);
+            if !keep {
+                // Established connections continue; only accepting stops.
+                listener.task.abort();
+                tracing::info!(listen = %addr, "listener closed");
+            }
+            keep
+        });
+        for (addr, table) in tables {
+            let capacity = table.max_connections;
+            match state.listeners.get_mut(&addr) {
+                Some(listener) => {
+                    resize(listener, capacity);
+                    listener.table.store(Arc::new(table));
+                }
+                None => {
+                    let Some(tcp) = bound.remove(&addr) else {
+                        continue;
+                    };
+                    let local_addr = tcp.local_addr().unwrap_or(addr);
+                    let table = Arc::new(ArcSwap::from_pointee(table));
+                    let limit = Arc::new(Semaphore::new(capacity));
+                    let task = tokio::spawn(accept::run(
+                        tcp,
+                        table.clone(),
+                        limit.clone(),
+                        self.inner.shared.clone(),
+                    ));
+                    tracing::info!(listen = %local_addr, "TLS listener open");
+                    state.listeners.insert(
+                        addr,
+                        Listener {
+                            local_addr,
+                            table,
+                            limit,
+                            capacity,
+                            task,
+                        },
+                    );
+                }
+            }
+        }
+
+        let plain_routes = PlainRoutes::new(config.http.action, routes.iter());
+        let wanted = config.http.action != HttpAction::Off && !config.sites.is_empty();
+        match (&state.plain, wanted) {
+            (Some(plain), true) if plain.configured == config.http.listen => {
+                plain.routes.store(Arc::new(plain_routes));
+            }
+            _ => {
+                if let Some(old) = state.plain.take() {
+                    old.task.abort();
+                }
+                if let Some(tcp) = plain_bound {
+                    let local_addr = tcp.local_addr().unwrap_or(config.http.listen);
+                    let routes = Arc::new(ArcSwap::from_pointee(plain_routes));
+                    let task = tokio::spawn(proxy::plain::run(
+                        tcp,
+                        routes.clone(),
+                        self.inner.shared.metrics.clone(),
+                    ));
+                    tracing::info!(listen = %local_addr, action = ?config.http.action, "port-80 listener open");
+                    state.plain = Some(PlainListener {
+                        configured: config.http.listen,
+                        local_addr,
+                        routes,
+                        task,
+                    });
+                }
+            }
+        }
+        state.config = Some(config.clone());
+        state.stamps = stamps;
+    }
+
+    /// The address a site listener configured as `listen` is bound to
+    /// (differs when the config asked for port 0).
+    pub fn local_addr(&self, listen: SocketAddr) -> Option<SocketAddr> {
+        self.state().listeners.get(&listen).map(|l| l.local_addr)
+    }
+
+    /// The bound port-80 address, if that listener is on.
+    pub fn http_local_addr(&self) -> Option<SocketAddr> {
+        self.state().plain.as_ref().map(|p| p.local_addr)
+    }
+
+    /// Stops accepting everywhere and asks open connections to close once
+    /// their in-flight requests are answered.
+    pub fn shutdown(&self) {
+        let mut state = self.state();
+        for (_, listener) in state.listeners.drain() {
+            listener.task.abort();
+        }
+        if let Some(plain) = state.plain.take() {
+            plain.task.abort();
+        }
+        if let Some(watcher) = state.watcher.take() {
+            watcher.abort();
+        }
+        let _ = self.inner.shutdown.send(true);
+    }
+}
+
+/// Builds everything `config` needs without touching the running state.
+fn prepare(config: &Config, state: &State) -> Result<Prepared, TlsError> {
+    // Stamps first: a file that changes while we read it is seen as changed
+    // again by the next poll.
+    let stamps = Stamps::of(config);
+    let mut tables: HashMap<SocketAddr, SiteTable> = HashMap::new();
+    for site_config in &config.sites {
+        let site = Arc::new(Site::build(site_config)?);
+        tables.entry(site_config.listen).or_default().insert(site);
+    }
+    let mut bound = HashMap::new();
+    for addr in tables.keys() {
+        if !state.listeners.contains_key(addr) {
+            bound.insert(*addr, bind(*addr)?);
+        }
+    }
+    let plain_wanted = config.http.action != HttpAction::Off && !config.sites.is_empty();
+    let plain_kept = state
+        .plain
+        .as_ref()
+        .is_some_and(|p| p.configured == config.http.listen);
+    let plain_bound = if plain_wanted && !plain_kept {
+        Some(bind(config.http.listen)?)
+    } else {
+        None
+    };
+    Ok(Prepared {
+        tables,
+        bound,
+        plain_bound,
+        stamps,
+    })
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, TlsError> {
+    let fail = |source| TlsError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(addr).map_err(fail)?;
+    socket.listen(LISTEN_BACKLOG).map_err(fail)
+}
+
+/// Applies a changed `max_connections`. A lower cap takes only free
+/// permits now; busy ones vanish as their connections close.
+fn resize(listener: &mut Listener, capacity: usize) {
+    if capacity > listener.capacity {
+        listener.limit.add_permits(capacity - listener.capacity);
+    } else if capacity < listener.capacity {
+        let mut owed = listener.capacity - capacity;
+        owed -= listener.limit.forget_permits(owed);
+        if owed > 0 {
+            let limit = listener.limit.clone();
+            tokio::spawn(async move {
+                let owed = u32::try_from(owed).unwrap_or(u32::MAX);
+                if let Ok(permits) = limit.acquire_many(owed).await {
+                    permits.forget();
+                }
+            });
+        }
+    }
+    listener.capacity = capacity;
+}
+
+async fn watch_files(inner: Weak<Inner>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let frontend = Frontend { inner };
+        let (config, changed) = {
+            let state = frontend.state();
+            let Some(config) = state.config.clone() else {
+                continue;
+            };
+            let changed = Stamps::of(&config).changed_since(&state.stamps).cloned();
+            (config, changed)
+        };
+        let Some(path) = changed else {
+            continue;
+        };
+        tracing::info!(file = %path.display(), "TLS file changed, reloading");
+        if let Err(error) = frontend.reload(&config) {
+            tracing::error!(%error, "reload after file change failed; the previous certificates stay in force");
+            // Remember the broken version so the next poll does not retry
+            // until the file changes again.
+            frontend.state().stamps = Stamps::of(&config);
+        }
+    }
+}

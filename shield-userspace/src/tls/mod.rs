@@ -1,0 +1,58 @@
+//! The mTLS terminator: sites and their certificates, client-certificate
+//! verification (CAs, pins, CRLs, the shared-CA warning), the acceptor with
+//! its limits, and reload.
+//!
+//! [`Frontend`] is the entry point: it binds every site's listener, picks the
+//! site by SNI, requires a client certificate that the site's policy accepts,
+//! and hands the connection to [`crate::proxy`].
+
+mod accept;
+mod frontend;
+pub mod load;
+pub mod metrics;
+mod site;
+pub mod verify;
+mod watch;
+
+use std::{io, net::SocketAddr, path::PathBuf, sync::Arc};
+
+use rustls::crypto::CryptoProvider;
+
+pub use frontend::{Frontend, FrontendOptions};
+pub use metrics::{HandshakeResult, TlsMetrics};
+pub use site::{Site, SiteTable};
+
+/// Why TLS state could not be built; the running state is kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: {reason}")]
+    BadFile { path: PathBuf, reason: String },
+    #[error("client_spki_pins: {0:?} is not the base64 of a SHA-256 digest")]
+    BadPin(String),
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+    #[error("upstream {upstream:?}: {reason}")]
+    Upstream { upstream: String, reason: String },
+    #[error("site {site}: {source}")]
+    InSite {
+        site: String,
+        #[source]
+        source: Box<TlsError>,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// The rustls crypto provider for every site.
+///
+/// aws-lc-rs, chosen by measurement (`cargo xtask bench tls`, see
+/// docs/BENCHMARKS.md): the handshake cost is dominated by the server's
+/// ECDSA P-256 signature, the X25519 (or hybrid ML-KEM) exchange and the
+/// client chain check, and aws-lc-rs' assembly for these beats ring's on
+/// x86_64; it also offers the post-quantum hybrid key exchange by default.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
