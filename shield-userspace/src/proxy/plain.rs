@@ -26,15 +26,16 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct PlainRoutes {
     pub action: HttpAction,
-    by_name: HashMap<String, Arc<Route>>,
+    /// Route and the TLS port it is served on, by server name.
+    by_name: HashMap<String, (Arc<Route>, u16)>,
 }
 
 impl PlainRoutes {
-    pub fn new<'a>(action: HttpAction, routes: impl IntoIterator<Item = &'a Arc<Route>>) -> Self {
+    pub fn new(action: HttpAction, routes: impl IntoIterator<Item = (Arc<Route>, u16)>) -> Self {
         let mut by_name = HashMap::new();
-        for route in routes {
+        for (route, https_port) in routes {
             for name in &route.names {
-                by_name.insert(name.clone(), route.clone());
+                by_name.insert(name.clone(), (route.clone(), https_port));
             }
         }
         PlainRoutes { action, by_name }
@@ -43,7 +44,7 @@ impl PlainRoutes {
     fn respond(&self, request: &Request<Incoming>) -> (String, Response<ProxyBody>) {
         let route = headers::request_host(request.uri(), request.headers())
             .and_then(|host| self.by_name.get(&host).map(|route| (host, route)));
-        let Some((host, route)) = route else {
+        let Some((host, (route, https_port))) = route else {
             // Redirecting an arbitrary Host would make us an open redirector.
             return (
                 NO_SITE.to_owned(),
@@ -55,7 +56,7 @@ impl PlainRoutes {
         };
         let response = match self.action {
             HttpAction::Redirect => {
-                let port = match route.https_port {
+                let port = match https_port {
                     443 => String::new(),
                     port => format!(":{port}"),
                 };

@@ -17,8 +17,6 @@ pub struct Route {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub upstream_timeout: Duration,
-    /// The site's TLS port, for redirects from port 80.
-    pub https_port: u16,
 }
 
 impl Route {
@@ -34,7 +32,6 @@ impl Route {
             header_timeout: config.header_timeout,
             idle_timeout: config.idle_timeout,
             upstream_timeout: config.upstream_timeout,
-            https_port: config.listen.port(),
         })
     }
 

@@ -1,11 +1,14 @@
 //! Serving HTTP/1.1 or HTTP/2 (by ALPN) on a verified TLS connection.
 
-use std::{pin::pin, sync::Arc, time::Duration};
+use std::{future::Future, pin::pin, sync::Arc, time::Duration};
 
-use hyper::service::service_fn;
+use hyper::{
+    server::conn::{http1, http2},
+    service::service_fn,
+};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
+    server::graceful::GracefulConnection,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -52,28 +55,56 @@ pub async fn serve<IO>(
     let (header_timeout, idle_timeout) = (conn.route.header_timeout, conn.route.idle_timeout);
     let label = conn.route.label.clone();
     let service = service_fn(move |request| conn.clone().handle(request));
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Replaced by Activity (see there): hyper's timer would also cut
-        // idle keep-alive connections.
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
-    let builder = match protocol {
-        Protocol::Http1 => builder.http1_only(),
-        Protocol::Http2 => builder.http2_only(),
+    let io = TokioIo::new(Tracked::new(io, activity.clone()));
+    let limits = Limits {
+        header_timeout,
+        idle_timeout,
+        label: &label,
     };
-    let mut connection =
-        pin!(builder.serve_connection(TokioIo::new(Tracked::new(io, activity.clone())), service));
+    match protocol {
+        Protocol::Http1 => {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                // Replaced by Activity (see there): hyper's timer would also
+                // cut idle keep-alive connections.
+                .header_read_timeout(None)
+                .max_header_size(MAX_HEADER_BYTES)
+                .max_headers(MAX_HEADERS)
+                .serve_connection(io, service);
+            drive(connection, &activity, limits, &mut shutdown).await;
+        }
+        Protocol::Http2 => {
+            let connection = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(H2_MAX_STREAMS)
+                .max_header_list_size(MAX_HEADER_BYTES as u32)
+                .serve_connection(io, service);
+            drive(connection, &activity, limits, &mut shutdown).await;
+        }
+    }
+}
 
+struct Limits<'a> {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    label: &'a str,
+}
+
+async fn drive<C>(
+    connection: C,
+    activity: &Activity,
+    limits: Limits<'_>,
+    shutdown: &mut watch::Receiver<bool>,
+) where
+    C: GracefulConnection + Future<Output = Result<(), <C as GracefulConnection>::Error>>,
+    <C as GracefulConnection>::Error: std::fmt::Display,
+{
+    let Limits {
+        header_timeout,
+        idle_timeout,
+        label,
+    } = limits;
+    let mut connection = pin!(connection);
     let mut closing_since = None;
     loop {
         let wake = match closing_since {

@@ -173,10 +173,8 @@ impl Frontend {
                 metrics.set_shared_ca_in_use(old.label(), false);
             }
         }
-        let mut routes = Vec::new();
         for table in tables.values() {
             for site in table.sites() {
-                routes.push(site.route.clone());
                 metrics.set_shared_ca_in_use(site.label(), site.uses_shared_ca);
                 if site.uses_shared_ca {
                     tracing::warn!(
@@ -234,7 +232,20 @@ impl Frontend {
             }
         }
 
-        let plain_routes = PlainRoutes::new(config.http.action, routes.iter());
+        // Redirects name the port each site is really served on.
+        let routes: Vec<_> = state
+            .listeners
+            .values()
+            .flat_map(|listener| {
+                let port = listener.local_addr.port();
+                let table = listener.table.load_full();
+                table
+                    .sites()
+                    .map(|site| (site.route.clone(), port))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let plain_routes = PlainRoutes::new(config.http.action, routes);
         let wanted = config.http.action != HttpAction::Off && !config.sites.is_empty();
         match (&state.plain, wanted) {
             (Some(plain), true) if plain.configured == config.http.listen => {

@@ -14,7 +14,12 @@ mod site;
 pub mod verify;
 mod watch;
 
-use std::{io, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+};
 
 use rustls::crypto::CryptoProvider;
 
@@ -54,5 +59,8 @@ pub enum TlsError {
 /// client chain check, and aws-lc-rs' assembly for these beats ring's on
 /// x86_64; it also offers the post-quantum hybrid key exchange by default.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .clone()
 }

@@ -1,0 +1,303 @@
+//! The HTTP side against real curl: header policy, Host/SNI binding,
+//! 502/504, the header cap, h2 settings and port 80.
+
+mod tls_support;
+
+use std::time::Duration;
+
+use tls_support::{
+    closed_port, curl, pki::Pki, silent_upstream, site_toml, upstream, Req, Shield, HTTP_OFF,
+};
+
+const SITE: &str = "www.a.test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_sees_rewritten_forwarding_headers_over_h1_and_h2() {
+    let pki = Pki::new();
+    let up = upstream().await;
+    let server = pki.server("site-a", &[SITE]);
+    let toml = format!(
+        "{HTTP_OFF}{}",
+        site_toml(
+            &[SITE],
+            "127.0.0.1:0",
+            &server,
+            &[&pki.zone_ca.file],
+            up.addr,
+            ""
+        )
+    );
+    let shield = Shield::start(&toml).await;
+    for http2 in [false, true] {
+        let out = curl(
+            &pki,
+            Req {
+                host: SITE,
+                port: shield.tls_port(),
+                path: "/p?q=1",
+                client: Some(&pki.good),
+                http2,
+                headers: &[
+                    "CF-Connecting-IP: 203.0.113.9",
+                    "X-Forwarded-For: 6.6.6.6",
+                    "X-Real-IP: 6.6.6.6",
+                    "Forwarded: for=6.6.6.6",
+                    "X-Forwarded-Proto: http",
+                    "X-Shield-Client-Cert-Sha256: forged",
+                    "Keep-Alive: timeout=1",
+                    "Connection: X-Hop",
+                    "X-Hop: secret",
+                    "X-App: kept",
+                ],
+                extra: &["-D", "-"],
+            },
+        )
+        .await;
+        assert_eq!(out.status, Some(200), "{out:?}");
+        let seen = out.echoed();
+        let one = |name: &str| seen.get(name).cloned().unwrap_or_default();
+        assert!(out.body.contains("GET /p?q=1"), "{}", out.body);
+        assert_eq!(one("x-forwarded-for"), ["203.0.113.9"], "{}", out.body);
+        assert_eq!(one("x-real-ip"), ["203.0.113.9"]);
+        assert_eq!(one("x-forwarded-proto"), ["https"]);
+        assert_eq!(one("host"), [SITE]);
+        assert_eq!(one("x-shield-client-cert-sha256"), [pki.good.sha256_hex()]);
+        assert_eq!(one("x-app"), ["kept"]);
+        assert_eq!(one("x-shield-request-id").len(), 1);
+        // curl drops connection-specific fields itself over h2.
+        let gone: &[&str] = if http2 {
+            &["forwarded"]
+        } else {
+            &["forwarded", "x-hop", "keep-alive"]
+        };
+        for gone in gone {
+            assert!(
+                !seen.contains_key(*gone),
+                "{gone} reached the upstream: {}",
+                out.body
+            );
+        }
+        // The upstream's own hop-by-hop answer headers stop at shield.
+        let head = out.body.to_ascii_lowercase();
+        assert!(head.contains("x-upstream: echo"), "{}", out.body);
+        assert!(!head.contains("keep-alive: timeout=5"), "{}", out.body);
+    }
+    assert_eq!(shield.metrics.requests(SITE, 200), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_must_match_sni() {
+    let pki = Pki::new();
+    let up = upstream().await;
+    let server = pki.server("site-ab", &[SITE, "a.test", "www.b.test"]);
+    let toml = format!(
+        "{HTTP_OFF}{}",
+        site_toml(
+            &[SITE, "a.test"],
+            "127.0.0.1:0",
+            &server,
+            &[&pki.zone_ca.file],
+            up.addr,
+            ""
+        )
+    );
+    let shield = Shield::start(&toml).await;
+    for http2 in [false, true] {
+        for host in ["a.test", "www.b.test", "evil.example"] {
+            let header = format!("Host: {host}");
+            let out = curl(
+                &pki,
+                Req {
+                    host: SITE,
+                    port: shield.tls_port(),
+                    client: Some(&pki.good),
+                    http2,
+                    headers: &[&header],
+                    ..Req::default()
+                },
+            )
+            .await;
+            assert_eq!(out.status, Some(421), "Host {host} h2={http2}: {out:?}");
+            assert!(!out.body.contains("GET /"), "reached the upstream: {out:?}");
+        }
+        // Host with port and different case still matches.
+        let header = format!("Host: WWW.A.TEST:{}", shield.tls_port());
+        let out = curl(
+            &pki,
+            Req {
+                host: SITE,
+                port: shield.tls_port(),
+                client: Some(&pki.good),
+                http2,
+                headers: &[&header],
+                ..Req::default()
+            },
+        )
+        .await;
+        assert_eq!(out.status, Some(200), "{out:?}");
+    }
+    assert_eq!(shield.metrics.requests(SITE, 421), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_refused_is_502_and_slow_is_504() {
+    let pki = Pki::new();
+    let server = pki.server("site-a", &[SITE]);
+    let refused = closed_port().await;
+    let (silent, _silent_task) = silent_upstream().await;
+    let toml = format!(
+        "{HTTP_OFF}{}{}",
+        site_toml(
+            &[SITE],
+            "127.0.0.1:0",
+            &server,
+            &[&pki.zone_ca.file],
+            refused,
+            ""
+        ),
+        site_toml(
+            &["www.slow.test"],
+            "127.0.0.1:0",
+            &pki.server("slow", &["www.slow.test"]),
+            &[&pki.zone_ca.file],
+            silent,
+            "upstream_timeout = \"1s\""
+        ),
+    );
+    let shield = Shield::start(&toml).await;
+    let port = shield.tls_port();
+    for http2 in [false, true] {
+        let out = curl(
+            &pki,
+            Req {
+                host: SITE,
+                port,
+                client: Some(&pki.good),
+                http2,
+                ..Req::default()
+            },
+        )
+        .await;
+        assert_eq!(out.status, Some(502), "{out:?}");
+        assert!(
+            out.body.starts_with("Bad Gateway") && out.body.contains("request "),
+            "{out:?}"
+        );
+        let started = std::time::Instant::now();
+        let out = curl(
+            &pki,
+            Req {
+                host: "www.slow.test",
+                port,
+                client: Some(&pki.good),
+                http2,
+                ..Req::default()
+            },
+        )
+        .await;
+        assert_eq!(out.status, Some(504), "{out:?}");
+        assert!(out.body.starts_with("Gateway Timeout"), "{out:?}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(shield.metrics.requests(SITE, 502), 2);
+    assert_eq!(shield.metrics.requests("www.slow.test", 504), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_are_refused() {
+    let pki = Pki::new();
+    let up = upstream().await;
+    let server = pki.server("site-a", &[SITE]);
+    let toml = format!(
+        "{HTTP_OFF}{}",
+        site_toml(
+            &[SITE],
+            "127.0.0.1:0",
+            &server,
+            &[&pki.zone_ca.file],
+            up.addr,
+            ""
+        )
+    );
+    let shield = Shield::start(&toml).await;
+    let big = format!("X-Big: {}", "a".repeat(100 * 1024));
+    let out = curl(
+        &pki,
+        Req {
+            host: SITE,
+            port: shield.tls_port(),
+            client: Some(&pki.good),
+            headers: &[&big],
+            ..Req::default()
+        },
+    )
+    .await;
+    assert_eq!(out.status, Some(431), "{:?} {}", out.status, out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_80_redirects_denies_or_is_off() {
+    tls_support::require("curl");
+    let pki = Pki::new();
+    let up = upstream().await;
+    let server = pki.server("site-a", &[SITE]);
+    let site = site_toml(
+        &[SITE, "a.test"],
+        "127.0.0.1:0",
+        &server,
+        &[&pki.zone_ca.file],
+        up.addr,
+        "",
+    );
+    let plain = |shield: &Shield, host: &str| {
+        let port = shield
+            .frontend
+            .http_local_addr()
+            .expect("port-80 listener")
+            .port();
+        let host = host.to_owned();
+        async move {
+            tls_support::parse_curl(
+                tokio::process::Command::new("curl")
+                    .args(["-sS", "-D", "-", "-w", "\n%{http_code}", "-H"])
+                    .arg(format!("Host: {host}"))
+                    .arg(format!("http://127.0.0.1:{port}/x?y=1"))
+                    .output()
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+
+    let shield = Shield::start(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\naction = \"redirect\"\n{site}"
+    ))
+    .await;
+    let tls_port = shield.tls_port();
+    let out = plain(&shield, "a.test").await;
+    assert_eq!(out.status, Some(301), "{out:?}");
+    assert!(
+        out.body
+            .contains(&format!("location: https://a.test:{tls_port}/x?y=1")),
+        "{out:?}"
+    );
+    // No open redirect for hosts we do not serve.
+    let out = plain(&shield, "evil.example").await;
+    assert_eq!(out.status, Some(421), "{out:?}");
+    assert_eq!(shield.metrics.requests(SITE, 301), 1);
+    drop(shield);
+
+    let shield = Shield::start(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\naction = \"deny\"\n{site}"
+    ))
+    .await;
+    assert_eq!(plain(&shield, "www.a.test").await.status, Some(403));
+    drop(shield);
+
+    let shield = Shield::start(&format!("{HTTP_OFF}{site}")).await;
+    assert!(shield.frontend.http_local_addr().is_none());
+}
