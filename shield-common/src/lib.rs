@@ -178,6 +178,17 @@ pub const fn port_bit(port: u16) -> u64 {
 pub const PREFIX_FROM_RANGES: u8 = 1;
 pub const PREFIX_FROM_EXTRA: u8 = 2;
 
+/// The prefilter: one bit per /24 (the top 24 bits of the source, for
+/// IPv4 and IPv6 alike), set when some allowed prefix overlaps that /24.
+/// A clear bit means "outside" without walking the LPM trie, which is what
+/// most flood packets hit; a set bit still goes to the trie for the answer.
+pub const PREFILTER_BITS: u32 = 1 << 24;
+pub const PREFILTER_WORDS: u32 = PREFILTER_BITS / 64;
+
+pub const fn prefilter_index(top: [u8; 3]) -> u32 {
+    ((top[0] as u32) << 16) | ((top[1] as u32) << 8) | top[2] as u32
+}
+
 /// Capacity of each allowlist trie; far above Cloudflare's ~20 prefixes so
 /// `extra_allow` and future growth fit.
 pub const MAX_PREFIXES: u32 = 16384;
@@ -196,6 +207,8 @@ pub mod map_names {
     pub const PORTS: &str = "PORTS";
     pub const ALLOW_V4: &str = "ALLOW_V4";
     pub const ALLOW_V6: &str = "ALLOW_V6";
+    pub const PREFILTER_V4: &str = "PREFILTER_V4";
+    pub const PREFILTER_V6: &str = "PREFILTER_V6";
     pub const COUNTERS: &str = "COUNTERS";
 }
 

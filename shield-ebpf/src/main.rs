@@ -16,8 +16,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use shield_common::{
-    counter_index, port_bit, port_word_index, Counter, FragmentPolicy, PortProtocol, Reason,
-    Settings, COUNTER_SLOTS, MAX_IPV6_EXT_HEADERS, MAX_PREFIXES, MAX_VLAN_TAGS, PORT_MAP_WORDS,
+    counter_index, port_bit, port_word_index, prefilter_index, Counter, FragmentPolicy,
+    PortProtocol, Reason, Settings, COUNTER_SLOTS, MAX_IPV6_EXT_HEADERS, MAX_PREFIXES,
+    MAX_VLAN_TAGS, PORT_MAP_WORDS, PREFILTER_WORDS,
 };
 
 #[map]
@@ -31,6 +32,12 @@ static ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 
 
 #[map]
 static ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+#[map]
+static PREFILTER_V4: Array<u64> = Array::with_max_entries(PREFILTER_WORDS, 0);
+
+#[map]
+static PREFILTER_V6: Array<u64> = Array::with_max_entries(PREFILTER_WORDS, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -160,13 +167,28 @@ fn classify(ctx: &XdpContext, fragments: u32) -> Reason {
 #[inline(always)]
 fn judge_source(source: &Source, otherwise: Reason) -> Reason {
     let allowed = match source {
-        Source::V4(address) => ALLOW_V4.get(Key::new(32, *address)).is_some(),
-        Source::V6(address) => ALLOW_V6.get(Key::new(128, *address)).is_some(),
+        Source::V4(a) => {
+            may_be_allowed(&PREFILTER_V4, [a[0], a[1], a[2]]) && ALLOW_V4.get(Key::new(32, *a)).is_some()
+        }
+        Source::V6(a) => {
+            may_be_allowed(&PREFILTER_V6, [a[0], a[1], a[2]]) && ALLOW_V6.get(Key::new(128, *a)).is_some()
+        }
     };
     if allowed {
         Reason::Allowed
     } else {
         otherwise
+    }
+}
+
+/// The prefilter bit of the source's /24: clear means no allowed prefix
+/// can hold it, so the trie walk is skipped.
+#[inline(always)]
+fn may_be_allowed(prefilter: &Array<u64>, top: [u8; 3]) -> bool {
+    let index = prefilter_index(top);
+    match prefilter.get(index >> 6) {
+        Some(word) => *word & (1u64 << (index & 63)) != 0,
+        None => false,
     }
 }
 

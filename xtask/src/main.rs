@@ -1,1 +1,53 @@
-fn main(){}
+//! `cargo xtask setup | build | run | test | bench | dist`.
+//!
+//! Each command sets up what it needs first, so a fresh clone needs no
+//! manual step (`cargo xtask test` on a new Debian 12 host just works).
+
+mod bench;
+mod build;
+mod run;
+mod setup;
+mod shell;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "shield's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything the build and the tests need (idempotent).
+    Setup,
+    /// Build shield and its XDP program.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Without arguments: the lab. With `-- ARGS`: run `shield ARGS`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Every test, privileged ones included (needs root); what CI runs.
+    Test,
+    /// The benchmarks of docs/BENCHMARKS.md (needs root).
+    Bench {
+        /// `xdp`, or all when omitted.
+        which: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::all(),
+        Task::Build { release } => build::all(release),
+        Task::Run { args } => run::run(args),
+        Task::Test => test::all(),
+        Task::Bench { which } => bench::run(which.as_deref()),
+    }
+}

@@ -8,8 +8,8 @@ use std::{
 use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use ipnetwork::IpNetwork;
 use shield_common::{
-    counter_index, map_names, port_bit, port_word_index, Counter, PortProtocol, Reason, Settings,
-    Verdict, PORT_MAP_WORDS,
+    counter_index, map_names, port_bit, port_word_index, prefilter_index, Counter, PortProtocol,
+    Reason, Settings, Verdict, PORT_MAP_WORDS,
 };
 
 use super::DataplaneError;
@@ -20,6 +20,8 @@ pub struct SharedMaps {
     ports: Array<MapData, u64>,
     allow_v4: LpmTrie<MapData, [u8; 4], u8>,
     allow_v6: LpmTrie<MapData, [u8; 16], u8>,
+    prefilter_v4: Array<MapData, u64>,
+    prefilter_v6: Array<MapData, u64>,
 }
 
 /// An allowed prefix and where it came from (`PREFIX_FROM_*`).
@@ -49,7 +51,8 @@ impl SharedMaps {
         let ports = take(map_names::PORTS)?;
         let allow_v4 = take(map_names::ALLOW_V4)?;
         let allow_v6 = take(map_names::ALLOW_V6)?;
-        SharedMaps::from_maps(settings, ports, allow_v4, allow_v6)
+        let prefilter = [take(map_names::PREFILTER_V4)?, take(map_names::PREFILTER_V6)?];
+        SharedMaps::from_maps(settings, ports, allow_v4, allow_v6, prefilter)
     }
 
     /// Opens the pinned shared maps (for status and classify while the
@@ -65,11 +68,15 @@ impl SharedMaps {
             Map::Array(open(map_names::PORTS)?),
             Map::LpmTrie(open(map_names::ALLOW_V4)?),
             Map::LpmTrie(open(map_names::ALLOW_V6)?),
+            [Map::Array(open(map_names::PREFILTER_V4)?), Map::Array(open(map_names::PREFILTER_V6)?)],
         )
     }
 
-    fn from_maps(settings: Map, ports: Map, allow_v4: Map, allow_v6: Map) -> Result<SharedMaps, DataplaneError> {
+    fn from_maps(settings: Map, ports: Map, allow_v4: Map, allow_v6: Map, prefilter: [Map; 2]) -> Result<SharedMaps, DataplaneError> {
+        let [prefilter_v4, prefilter_v6] = prefilter;
         Ok(SharedMaps {
+            prefilter_v4: Array::try_from(prefilter_v4).map_err(map_error("PREFILTER_V4"))?,
+            prefilter_v6: Array::try_from(prefilter_v6).map_err(map_error("PREFILTER_V6"))?,
             settings: Array::try_from(settings).map_err(map_error("SETTINGS"))?,
             ports: Array::try_from(ports).map_err(map_error("PORTS"))?,
             allow_v4: LpmTrie::try_from(allow_v4).map_err(map_error("ALLOW_V4"))?,
@@ -159,9 +166,14 @@ impl SharedMaps {
     /// mid-update; an address only in the old set stops passing when the
     /// last removal lands. One trie per family (rather than two flipped by a
     /// settings write) keeps the program's hot path to a single lookup.
+    /// The prefilter follows the same order: its bits for the union of old
+    /// and new prefixes are set first, and cleared down to the new set last.
     pub fn apply_allowlist(&mut self, desired: &[TaggedPrefix]) -> Result<ApplyStats, DataplaneError> {
         let current: BTreeMap<IpNetwork, u8> = self.allowlist()?.into_iter().collect();
         let desired: BTreeMap<IpNetwork, u8> = desired.iter().map(|(p, t)| (canonical(*p), *t)).collect();
+        let union = prefilter_words(current.keys().chain(desired.keys()));
+        let wanted = prefilter_words(desired.keys());
+        self.write_prefilter(&union)?;
         let mut stats = ApplyStats::default();
         for (&prefix, &tag) in &desired {
             if current.get(&prefix) == Some(&tag) {
@@ -177,7 +189,27 @@ impl SharedMaps {
                 stats.removed += 1;
             }
         }
+        let mut cleared = wanted.clone();
+        for (family_and_word, _) in union.iter() {
+            cleared.entry(*family_and_word).or_insert(0);
+        }
+        self.write_prefilter(&cleared)?;
         Ok(stats)
+    }
+
+    /// Writes the given prefilter words where the kernel's differ.
+    fn write_prefilter(&mut self, words: &BTreeMap<(Family, u32), u64>) -> Result<(), DataplaneError> {
+        for (&(family, index), &want) in words {
+            let map = match family {
+                Family::V4 => &mut self.prefilter_v4,
+                Family::V6 => &mut self.prefilter_v6,
+            };
+            let have = map.get(&index, 0).map_err(map_error("cannot read the prefilter"))?;
+            if have != want {
+                map.set(index, want, 0).map_err(map_error("cannot write the prefilter"))?;
+            }
+        }
+        Ok(())
     }
 
     fn insert(&mut self, prefix: IpNetwork, tag: u8) -> Result<(), DataplaneError> {
@@ -220,6 +252,30 @@ impl SharedMaps {
             Err(source) => Err(DataplaneError::Map { context: "allowlist lookup".into(), source }),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// Prefilter words with a bit for every /24 the prefixes overlap.
+fn prefilter_words<'a>(prefixes: impl Iterator<Item = &'a IpNetwork>) -> BTreeMap<(Family, u32), u64> {
+    let mut words = BTreeMap::new();
+    for prefix in prefixes {
+        let (family, octets, len) = match prefix {
+            IpNetwork::V4(p) => (Family::V4, p.network().octets().to_vec(), p.prefix()),
+            IpNetwork::V6(p) => (Family::V6, p.network().octets().to_vec(), p.prefix()),
+        };
+        let first = prefilter_index([octets[0], octets[1], octets[2]]);
+        // A prefix shorter than /24 spans 2^(24 - len) consecutive bits.
+        let span = 1u32 << 24u8.saturating_sub(len);
+        for index in first..first + span {
+            *words.entry((family, index >> 6)).or_insert(0u64) |= 1u64 << (index & 63);
+        }
+    }
+    words
 }
 
 fn canonical(prefix: IpNetwork) -> IpNetwork {

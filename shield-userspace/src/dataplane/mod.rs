@@ -452,9 +452,19 @@ fn interface_index(name: &str) -> Result<u32, DataplaneError> {
     }
 }
 
+/// Maps every interface's program shares, pinned in the root.
+const SHARED_MAPS: [&str; 6] = [
+    map_names::SETTINGS,
+    map_names::PORTS,
+    map_names::ALLOW_V4,
+    map_names::ALLOW_V6,
+    map_names::PREFILTER_V4,
+    map_names::PREFILTER_V6,
+];
+
 fn object_loader(layout: &PinLayout) -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
-    for name in [map_names::SETTINGS, map_names::PORTS, map_names::ALLOW_V4, map_names::ALLOW_V6] {
+    for name in SHARED_MAPS {
         loader.map_pin_path(name, layout.shared_map(name));
     }
     loader
@@ -483,11 +493,13 @@ fn load_unattached(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
 /// Pins reused from an older shield must have the layout this one expects.
 fn check_pinned_layouts(layout: &PinLayout) -> Result<(), DataplaneError> {
     use std::mem::size_of;
-    let expected: [(&str, usize, usize, u32); 4] = [
+    let expected: [(&str, usize, usize, u32); 6] = [
         (map_names::SETTINGS, size_of::<u32>(), size_of::<Settings>(), 1),
         (map_names::PORTS, size_of::<u32>(), size_of::<u64>(), shield_common::PORT_MAP_WORDS),
         (map_names::ALLOW_V4, 4 + 4, 1, shield_common::MAX_PREFIXES),
         (map_names::ALLOW_V6, 4 + 16, 1, shield_common::MAX_PREFIXES),
+        (map_names::PREFILTER_V4, size_of::<u32>(), size_of::<u64>(), shield_common::PREFILTER_WORDS),
+        (map_names::PREFILTER_V6, size_of::<u32>(), size_of::<u64>(), shield_common::PREFILTER_WORDS),
     ];
     for (name, key_size, value_size, max_entries) in expected {
         let path = layout.shared_map(name);
@@ -566,7 +578,7 @@ fn remove_interface_pins(layout: &PinLayout, interface: &str) -> Result<(), Data
 }
 
 fn remove_shared_pins(layout: &PinLayout) -> Result<(), DataplaneError> {
-    for name in [map_names::SETTINGS, map_names::PORTS, map_names::ALLOW_V4, map_names::ALLOW_V6] {
+    for name in SHARED_MAPS {
         let path = layout.shared_map(name);
         match std::fs::remove_file(&path) {
             Ok(()) => {}

@@ -1,0 +1,91 @@
+//! `cargo xtask setup`: everything the build, tests and benchmarks need on
+//! a fresh Debian 12 host. Each step checks first, so a second run takes
+//! seconds.
+
+use anyhow::{bail, Context as _};
+
+use crate::shell;
+
+/// Debian packages: LLVM 22 for bpf-linker (nightly 1.97 uses LLVM 22),
+/// and the tools the tests and benchmarks drive.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "iproute2",
+    "util-linux",
+    "bpftool",
+    "python3",
+    "python3-scapy",
+    "hping3",
+    "xdp-tools",
+    "nftables",
+    "curl",
+    "openssl",
+    "iputils-ping",
+    "tcpdump",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn all() -> anyhow::Result<()> {
+    packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    println!("setup: everything is installed");
+    Ok(())
+}
+
+/// Only what building needs (what `cargo xtask build` checks).
+pub fn build_tools() -> anyhow::Result<()> {
+    packages()?;
+    nightly_rust_src()?;
+    bpf_linker()
+}
+
+fn installed(package: &str) -> bool {
+    shell::output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_ok_and(|status| status.contains("install ok installed"))
+}
+
+fn packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !shell::is_root() {
+        bail!("missing Debian packages {missing:?}: run `cargo xtask setup` as root (it uses apt-get)");
+    }
+    println!("setup: installing {}", missing.join(" "));
+    shell::status("apt-get", &["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
+    shell::status("apt-get", &args).context("apt-get install failed (LLVM 22 comes from Debian 12's security/updates suite)")
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let toolchains = shell::output("rustup", &["toolchain", "list"]).context("rustup is needed for the nightly eBPF build")?;
+    if !toolchains.lines().any(|t| t.starts_with("nightly")) {
+        println!("setup: installing the nightly toolchain");
+        shell::status("rustup", &["toolchain", "install", "nightly", "--profile", "minimal"])?;
+    }
+    let components = shell::output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])?;
+    if !components.lines().any(|c| c.starts_with("rust-src")) {
+        println!("setup: adding rust-src to nightly (for -Z build-std=core)");
+        shell::status("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if shell::succeeds("bpf-linker", &["--version"]) {
+        return Ok(());
+    }
+    println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
+    std::env::set_var("LLVM_PREFIX", "/usr/lib/llvm-22");
+    shell::status(
+        env!("CARGO"),
+        &["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"],
+    )
+    .context("building bpf-linker failed; is llvm-22-dev installed?")
+}

@@ -1,0 +1,43 @@
+//! `cargo xtask test`: setup, then every test: unit, BPF test-run,
+//! differential and end-to-end in network namespaces, plus fmt and clippy.
+//! CI (`.ci/run`) calls exactly this, as root with CI=true, where a
+//! privileged test that cannot run fails instead of skipping.
+
+use anyhow::bail;
+
+use crate::{setup, shell};
+
+/// Prefix of what the end-to-end tests create (see tests/src/lib.rs).
+const TEST_PREFIX: &str = "shtest-";
+
+pub fn all() -> anyhow::Result<()> {
+    if !shell::is_root() {
+        bail!("`cargo xtask test` runs privileged tests (XDP, network namespaces): run it as root");
+    }
+    setup::all()?;
+    sweep_leftovers()?;
+    shell::cargo(&["fmt", "--all", "--", "--check"])?;
+    shell::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    shell::cargo(&["build"])?;
+    let result = shell::cargo(&["test", "--", "--test-threads=2"]);
+    sweep_leftovers()?;
+    result
+}
+
+/// Removes namespaces and pins left by a killed test run.
+pub fn sweep_leftovers() -> anyhow::Result<()> {
+    let namespaces = shell::output("ip", &["netns", "list"])?;
+    for line in namespaces.lines() {
+        if let Some(name) = line.split_whitespace().next().filter(|n| n.starts_with(TEST_PREFIX)) {
+            shell::status("ip", &["netns", "del", name])?;
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TEST_PREFIX) {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}
