@@ -51,13 +51,12 @@ pub enum TlsError {
     Bind { addr: SocketAddr, source: io::Error },
 }
 
-/// The rustls crypto provider for every site.
+/// The rustls crypto provider for every site and for tests' clients.
 ///
-/// aws-lc-rs, chosen by measurement (`cargo xtask bench tls`, see
-/// docs/BENCHMARKS.md): the handshake cost is dominated by the server's
-/// ECDSA P-256 signature, the X25519 (or hybrid ML-KEM) exchange and the
-/// client chain check, and aws-lc-rs' assembly for these beats ring's on
-/// x86_64; it also offers the post-quantum hybrid key exchange by default.
+/// aws-lc-rs, rustls' default: it offers the X25519MLKEM768 hybrid key
+/// exchange that Cloudflare prefers towards origins. Measuring it against
+/// ring in the handshake benchmark (`cargo xtask bench tls`) is still to
+/// do; this is the one place to change if ring wins.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
