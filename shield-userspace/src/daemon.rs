@@ -11,6 +11,7 @@ use crate::{
     config::Config,
     dataplane::{self, Dataplane, DataplaneSettings, PinLayout},
     ranges::{self, RangeSet},
+    tls::{Frontend, TlsMetrics},
 };
 
 pub struct Daemon {
@@ -18,6 +19,8 @@ pub struct Daemon {
     config: Config,
     ranges: RangeSet,
     dataplane: Option<Dataplane>,
+    frontend: Option<Frontend>,
+    pub registry: prometheus_client::registry::Registry,
 }
 
 impl Daemon {
@@ -43,6 +46,17 @@ impl Daemon {
             tracing::info!("no [xdp].interfaces: XDP is off (TLS-only)");
             None
         };
+        let mut registry = prometheus_client::registry::Registry::default();
+        let tls_metrics = TlsMetrics::register(&mut registry);
+        let frontend = if config.sites.is_empty() {
+            tracing::info!("no [[site]]: no TLS listener (XDP-only)");
+            None
+        } else {
+            let frontend = Frontend::start(&config, tls_metrics).context(
+                "the TLS frontend could not start; check the [[site]] files and listen addresses",
+            )?;
+            Some(frontend)
+        };
         tracing::info!(
             source = %ranges.source,
             ipv4 = ranges.ipv4.len(),
@@ -56,6 +70,8 @@ impl Daemon {
             config,
             ranges,
             dataplane,
+            frontend,
+            registry,
         })
     }
 
@@ -68,14 +84,28 @@ impl Daemon {
                 return;
             }
         };
-        if config.xdp.interfaces != self.config.xdp.interfaces || config.xdp.mode != self.config.xdp.mode {
-            tracing::warn!("[xdp].interfaces and [xdp].mode apply on restart; other changes apply now");
+        if config.xdp.interfaces != self.config.xdp.interfaces
+            || config.xdp.mode != self.config.xdp.mode
+        {
+            tracing::warn!(
+                "[xdp].interfaces and [xdp].mode apply on restart; other changes apply now"
+            );
+        }
+        // TLS first: it validates every file before swapping, so a refusal
+        // there leaves both layers as they were.
+        if let Some(frontend) = &self.frontend {
+            if let Err(error) = frontend.reload(&config) {
+                tracing::error!(%error, "reload refused: keeping the running config");
+                return;
+            }
         }
         if let Some(dataplane) = self.dataplane.as_mut() {
             let allowlist = ranges::tagged_allowlist(&self.ranges, &config.ranges.extra_allow);
             let settings = DataplaneSettings::from_config(&config);
             match dataplane::write_policy(dataplane.maps(), &settings, &allowlist) {
-                Ok(stats) => tracing::info!(added = stats.added, removed = stats.removed, "reloaded"),
+                Ok(stats) => {
+                    tracing::info!(added = stats.added, removed = stats.removed, "reloaded")
+                }
                 Err(error) => {
                     tracing::error!(%error, "reload could not update the kernel maps; keeping the running config");
                     return;
@@ -86,9 +116,12 @@ impl Daemon {
     }
 
     pub async fn run(mut self) -> anyhow::Result<()> {
-        let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
-        let mut terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        let mut hangup =
+            signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
         loop {
             tokio::select! {
                 _ = hangup.recv() => {
@@ -99,7 +132,9 @@ impl Daemon {
                 _ = interrupt.recv() => break,
             }
         }
-        tracing::info!("exiting; the XDP program stays attached (pinned). `shield detach` removes it");
+        tracing::info!(
+            "exiting; the XDP program stays attached (pinned). `shield detach` removes it"
+        );
         Ok(())
     }
 }

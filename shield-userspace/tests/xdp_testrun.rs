@@ -38,8 +38,19 @@ impl Harness {
     }
 }
 
-fn v4_frame(tags: &[u16], source: &str, protocol: u8, ihl: u8, fragment: u16, l4: &[u8]) -> Vec<u8> {
-    concat(&[&ethernet(tags, ETH_P_IPV4), &ipv4(v4(source), protocol, ihl, fragment, l4.len()), l4])
+fn v4_frame(
+    tags: &[u16],
+    source: &str,
+    protocol: u8,
+    ihl: u8,
+    fragment: u16,
+    l4: &[u8],
+) -> Vec<u8> {
+    concat(&[
+        &ethernet(tags, ETH_P_IPV4),
+        &ipv4(v4(source), protocol, ihl, fragment, l4.len()),
+        l4,
+    ])
 }
 
 fn v6_frame(source: &str, chain: &[Vec<u8>], first_next: u8, l4: &[u8]) -> Vec<u8> {
@@ -53,58 +64,139 @@ fn v6_frame(source: &str, chain: &[Vec<u8>], first_next: u8, l4: &[u8]) -> Vec<u
 
 #[test]
 fn every_reason_is_reached_over_ipv4_and_ipv6() {
-    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else { return };
-    h.expect(&ethernet(&[], ETH_P_ARP).into_iter().chain([0u8; 28]).collect::<Vec<_>>(), Reason::NonIp);
-    h.expect(&concat(&[&ethernet(&[], 0x88cc), &[0u8; 30]]), Reason::NonIp);
+    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else {
+        return;
+    };
+    h.expect(
+        &ethernet(&[], ETH_P_ARP)
+            .into_iter()
+            .chain([0u8; 28])
+            .collect::<Vec<_>>(),
+        Reason::NonIp,
+    );
+    h.expect(
+        &concat(&[&ethernet(&[], 0x88cc), &[0u8; 30]]),
+        Reason::NonIp,
+    );
     for port in [80, 443] {
         h.expect(&ipv4_tcp(INSIDE_V4, port), Reason::Allowed);
         h.expect(&ipv4_tcp(OUTSIDE_V4, port), Reason::OutsideRanges);
         h.expect(&ipv6_tcp(INSIDE_V6, port), Reason::Allowed);
         h.expect(&ipv6_tcp(OUTSIDE_V6, port), Reason::OutsideRanges);
     }
-    h.expect(&v4_frame(&[], OUTSIDE_V4, UDP, 5, 0, &udp(443)), Reason::OutsideRanges);
-    h.expect(&v4_frame(&[], INSIDE_V4, UDP, 5, 0, &udp(443)), Reason::Allowed);
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, UDP, 5, 0, &udp(443)),
+        Reason::OutsideRanges,
+    );
+    h.expect(
+        &v4_frame(&[], INSIDE_V4, UDP, 5, 0, &udp(443)),
+        Reason::Allowed,
+    );
     h.expect(&ipv4_tcp(OUTSIDE_V4, 22), Reason::Unprotected);
-    h.expect(&v4_frame(&[], OUTSIDE_V4, UDP, 5, 0, &udp(53)), Reason::Unprotected);
-    h.expect(&v4_frame(&[], OUTSIDE_V4, UDP, 5, 0, &udp(80)), Reason::Unprotected);
-    h.expect(&v4_frame(&[], OUTSIDE_V4, ICMP, 5, 0, &[8, 0, 0, 0, 0, 0, 0, 0]), Reason::Unprotected);
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, UDP, 5, 0, &udp(53)),
+        Reason::Unprotected,
+    );
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, UDP, 5, 0, &udp(80)),
+        Reason::Unprotected,
+    );
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, ICMP, 5, 0, &[8, 0, 0, 0, 0, 0, 0, 0]),
+        Reason::Unprotected,
+    );
     h.expect(&ipv6_tcp(OUTSIDE_V6, 22), Reason::Unprotected);
-    h.expect(&v6_frame(OUTSIDE_V6, &[], ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0]), Reason::Unprotected);
-    h.expect(&v6_frame(OUTSIDE_V6, &[], ESP, &[0u8; 16]), Reason::Unprotected);
-    h.expect(&v6_frame(OUTSIDE_V6, &[], NO_NEXT, &[]), Reason::Unprotected);
+    h.expect(
+        &v6_frame(OUTSIDE_V6, &[], ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0]),
+        Reason::Unprotected,
+    );
+    h.expect(
+        &v6_frame(OUTSIDE_V6, &[], ESP, &[0u8; 16]),
+        Reason::Unprotected,
+    );
+    h.expect(
+        &v6_frame(OUTSIDE_V6, &[], NO_NEXT, &[]),
+        Reason::Unprotected,
+    );
     // Malformed: the port cannot be known.
-    h.expect(&v4_frame(&[], OUTSIDE_V4, TCP, 5, 0, &tcp(443)[..10]), Reason::Malformed);
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, TCP, 5, 0, &tcp(443)[..10]),
+        Reason::Malformed,
+    );
     // Non-first fragment and the drop-outside fragment reason are covered below.
 }
 
 #[test]
 fn vlan_and_qinq_are_walked() {
-    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else { return };
-    for tags in [&[ETH_P_8021Q][..], &[ETH_P_8021AD], &[ETH_P_8021AD, ETH_P_8021Q], &[ETH_P_8021Q, ETH_P_8021Q]] {
-        h.expect(&v4_frame(tags, OUTSIDE_V4, TCP, 5, 0, &tcp(443)), Reason::OutsideRanges);
-        h.expect(&v4_frame(tags, INSIDE_V4, TCP, 5, 0, &tcp(443)), Reason::Allowed);
-        h.expect(&v4_frame(tags, OUTSIDE_V4, TCP, 5, 0, &tcp(22)), Reason::Unprotected);
-        let v6 = concat(&[&ethernet(tags, ETH_P_IPV6), &ipv6(v6(OUTSIDE_V6), TCP, 20), &tcp(443)]);
+    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else {
+        return;
+    };
+    for tags in [
+        &[ETH_P_8021Q][..],
+        &[ETH_P_8021AD],
+        &[ETH_P_8021AD, ETH_P_8021Q],
+        &[ETH_P_8021Q, ETH_P_8021Q],
+    ] {
+        h.expect(
+            &v4_frame(tags, OUTSIDE_V4, TCP, 5, 0, &tcp(443)),
+            Reason::OutsideRanges,
+        );
+        h.expect(
+            &v4_frame(tags, INSIDE_V4, TCP, 5, 0, &tcp(443)),
+            Reason::Allowed,
+        );
+        h.expect(
+            &v4_frame(tags, OUTSIDE_V4, TCP, 5, 0, &tcp(22)),
+            Reason::Unprotected,
+        );
+        let v6 = concat(&[
+            &ethernet(tags, ETH_P_IPV6),
+            &ipv6(v6(OUTSIDE_V6), TCP, 20),
+            &tcp(443),
+        ]);
         h.expect(&v6, Reason::OutsideRanges);
-        h.expect(&concat(&[&ethernet(tags, ETH_P_ARP), &[0u8; 28]]), Reason::NonIp);
+        h.expect(
+            &concat(&[&ethernet(tags, ETH_P_ARP), &[0u8; 28]]),
+            Reason::NonIp,
+        );
     }
     // A third tag is past the bound: the stack would not take it either.
     let three = [ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q];
-    h.expect(&v4_frame(&three, OUTSIDE_V4, TCP, 5, 0, &tcp(443)), Reason::NonIp);
+    h.expect(
+        &v4_frame(&three, OUTSIDE_V4, TCP, 5, 0, &tcp(443)),
+        Reason::NonIp,
+    );
 }
 
 #[test]
 fn ipv4_options_and_bad_headers() {
-    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else { return };
+    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else {
+        return;
+    };
     for ihl in 5..=15 {
-        h.expect(&v4_frame(&[], OUTSIDE_V4, TCP, ihl, 0, &tcp(443)), Reason::OutsideRanges);
-        h.expect(&v4_frame(&[], INSIDE_V4, TCP, ihl, 0, &tcp(443)), Reason::Allowed);
-        h.expect(&v4_frame(&[], OUTSIDE_V4, TCP, ihl, 0, &tcp(22)), Reason::Unprotected);
+        h.expect(
+            &v4_frame(&[], OUTSIDE_V4, TCP, ihl, 0, &tcp(443)),
+            Reason::OutsideRanges,
+        );
+        h.expect(
+            &v4_frame(&[], INSIDE_V4, TCP, ihl, 0, &tcp(443)),
+            Reason::Allowed,
+        );
+        h.expect(
+            &v4_frame(&[], OUTSIDE_V4, TCP, ihl, 0, &tcp(22)),
+            Reason::Unprotected,
+        );
     }
     for ihl in 0..5 {
-        h.expect(&v4_frame(&[], OUTSIDE_V4, TCP, ihl, 0, &tcp(443)), Reason::Malformed);
+        h.expect(
+            &v4_frame(&[], OUTSIDE_V4, TCP, ihl, 0, &tcp(443)),
+            Reason::Malformed,
+        );
         // Inside sources pass whatever their headers.
-        h.expect(&v4_frame(&[], INSIDE_V4, TCP, ihl, 0, &tcp(443)), Reason::Allowed);
+        h.expect(
+            &v4_frame(&[], INSIDE_V4, TCP, ihl, 0, &tcp(443)),
+            Reason::Allowed,
+        );
     }
     // IHL claiming more header than the frame holds.
     let mut frame = v4_frame(&[], OUTSIDE_V4, TCP, 5, 0, &[]);
@@ -125,8 +217,11 @@ fn ipv4_options_and_bad_headers() {
 
 #[test]
 fn each_ipv6_extension_header_is_walked() {
-    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else { return };
-    let kinds: [(u8, fn(u8) -> Vec<u8>); 5] = [
+    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else {
+        return;
+    };
+    type Build = fn(u8) -> Vec<u8>;
+    let kinds: [(u8, Build); 5] = [
         (HOPOPTS, |next| ext_options(next, 0)),
         (ROUTING, |next| ext_options(next, 2)),
         (DSTOPTS, |next| ext_options(next, 1)),
@@ -141,8 +236,14 @@ fn each_ipv6_extension_header_is_walked() {
         ] {
             h.expect(&v6_frame(source, &[build(TCP)], kind, &tcp(port)), reason);
         }
-        h.expect(&v6_frame(OUTSIDE_V6, &[build(UDP)], kind, &udp(443)), Reason::OutsideRanges);
-        h.expect(&v6_frame(OUTSIDE_V6, &[build(ICMPV6)], kind, &[128, 0, 0, 0]), Reason::Unprotected);
+        h.expect(
+            &v6_frame(OUTSIDE_V6, &[build(UDP)], kind, &udp(443)),
+            Reason::OutsideRanges,
+        );
+        h.expect(
+            &v6_frame(OUTSIDE_V6, &[build(ICMPV6)], kind, &[128, 0, 0, 0]),
+            Reason::Unprotected,
+        );
         // The extension header itself cut short.
         let mut frame = v6_frame(OUTSIDE_V6, &[build(TCP)], kind, &[]);
         frame.truncate(54 + 1);
@@ -152,53 +253,200 @@ fn each_ipv6_extension_header_is_walked() {
 
 #[test]
 fn extension_chain_at_the_bound_passes_the_walk_and_one_past_is_malformed() {
-    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else { return };
+    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else {
+        return;
+    };
     let bound = shield_common::MAX_IPV6_EXT_HEADERS;
     let chain = |n: usize, last_next: u8| -> Vec<Vec<u8>> {
-        (0..n).map(|i| ext_options(if i + 1 == n { last_next } else { DSTOPTS }, 0)).collect()
+        (0..n)
+            .map(|i| ext_options(if i + 1 == n { last_next } else { DSTOPTS }, 0))
+            .collect()
     };
-    h.expect(&v6_frame(OUTSIDE_V6, &chain(bound, TCP), DSTOPTS, &tcp(443)), Reason::OutsideRanges);
-    h.expect(&v6_frame(OUTSIDE_V6, &chain(bound, TCP), DSTOPTS, &tcp(22)), Reason::Unprotected);
-    h.expect(&v6_frame(OUTSIDE_V6, &chain(bound + 1, TCP), DSTOPTS, &tcp(443)), Reason::Malformed);
-    h.expect(&v6_frame(OUTSIDE_V6, &chain(bound + 1, TCP), DSTOPTS, &tcp(22)), Reason::Malformed);
-    h.expect(&v6_frame(INSIDE_V6, &chain(bound + 1, TCP), DSTOPTS, &tcp(443)), Reason::Allowed);
+    h.expect(
+        &v6_frame(OUTSIDE_V6, &chain(bound, TCP), DSTOPTS, &tcp(443)),
+        Reason::OutsideRanges,
+    );
+    h.expect(
+        &v6_frame(OUTSIDE_V6, &chain(bound, TCP), DSTOPTS, &tcp(22)),
+        Reason::Unprotected,
+    );
+    h.expect(
+        &v6_frame(OUTSIDE_V6, &chain(bound + 1, TCP), DSTOPTS, &tcp(443)),
+        Reason::Malformed,
+    );
+    h.expect(
+        &v6_frame(OUTSIDE_V6, &chain(bound + 1, TCP), DSTOPTS, &tcp(22)),
+        Reason::Malformed,
+    );
+    h.expect(
+        &v6_frame(INSIDE_V6, &chain(bound + 1, TCP), DSTOPTS, &tcp(443)),
+        Reason::Allowed,
+    );
     // Ending the chain in a non-walked header at the bound passes.
-    h.expect(&v6_frame(OUTSIDE_V6, &chain(bound, ESP), DSTOPTS, &[0u8; 8]), Reason::Unprotected);
+    h.expect(
+        &v6_frame(OUTSIDE_V6, &chain(bound, ESP), DSTOPTS, &[0u8; 8]),
+        Reason::Unprotected,
+    );
 }
 
 #[test]
 fn fragments_under_judge_first() {
-    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else { return };
+    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else {
+        return;
+    };
     // IPv4 first fragment: judged by port.
-    h.expect(&v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(0, true), &tcp(443)), Reason::OutsideRanges);
-    h.expect(&v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(0, true), &tcp(22)), Reason::Unprotected);
-    h.expect(&v4_frame(&[], INSIDE_V4, TCP, 5, ipv4_fragment(0, true), &tcp(443)), Reason::Allowed);
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(0, true), &tcp(443)),
+        Reason::OutsideRanges,
+    );
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(0, true), &tcp(22)),
+        Reason::Unprotected,
+    );
+    h.expect(
+        &v4_frame(&[], INSIDE_V4, TCP, 5, ipv4_fragment(0, true), &tcp(443)),
+        Reason::Allowed,
+    );
     // Non-first fragments pass: their first fragment was judged.
-    h.expect(&v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(3, true), &[0u8; 24]), Reason::NonFirstFragment);
-    h.expect(&v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(3, false), &[0u8; 24]), Reason::NonFirstFragment);
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(3, true), &[0u8; 24]),
+        Reason::NonFirstFragment,
+    );
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(3, false), &[0u8; 24]),
+        Reason::NonFirstFragment,
+    );
     // A first fragment too short to hold the transport header.
-    h.expect(&v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(0, true), &tcp(443)[..8]), Reason::Malformed);
-    h.expect(&v4_frame(&[], OUTSIDE_V4, UDP, 5, ipv4_fragment(0, true), &udp(443)[..4]), Reason::Malformed);
-    h.expect(&v4_frame(&[], INSIDE_V4, TCP, 5, ipv4_fragment(0, true), &tcp(443)[..8]), Reason::Allowed);
+    h.expect(
+        &v4_frame(
+            &[],
+            OUTSIDE_V4,
+            TCP,
+            5,
+            ipv4_fragment(0, true),
+            &tcp(443)[..8],
+        ),
+        Reason::Malformed,
+    );
+    h.expect(
+        &v4_frame(
+            &[],
+            OUTSIDE_V4,
+            UDP,
+            5,
+            ipv4_fragment(0, true),
+            &udp(443)[..4],
+        ),
+        Reason::Malformed,
+    );
+    h.expect(
+        &v4_frame(
+            &[],
+            INSIDE_V4,
+            TCP,
+            5,
+            ipv4_fragment(0, true),
+            &tcp(443)[..8],
+        ),
+        Reason::Allowed,
+    );
     // IPv6.
-    h.expect(&v6_frame(OUTSIDE_V6, &[ext_fragment(TCP, 0, true)], FRAGMENT, &tcp(443)), Reason::OutsideRanges);
-    h.expect(&v6_frame(OUTSIDE_V6, &[ext_fragment(TCP, 0, true)], FRAGMENT, &tcp(22)), Reason::Unprotected);
-    h.expect(&v6_frame(OUTSIDE_V6, &[ext_fragment(TCP, 5, true)], FRAGMENT, &[0u8; 16]), Reason::NonFirstFragment);
-    h.expect(&v6_frame(OUTSIDE_V6, &[ext_fragment(TCP, 5, false)], FRAGMENT, &[0u8; 16]), Reason::NonFirstFragment);
-    h.expect(&v6_frame(OUTSIDE_V6, &[ext_fragment(TCP, 0, true)], FRAGMENT, &tcp(443)[..6]), Reason::Malformed);
+    h.expect(
+        &v6_frame(
+            OUTSIDE_V6,
+            &[ext_fragment(TCP, 0, true)],
+            FRAGMENT,
+            &tcp(443),
+        ),
+        Reason::OutsideRanges,
+    );
+    h.expect(
+        &v6_frame(
+            OUTSIDE_V6,
+            &[ext_fragment(TCP, 0, true)],
+            FRAGMENT,
+            &tcp(22),
+        ),
+        Reason::Unprotected,
+    );
+    h.expect(
+        &v6_frame(
+            OUTSIDE_V6,
+            &[ext_fragment(TCP, 5, true)],
+            FRAGMENT,
+            &[0u8; 16],
+        ),
+        Reason::NonFirstFragment,
+    );
+    h.expect(
+        &v6_frame(
+            OUTSIDE_V6,
+            &[ext_fragment(TCP, 5, false)],
+            FRAGMENT,
+            &[0u8; 16],
+        ),
+        Reason::NonFirstFragment,
+    );
+    h.expect(
+        &v6_frame(
+            OUTSIDE_V6,
+            &[ext_fragment(TCP, 0, true)],
+            FRAGMENT,
+            &tcp(443)[..6],
+        ),
+        Reason::Malformed,
+    );
 }
 
 #[test]
 fn fragments_under_drop_outside() {
-    let Some(h) = Harness::new(true, FragmentPolicy::DropOutside) else { return };
-    h.expect(&v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(0, true), &tcp(443)), Reason::Fragment);
-    h.expect(&v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(0, true), &tcp(22)), Reason::Fragment);
-    h.expect(&v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(7, false), &[0u8; 24]), Reason::Fragment);
-    h.expect(&v4_frame(&[], INSIDE_V4, TCP, 5, ipv4_fragment(7, false), &[0u8; 24]), Reason::Allowed);
-    h.expect(&v6_frame(OUTSIDE_V6, &[ext_fragment(UDP, 9, false)], FRAGMENT, &[0u8; 16]), Reason::Fragment);
-    h.expect(&v6_frame(INSIDE_V6, &[ext_fragment(UDP, 9, false)], FRAGMENT, &[0u8; 16]), Reason::Allowed);
+    let Some(h) = Harness::new(true, FragmentPolicy::DropOutside) else {
+        return;
+    };
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(0, true), &tcp(443)),
+        Reason::Fragment,
+    );
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(0, true), &tcp(22)),
+        Reason::Fragment,
+    );
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(7, false), &[0u8; 24]),
+        Reason::Fragment,
+    );
+    h.expect(
+        &v4_frame(&[], INSIDE_V4, TCP, 5, ipv4_fragment(7, false), &[0u8; 24]),
+        Reason::Allowed,
+    );
+    h.expect(
+        &v6_frame(
+            OUTSIDE_V6,
+            &[ext_fragment(UDP, 9, false)],
+            FRAGMENT,
+            &[0u8; 16],
+        ),
+        Reason::Fragment,
+    );
+    h.expect(
+        &v6_frame(
+            INSIDE_V6,
+            &[ext_fragment(UDP, 9, false)],
+            FRAGMENT,
+            &[0u8; 16],
+        ),
+        Reason::Allowed,
+    );
     // An atomic fragment (offset 0, no M) is a whole packet.
-    h.expect(&v6_frame(OUTSIDE_V6, &[ext_fragment(TCP, 0, false)], FRAGMENT, &tcp(22)), Reason::Unprotected);
+    h.expect(
+        &v6_frame(
+            OUTSIDE_V6,
+            &[ext_fragment(TCP, 0, false)],
+            FRAGMENT,
+            &tcp(22),
+        ),
+        Reason::Unprotected,
+    );
     // Unfragmented traffic is unaffected.
     h.expect(&ipv4_tcp(OUTSIDE_V4, 22), Reason::Unprotected);
     h.expect(&ipv4_tcp(OUTSIDE_V4, 443), Reason::OutsideRanges);
@@ -206,13 +454,28 @@ fn fragments_under_drop_outside() {
 
 #[test]
 fn truncation_at_every_header_boundary() {
-    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else { return };
+    let Some(h) = Harness::new(true, FragmentPolicy::JudgeFirst) else {
+        return;
+    };
     let frames = [
         v4_frame(&[], OUTSIDE_V4, TCP, 7, 0, &tcp(443)),
-        v4_frame(&[ETH_P_8021AD, ETH_P_8021Q], OUTSIDE_V4, UDP, 5, 0, &udp(443)),
+        v4_frame(
+            &[ETH_P_8021AD, ETH_P_8021Q],
+            OUTSIDE_V4,
+            UDP,
+            5,
+            0,
+            &udp(443),
+        ),
         v6_frame(
             OUTSIDE_V6,
-            &[ext_options(ROUTING, 1), ext_options(AH, 0), ext_ah(FRAGMENT, 2), ext_fragment(DSTOPTS, 0, true), ext_options(TCP, 0)],
+            &[
+                ext_options(ROUTING, 1),
+                ext_options(AH, 0),
+                ext_ah(FRAGMENT, 2),
+                ext_fragment(DSTOPTS, 0, true),
+                ext_options(TCP, 0),
+            ],
             HOPOPTS,
             &tcp(443),
         ),
@@ -223,7 +486,11 @@ fn truncation_at_every_header_boundary() {
         for len in 14..=frame.len() {
             let (_, kernel, oracle) = judge(&h.program, &h.policy, &frame[..len]);
             assert_eq!(kernel, oracle, "length {len} of {frame:02x?}");
-            let expected = if len == frame.len() { Reason::OutsideRanges } else { kernel };
+            let expected = if len == frame.len() {
+                Reason::OutsideRanges
+            } else {
+                kernel
+            };
             assert_eq!(kernel, expected);
             if len < frame.len() {
                 assert!(
@@ -237,7 +504,9 @@ fn truncation_at_every_header_boundary() {
 
 #[test]
 fn monitor_mode_counts_would_drops_and_drops_nothing() {
-    let Some(h) = Harness::new(false, FragmentPolicy::DropOutside) else { return };
+    let Some(h) = Harness::new(false, FragmentPolicy::DropOutside) else {
+        return;
+    };
     for frame in [
         ipv4_tcp(OUTSIDE_V4, 443),
         ipv6_tcp(OUTSIDE_V6, 80),
@@ -256,18 +525,30 @@ fn monitor_mode_counts_would_drops_and_drops_nothing() {
         .map(|(_, _, c)| c.packets)
         .sum();
     assert_eq!(would, 4);
-    assert_eq!(counters.iter().filter(|(v, _, _)| *v == shield_common::Verdict::Drop).map(|(_, _, c)| c.packets).sum::<u64>(), 0);
+    assert_eq!(
+        counters
+            .iter()
+            .filter(|(v, _, _)| *v == shield_common::Verdict::Drop)
+            .map(|(_, _, c)| c.packets)
+            .sum::<u64>(),
+        0
+    );
 }
 
 #[test]
 fn protected_ports_come_from_the_map() {
-    let Some(mut h) = Harness::new(true, FragmentPolicy::JudgeFirst) else { return };
+    let Some(mut h) = Harness::new(true, FragmentPolicy::JudgeFirst) else {
+        return;
+    };
     h.policy.protected_tcp_ports = [8443].into();
     h.policy.protected_udp_ports = [].into();
     apply(&mut h.program, &h.policy);
     h.expect(&ipv4_tcp(OUTSIDE_V4, 443), Reason::Unprotected);
     h.expect(&ipv4_tcp(OUTSIDE_V4, 8443), Reason::OutsideRanges);
-    h.expect(&v4_frame(&[], OUTSIDE_V4, UDP, 5, 0, &udp(443)), Reason::Unprotected);
+    h.expect(
+        &v4_frame(&[], OUTSIDE_V4, UDP, 5, 0, &udp(443)),
+        Reason::Unprotected,
+    );
     let (tcp_ports, udp_ports) = h.program.maps().ports().unwrap();
     assert_eq!(tcp_ports, [8443].into());
     assert!(udp_ports.is_empty());
@@ -275,8 +556,14 @@ fn protected_ports_come_from_the_map() {
 
 #[test]
 fn allowlist_longest_match_and_extra_prefixes() {
-    let Some(mut h) = Harness::new(true, FragmentPolicy::JudgeFirst) else { return };
-    h.policy = policy(&[CF_V4, CF_V6, "198.51.100.7/32", "2001:db8:1::/48"], true, FragmentPolicy::JudgeFirst);
+    let Some(mut h) = Harness::new(true, FragmentPolicy::JudgeFirst) else {
+        return;
+    };
+    h.policy = policy(
+        &[CF_V4, CF_V6, "198.51.100.7/32", "2001:db8:1::/48"],
+        true,
+        FragmentPolicy::JudgeFirst,
+    );
     apply(&mut h.program, &h.policy);
     h.expect(&ipv4_tcp("198.51.100.7", 443), Reason::Allowed);
     h.expect(&ipv4_tcp("198.51.100.8", 443), Reason::OutsideRanges);
