@@ -168,10 +168,12 @@ fn classify(ctx: &XdpContext, fragments: u32) -> Reason {
 fn judge_source(source: &Source, otherwise: Reason) -> Reason {
     let allowed = match source {
         Source::V4(a) => {
-            may_be_allowed(&PREFILTER_V4, [a[0], a[1], a[2]]) && ALLOW_V4.get(Key::new(32, *a)).is_some()
+            may_be_allowed(&PREFILTER_V4, [a[0], a[1], a[2]])
+                && ALLOW_V4.get(Key::new(32, *a)).is_some()
         }
         Source::V6(a) => {
-            may_be_allowed(&PREFILTER_V6, [a[0], a[1], a[2]]) && ALLOW_V6.get(Key::new(128, *a)).is_some()
+            may_be_allowed(&PREFILTER_V6, [a[0], a[1], a[2]])
+                && ALLOW_V6.get(Key::new(128, *a)).is_some()
         }
     };
     if allowed {
@@ -225,8 +227,15 @@ fn walk_ipv4(ctx: &XdpContext, offset: usize) -> Option<Walk> {
     let source = Source::V4([header[12], header[13], header[14], header[15]]);
     let version = header[0] >> 4;
     let header_len = ((header[0] & 0x0f) as usize) * 4;
-    if version != 4 || header_len < IPV4_MIN_HEADER_LEN || ptr_at::<u8>(ctx, offset + header_len - 1).is_none() {
-        return Some(Walk { source, transport: Transport::Malformed, fragment: false });
+    if version != 4
+        || header_len < IPV4_MIN_HEADER_LEN
+        || ptr_at::<u8>(ctx, offset + header_len - 1).is_none()
+    {
+        return Some(Walk {
+            source,
+            transport: Transport::Malformed,
+            fragment: false,
+        });
     }
     let fragment_field = u16::from_be_bytes([header[6], header[7]]);
     let fragment_offset = fragment_field & 0x1fff;
@@ -237,7 +246,11 @@ fn walk_ipv4(ctx: &XdpContext, offset: usize) -> Option<Walk> {
     } else {
         transport_at(ctx, header[9], offset + header_len)
     };
-    Some(Walk { source, transport, fragment })
+    Some(Walk {
+        source,
+        transport,
+        fragment,
+    })
 }
 
 #[inline(always)]
@@ -247,7 +260,11 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk> {
     // The whole fixed header must be there, not just the source.
     ptr_at::<[u8; IPV6_HEADER_LEN]>(ctx, offset)?;
     if version >> 4 != 6 {
-        return Some(Walk { source, transport: Transport::Malformed, fragment: false });
+        return Some(Walk {
+            source,
+            transport: Transport::Malformed,
+            fragment: false,
+        });
     }
     let mut next_header: u8 = read(ctx, offset + 6)?;
     let mut offset = offset + IPV6_HEADER_LEN;
@@ -259,14 +276,26 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk> {
                     next_header = next;
                     (len as usize + 1) * 8
                 }
-                None => return Some(Walk { source, transport: Transport::Malformed, fragment }),
+                None => {
+                    return Some(Walk {
+                        source,
+                        transport: Transport::Malformed,
+                        fragment,
+                    })
+                }
             },
             IPV6_AH => match read::<[u8; 2]>(ctx, offset) {
                 Some([next, len]) => {
                     next_header = next;
                     (len as usize + 2) * 4
                 }
-                None => return Some(Walk { source, transport: Transport::Malformed, fragment }),
+                None => {
+                    return Some(Walk {
+                        source,
+                        transport: Transport::Malformed,
+                        fragment,
+                    })
+                }
             },
             IPV6_FRAGMENT => match read::<[u8; 8]>(ctx, offset) {
                 Some(header) => {
@@ -279,23 +308,45 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk> {
                         fragment = true;
                     }
                     if fragment_offset != 0 {
-                        return Some(Walk { source, transport: Transport::NonFirstFragment, fragment });
+                        return Some(Walk {
+                            source,
+                            transport: Transport::NonFirstFragment,
+                            fragment,
+                        });
                     }
                     next_header = header[0];
                     8
                 }
-                None => return Some(Walk { source, transport: Transport::Malformed, fragment }),
+                None => {
+                    return Some(Walk {
+                        source,
+                        transport: Transport::Malformed,
+                        fragment,
+                    })
+                }
             },
-            _ => return Some(Walk { source, transport: transport_at(ctx, next_header, offset), fragment }),
+            _ => {
+                return Some(Walk {
+                    source,
+                    transport: transport_at(ctx, next_header, offset),
+                    fragment,
+                })
+            }
         };
         offset += header_len;
     }
     // Still inside the extension chain after the bound.
     let transport = match next_header {
-        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT => Transport::Malformed,
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT => {
+            Transport::Malformed
+        }
         protocol => transport_at(ctx, protocol, offset),
     };
-    Some(Walk { source, transport, fragment })
+    Some(Walk {
+        source,
+        transport,
+        fragment,
+    })
 }
 
 #[inline(always)]

@@ -33,7 +33,10 @@ static ANCHOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 /// 1,000 extra /24s spread over 10.0.0.0/8 (never the test sources).
 fn extra_prefixes() -> Vec<IpNetwork> {
     (0..1000u32)
-        .map(|i| IpNetwork::new(std::net::Ipv4Addr::from(0x0a00_0000 + (i << 8)).into(), 24).expect("valid /24"))
+        .map(|i| {
+            IpNetwork::new(std::net::Ipv4Addr::from(0x0a00_0000 + (i << 8)).into(), 24)
+                .expect("valid /24")
+        })
         .collect()
 }
 
@@ -45,7 +48,11 @@ fn shield_program(extra: &[IpNetwork]) -> anyhow::Result<TestProgram> {
         protected_tcp_ports: [80, 443].into(),
         protected_udp_ports: [443].into(),
     };
-    write_policy(program.maps(), &settings, &tagged_allowlist(&RangeSet::snapshot(), extra))?;
+    write_policy(
+        program.maps(),
+        &settings,
+        &tagged_allowlist(&RangeSet::snapshot(), extra),
+    )?;
     Ok(program)
 }
 
@@ -56,14 +63,25 @@ struct Anchor {
 impl Anchor {
     fn load() -> anyhow::Result<Anchor> {
         let mut ebpf = Ebpf::load(ANCHOR_OBJECT)?;
-        let program: &mut Xdp = ebpf.program_mut("anchor_drop").context("anchor program")?.try_into()?;
+        let program: &mut Xdp = ebpf
+            .program_mut("anchor_drop")
+            .context("anchor program")?
+            .try_into()?;
         program.load()?;
         Ok(Anchor { ebpf })
     }
 
     fn ns_per_packet(&self, frame: &[u8]) -> anyhow::Result<f64> {
-        let program: &Xdp = self.ebpf.program("anchor_drop").context("anchor program")?.try_into()?;
-        let result = program.test_run(TestRunOptions { data_in: Some(frame), repeat: REPEAT, ..Default::default() })?;
+        let program: &Xdp = self
+            .ebpf
+            .program("anchor_drop")
+            .context("anchor program")?
+            .try_into()?;
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: REPEAT,
+            ..Default::default()
+        })?;
         Ok(nanos(result.duration))
     }
 }
@@ -80,9 +98,15 @@ struct XdpFilter {
 }
 
 fn sh(args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("cannot run {}", args[0]))?;
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args[0]))?;
     if !output.status.success() {
-        bail!("{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -92,21 +116,37 @@ impl XdpFilter {
         let _ = sh(&["ip", "netns", "del", NETNS]);
         sh(&["ip", "netns", "add", NETNS])?;
         let ns = format!("--net=/run/netns/{NETNS}");
-        sh(&["ip", "link", "add", "v0", "netns", NETNS, "type", "veth", "peer", "name", "v1", "netns", NETNS])?;
+        sh(&[
+            "ip", "link", "add", "v0", "netns", NETNS, "type", "veth", "peer", "name", "v1",
+            "netns", NETNS,
+        ])?;
         sh(&["nsenter", &ns, "ip", "link", "set", "v0", "up"])?;
         sh(&["nsenter", &ns, "xdp-filter", "load", "v0", "-m", "skb"])?;
         sh(&["nsenter", &ns, "xdp-filter", "ip", OUTSIDE, "-m", "src"])?;
-        let links: serde_json::Value = serde_json::from_str(&sh(&["nsenter", &ns, "ip", "-j", "link", "show", "v0"])?)?;
-        let program_id = links[0]["xdp"]["prog"]["id"].as_u64().context("xdp-filter program id")?;
+        let links: serde_json::Value =
+            serde_json::from_str(&sh(&["nsenter", &ns, "ip", "-j", "link", "show", "v0"])?)?;
+        let program_id = links[0]["xdp"]["prog"]["id"]
+            .as_u64()
+            .context("xdp-filter program id")?;
         let packet_file = std::env::temp_dir().join("shield-bench-xdpfilter.bin");
         std::fs::write(&packet_file, frame)?;
-        Ok(XdpFilter { program_id, packet_file })
+        Ok(XdpFilter {
+            program_id,
+            packet_file,
+        })
     }
 
     fn ns_per_packet(&self) -> anyhow::Result<f64> {
         let out = sh(&[
-            "bpftool", "prog", "run", "id", &self.program_id.to_string(), "data_in",
-            self.packet_file.to_str().context("path")?, "repeat", &REPEAT.to_string(),
+            "bpftool",
+            "prog",
+            "run",
+            "id",
+            &self.program_id.to_string(),
+            "data_in",
+            self.packet_file.to_str().context("path")?,
+            "repeat",
+            &REPEAT.to_string(),
         ])?;
         // "Return value: 1, duration (average): 133ns"
         let ns = out
@@ -147,8 +187,16 @@ fn main() -> anyhow::Result<()> {
     let xdp_filter = XdpFilter::setup(&dropped)?;
 
     // Sanity: each path does what its name says before it is timed.
-    for (program, frame, action) in [(&cloudflare, &allowed, 2), (&cloudflare, &dropped, 1), (&cloudflare, &unprotected, 2), (&with_extra, &dropped, 1)] {
-        anyhow::ensure!(program.run(frame)? == action, "unexpected action before timing");
+    for (program, frame, action) in [
+        (&cloudflare, &allowed, 2),
+        (&cloudflare, &dropped, 1),
+        (&cloudflare, &unprotected, 2),
+        (&with_extra, &dropped, 1),
+    ] {
+        anyhow::ensure!(
+            program.run(frame)? == action,
+            "unexpected action before timing"
+        );
     }
 
     let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -156,22 +204,70 @@ fn main() -> anyhow::Result<()> {
         let mut sample = |name, value: f64| samples.entry(name).or_default().push(value);
         sample("anchor: trivial XDP_DROP", anchor.ns_per_packet(&dropped)?);
         sample("anchor: xdp-filter drop", xdp_filter.ns_per_packet()?);
-        for (name, program) in [("cloudflare", &cloudflare), ("cloudflare+1000", &with_extra)] {
+        for (name, program) in [
+            ("cloudflare", &cloudflare),
+            ("cloudflare+1000", &with_extra),
+        ] {
             let time = |frame: &[u8]| program.run_repeat(frame, REPEAT).map(|r| nanos(r.per_run));
-            sample(if name == "cloudflare" { "shield cloudflare: drop" } else { "shield cloudflare+1000: drop" }, time(&dropped)?);
-            sample(if name == "cloudflare" { "shield cloudflare: allowed" } else { "shield cloudflare+1000: allowed" }, time(&allowed)?);
-            sample(if name == "cloudflare" { "shield cloudflare: unprotected" } else { "shield cloudflare+1000: unprotected" }, time(&unprotected)?);
-            sample(if name == "cloudflare" { "shield cloudflare: drop v6" } else { "shield cloudflare+1000: drop v6" }, time(&dropped_v6)?);
-            sample(if name == "cloudflare" { "shield cloudflare: allowed v6" } else { "shield cloudflare+1000: allowed v6" }, time(&allowed_v6)?);
+            sample(
+                if name == "cloudflare" {
+                    "shield cloudflare: drop"
+                } else {
+                    "shield cloudflare+1000: drop"
+                },
+                time(&dropped)?,
+            );
+            sample(
+                if name == "cloudflare" {
+                    "shield cloudflare: allowed"
+                } else {
+                    "shield cloudflare+1000: allowed"
+                },
+                time(&allowed)?,
+            );
+            sample(
+                if name == "cloudflare" {
+                    "shield cloudflare: unprotected"
+                } else {
+                    "shield cloudflare+1000: unprotected"
+                },
+                time(&unprotected)?,
+            );
+            sample(
+                if name == "cloudflare" {
+                    "shield cloudflare: drop v6"
+                } else {
+                    "shield cloudflare+1000: drop v6"
+                },
+                time(&dropped_v6)?,
+            );
+            sample(
+                if name == "cloudflare" {
+                    "shield cloudflare: allowed v6"
+                } else {
+                    "shield cloudflare+1000: allowed v6"
+                },
+                time(&allowed_v6)?,
+            );
         }
     }
     let medians: BTreeMap<&str, f64> = samples.iter_mut().map(|(k, v)| (*k, median(v))).collect();
     let trivial = medians["anchor: trivial XDP_DROP"];
     let filter = medians["anchor: xdp-filter drop"];
-    println!("XDP test-run, {REPEAT} repeats x {ROUNDS} rounds, median ns/packet (kernel {})", sh(&["uname", "-r"])?.trim());
-    println!("{:<36} {:>8} {:>12} {:>14}", "path", "ns/pkt", "x trivial", "x xdp-filter");
+    println!(
+        "XDP test-run, {REPEAT} repeats x {ROUNDS} rounds, median ns/packet (kernel {})",
+        sh(&["uname", "-r"])?.trim()
+    );
+    println!(
+        "{:<36} {:>8} {:>12} {:>14}",
+        "path", "ns/pkt", "x trivial", "x xdp-filter"
+    );
     for (name, ns) in &medians {
-        println!("{name:<36} {ns:>8.1} {:>12.2} {:>14.2}", ns / trivial, ns / filter);
+        println!(
+            "{name:<36} {ns:>8.1} {:>12.2} {:>14.2}",
+            ns / trivial,
+            ns / filter
+        );
     }
     let drop = medians["shield cloudflare: drop"];
     println!(

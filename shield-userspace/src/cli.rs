@@ -6,7 +6,11 @@ use std::{net::IpAddr, path::PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "shield", version, about = "Origin shield for hosts behind Cloudflare: XDP allowlist of Cloudflare's ranges plus mTLS Authenticated Origin Pulls")]
+#[command(
+    name = "shield",
+    version,
+    about = "Origin shield for hosts behind Cloudflare: XDP allowlist of Cloudflare's ranges plus mTLS Authenticated Origin Pulls"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

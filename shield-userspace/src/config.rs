@@ -127,7 +127,9 @@ impl Serialize for Refresh {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Refresh::Off => serializer.serialize_str("off"),
-            Refresh::Every(period) => serializer.serialize_str(&humantime::format_duration(*period).to_string()),
+            Refresh::Every(period) => {
+                serializer.serialize_str(&humantime::format_duration(*period).to_string())
+            }
         }
     }
 }
@@ -339,7 +341,8 @@ impl fmt::Display for ParseError {
 fn validate_xdp(xdp: &XdpConfig) -> Result<(), InvalidKey> {
     let mut seen = BTreeSet::new();
     for name in &xdp.interfaces {
-        validate_interface_name(name).map_err(|reason| InvalidKey::new("xdp.interfaces", reason))?;
+        validate_interface_name(name)
+            .map_err(|reason| InvalidKey::new("xdp.interfaces", reason))?;
         if !seen.insert(name) {
             return Err(InvalidKey::new(
                 "xdp.interfaces",
@@ -363,7 +366,12 @@ pub fn validate_interface_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
         return Err(format!("{name:?} is not an interface name (1 to 15 bytes)"));
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         return Err(format!("{name:?} is not a valid interface name"));
     }
     Ok(())
@@ -402,18 +410,27 @@ fn validate_sites(sites: &[SiteConfig]) -> Result<(), InvalidKey> {
     for (index, site) in sites.iter().enumerate() {
         let key = |field: &str| format!("site[{index}].{field}");
         if site.server_names.is_empty() {
-            return Err(InvalidKey::new(key("server_names"), "needs at least one name"));
+            return Err(InvalidKey::new(
+                key("server_names"),
+                "needs at least one name",
+            ));
         }
         for name in &site.server_names {
             let lower = name.to_ascii_lowercase();
             if lower.is_empty() || lower.contains(['/', ':', ' ']) {
-                return Err(InvalidKey::new(key("server_names"), format!("{name:?} is not a host name")));
+                return Err(InvalidKey::new(
+                    key("server_names"),
+                    format!("{name:?} is not a host name"),
+                ));
             }
             // SNI picks the site, so a name may belong to one site per listener.
             if !names.insert((site.listen, lower)) {
                 return Err(InvalidKey::new(
                     key("server_names"),
-                    format!("{name:?} is already served by another site on {}", site.listen),
+                    format!(
+                        "{name:?} is already served by another site on {}",
+                        site.listen
+                    ),
                 ));
             }
         }
@@ -430,7 +447,10 @@ fn validate_sites(sites: &[SiteConfig]) -> Result<(), InvalidKey> {
             ));
         }
         if site.max_connections == 0 {
-            return Err(InvalidKey::new(key("max_connections"), "must be at least 1"));
+            return Err(InvalidKey::new(
+                key("max_connections"),
+                "must be at least 1",
+            ));
         }
         for (field, value) in [
             ("handshake_timeout", site.handshake_timeout),
@@ -466,8 +486,14 @@ mod tests {
         assert_eq!(config.xdp.protected_tcp_ports, vec![80, 443]);
         assert_eq!(config.xdp.protected_udp_ports, vec![443]);
         assert_eq!(config.xdp.fragments, Fragments::JudgeFirst);
-        assert_eq!(config.ranges.refresh, Refresh::Every(Duration::from_secs(21600)));
-        assert_eq!(config.ranges.cache, PathBuf::from("/var/lib/shield/ranges.json"));
+        assert_eq!(
+            config.ranges.refresh,
+            Refresh::Every(Duration::from_secs(21600))
+        );
+        assert_eq!(
+            config.ranges.cache,
+            PathBuf::from("/var/lib/shield/ranges.json")
+        );
         assert_eq!(config.metrics.listen.to_string(), "127.0.0.1:9469");
         assert_eq!(config.http.action, HttpAction::Redirect);
         assert!(config.sites.is_empty());
@@ -524,16 +550,40 @@ upstream = "http://127.0.0.1:8080"
         let cases: &[(&str, String)] = &[
             ("xdp.interfaces", "[xdp]\ninterfaces = [\"\"]".into()),
             ("xdp.interfaces", "[xdp]\ninterfaces = [\"a/b\"]".into()),
-            ("xdp.interfaces", "[xdp]\ninterfaces = [\"eth0\", \"eth0\"]".into()),
-            ("xdp.interfaces", "[xdp]\ninterfaces = [\"abcdefghijklmnop\"]".into()),
-            ("xdp.protected_tcp_ports", "[xdp]\nprotected_tcp_ports = [0]".into()),
-            ("ranges.extra_allow", "[ranges]\nextra_allow = [\"10.0.0.1/8\"]".into()),
-            ("ranges.sources", "[ranges]\nsources = [\"relative/path\"]".into()),
+            (
+                "xdp.interfaces",
+                "[xdp]\ninterfaces = [\"eth0\", \"eth0\"]".into(),
+            ),
+            (
+                "xdp.interfaces",
+                "[xdp]\ninterfaces = [\"abcdefghijklmnop\"]".into(),
+            ),
+            (
+                "xdp.protected_tcp_ports",
+                "[xdp]\nprotected_tcp_ports = [0]".into(),
+            ),
+            (
+                "ranges.extra_allow",
+                "[ranges]\nextra_allow = [\"10.0.0.1/8\"]".into(),
+            ),
+            (
+                "ranges.sources",
+                "[ranges]\nsources = [\"relative/path\"]".into(),
+            ),
             ("ranges.cache", "[ranges]\ncache = \"ranges.json\"".into()),
-            ("site[0].upstream", site("").replace("http://127.0.0.1:1", "127.0.0.1:1")),
+            (
+                "site[0].upstream",
+                site("").replace("http://127.0.0.1:1", "127.0.0.1:1"),
+            ),
             ("site[0].max_connections", site("max_connections = 0")),
-            ("site[0].client_ca", site("").replace("[\"cloudflare-shared\"]", "[]")),
-            ("site[0].server_names", site("").replace("[\"a.example\"]", "[]")),
+            (
+                "site[0].client_ca",
+                site("").replace("[\"cloudflare-shared\"]", "[]"),
+            ),
+            (
+                "site[0].server_names",
+                site("").replace("[\"a.example\"]", "[]"),
+            ),
         ];
         for (key, text) in cases {
             assert_eq!(invalid_key(text).as_deref(), Some(*key), "config:\n{text}");
@@ -572,8 +622,14 @@ upstream = "http://127.0.0.1:8080"
     #[test]
     fn refresh_accepts_off_and_durations() {
         assert_eq!(parse_refresh("off"), Ok(Refresh::Off));
-        assert_eq!(parse_refresh("6h"), Ok(Refresh::Every(Duration::from_secs(21600))));
-        assert_eq!(parse_refresh("90m"), Ok(Refresh::Every(Duration::from_secs(5400))));
+        assert_eq!(
+            parse_refresh("6h"),
+            Ok(Refresh::Every(Duration::from_secs(21600)))
+        );
+        assert_eq!(
+            parse_refresh("90m"),
+            Ok(Refresh::Every(Duration::from_secs(5400)))
+        );
         assert!(parse_refresh("1s").is_err());
         assert!(parse_refresh("").is_err());
     }

@@ -5,8 +5,8 @@ use clap::Parser as _;
 use shield::{
     cli::{Cli, Command},
     config::Config,
-    dataplane::{self, PinLayout},
     daemon::Daemon,
+    dataplane::{self, PinLayout},
     policy::Policy,
     ranges::RangeSet,
 };
@@ -33,7 +33,8 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(async {
                 let daemon = Daemon::start(&args.config)?;
                 daemon.run().await
@@ -42,7 +43,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig(args) => match Config::load(&args.config) {
             Ok(config) => {
-                print!("{}", toml::to_string(&config).context("cannot print the config")?);
+                print!(
+                    "{}",
+                    toml::to_string(&config).context("cannot print the config")?
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(error) => {
@@ -50,12 +54,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         },
-        Command::Classify { address, port, proto, config } => {
+        Command::Classify {
+            address,
+            port,
+            proto,
+            config,
+        } => {
             let config = Config::load(&config.config).context("classify needs a valid config")?;
             let ranges = RangeSet::snapshot();
-            let decision = Policy::from_config(&config, &ranges).classify_flow(address, proto.into(), port);
+            let decision =
+                Policy::from_config(&config, &ranges).classify_flow(address, proto.into(), port);
             println!("{decision}");
-            Ok(if decision.verdict == Verdict::Pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if decision.verdict == Verdict::Pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Ranges { refresh, config } => {
             let config = Config::load(&config.config).context("ranges needs a valid config")?;
@@ -63,7 +77,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let ranges = RangeSet::snapshot();
             println!("source: {}", ranges.source);
             println!("etag: {}", ranges.etag.as_deref().unwrap_or("-"));
-            println!("ipv4: {} prefixes, ipv6: {} prefixes, extra_allow: {}", ranges.ipv4.len(), ranges.ipv6.len(), config.ranges.extra_allow.len());
+            println!(
+                "ipv4: {} prefixes, ipv6: {} prefixes, extra_allow: {}",
+                ranges.ipv4.len(),
+                ranges.ipv6.len(),
+                config.ranges.extra_allow.len()
+            );
             for prefix in ranges.prefixes() {
                 println!("  {prefix}");
             }
@@ -123,12 +142,25 @@ fn print_status(layout: &PinLayout, interfaces: &[dataplane::InterfaceStatus]) {
             "interface {} ifindex {}: {} mode {}",
             i.interface,
             i.ifindex,
-            if i.attached { "attached" } else { "NOT attached" },
+            if i.attached {
+                "attached"
+            } else {
+                "NOT attached"
+            },
             i.mode.unwrap_or("unknown")
         );
-        println!("  {:<10} {:<20} {:>12} {:>14}", "verdict", "reason", "packets", "bytes");
+        println!(
+            "  {:<10} {:<20} {:>12} {:>14}",
+            "verdict", "reason", "packets", "bytes"
+        );
         for (verdict, reason, counter) in i.counters.iter() {
-            println!("  {:<10} {:<20} {:>12} {:>14}", verdict.name(), reason.name(), counter.packets, counter.bytes);
+            println!(
+                "  {:<10} {:<20} {:>12} {:>14}",
+                verdict.name(),
+                reason.name(),
+                counter.packets,
+                counter.bytes
+            );
         }
     }
     if let Ok(maps) = dataplane::SharedMaps::open_pinned(layout) {
@@ -136,7 +168,11 @@ fn print_status(layout: &PinLayout, interfaces: &[dataplane::InterfaceStatus]) {
             println!(
                 "enforce: {}  fragments: {}  allowed prefixes: {}",
                 settings.enforce != 0,
-                if settings.fragments == 0 { "judge-first" } else { "drop-outside" },
+                if settings.fragments == 0 {
+                    "judge-first"
+                } else {
+                    "drop-outside"
+                },
                 allow.len()
             );
         }

@@ -37,11 +37,21 @@ pub fn ensure_mounted(pin_root: &Path) -> Result<(), DataplaneError> {
             pin_root.display()
         ))));
     }
-    let target = CString::new(BPFFS_MOUNT_POINT).map_err(io::Error::other).map_err(bpffs_error)?;
-    let fstype = CString::new("bpf").map_err(io::Error::other).map_err(bpffs_error)?;
+    let target = CString::new(BPFFS_MOUNT_POINT)
+        .map_err(io::Error::other)
+        .map_err(bpffs_error)?;
+    let fstype = CString::new("bpf")
+        .map_err(io::Error::other)
+        .map_err(bpffs_error)?;
     // SAFETY: plain mount(2) with NUL-terminated strings and no data.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(DataplaneError::Bpffs {

@@ -45,13 +45,18 @@ impl SharedMaps {
     pub fn take_from(ebpf: &mut aya::Ebpf) -> Result<SharedMaps, DataplaneError> {
         let mut take = |name: &str| {
             ebpf.take_map(name)
-                .ok_or_else(|| DataplaneError::MissingMap { name: name.to_owned() })
+                .ok_or_else(|| DataplaneError::MissingMap {
+                    name: name.to_owned(),
+                })
         };
         let settings = take(map_names::SETTINGS)?;
         let ports = take(map_names::PORTS)?;
         let allow_v4 = take(map_names::ALLOW_V4)?;
         let allow_v6 = take(map_names::ALLOW_V6)?;
-        let prefilter = [take(map_names::PREFILTER_V4)?, take(map_names::PREFILTER_V6)?];
+        let prefilter = [
+            take(map_names::PREFILTER_V4)?,
+            take(map_names::PREFILTER_V6)?,
+        ];
         SharedMaps::from_maps(settings, ports, allow_v4, allow_v6, prefilter)
     }
 
@@ -60,19 +65,30 @@ impl SharedMaps {
     pub fn open_pinned(layout: &super::PinLayout) -> Result<SharedMaps, DataplaneError> {
         let open = |name: &str| {
             let path = layout.shared_map(name);
-            MapData::from_pin(&path)
-                .map_err(map_error(format!("cannot open pinned map {}", path.display())))
+            MapData::from_pin(&path).map_err(map_error(format!(
+                "cannot open pinned map {}",
+                path.display()
+            )))
         };
         SharedMaps::from_maps(
             Map::Array(open(map_names::SETTINGS)?),
             Map::Array(open(map_names::PORTS)?),
             Map::LpmTrie(open(map_names::ALLOW_V4)?),
             Map::LpmTrie(open(map_names::ALLOW_V6)?),
-            [Map::Array(open(map_names::PREFILTER_V4)?), Map::Array(open(map_names::PREFILTER_V6)?)],
+            [
+                Map::Array(open(map_names::PREFILTER_V4)?),
+                Map::Array(open(map_names::PREFILTER_V6)?),
+            ],
         )
     }
 
-    fn from_maps(settings: Map, ports: Map, allow_v4: Map, allow_v6: Map, prefilter: [Map; 2]) -> Result<SharedMaps, DataplaneError> {
+    fn from_maps(
+        settings: Map,
+        ports: Map,
+        allow_v4: Map,
+        allow_v6: Map,
+        prefilter: [Map; 2],
+    ) -> Result<SharedMaps, DataplaneError> {
         let [prefilter_v4, prefilter_v6] = prefilter;
         Ok(SharedMaps {
             prefilter_v4: Array::try_from(prefilter_v4).map_err(map_error("PREFILTER_V4"))?,
@@ -85,7 +101,9 @@ impl SharedMaps {
     }
 
     pub fn settings(&self) -> Result<Settings, DataplaneError> {
-        self.settings.get(&0, 0).map_err(map_error("cannot read SETTINGS"))
+        self.settings
+            .get(&0, 0)
+            .map_err(map_error("cannot read SETTINGS"))
     }
 
     pub fn write_settings(&mut self, settings: Settings) -> Result<(), DataplaneError> {
@@ -99,7 +117,11 @@ impl SharedMaps {
 
     /// Makes the protected-port bitmaps equal to these sets, writing only the
     /// words that change.
-    pub fn write_ports(&mut self, tcp: &BTreeSet<u16>, udp: &BTreeSet<u16>) -> Result<(), DataplaneError> {
+    pub fn write_ports(
+        &mut self,
+        tcp: &BTreeSet<u16>,
+        udp: &BTreeSet<u16>,
+    ) -> Result<(), DataplaneError> {
         let mut desired = vec![0u64; PORT_MAP_WORDS as usize];
         for (protocol, ports) in [(PortProtocol::Tcp, tcp), (PortProtocol::Udp, udp)] {
             for &port in ports {
@@ -107,7 +129,10 @@ impl SharedMaps {
             }
         }
         for (index, want) in (0u32..).zip(desired) {
-            let have = self.ports.get(&index, 0).map_err(map_error("cannot read PORTS"))?;
+            let have = self
+                .ports
+                .get(&index, 0)
+                .map_err(map_error("cannot read PORTS"))?;
             if have != want {
                 self.ports
                     .set(index, want, 0)
@@ -146,13 +171,19 @@ impl SharedMaps {
         for entry in self.allow_v4.iter() {
             let (key, tag) = entry.map_err(map_error("cannot read ALLOW_V4"))?;
             let network = ipnetwork::Ipv4Network::new(key.data().into(), key.prefix_len() as u8)
-                .map_err(|e| DataplaneError::CorruptMap { name: "ALLOW_V4", reason: e.to_string() })?;
+                .map_err(|e| DataplaneError::CorruptMap {
+                    name: "ALLOW_V4",
+                    reason: e.to_string(),
+                })?;
             prefixes.push((IpNetwork::V4(network), tag));
         }
         for entry in self.allow_v6.iter() {
             let (key, tag) = entry.map_err(map_error("cannot read ALLOW_V6"))?;
             let network = ipnetwork::Ipv6Network::new(key.data().into(), key.prefix_len() as u8)
-                .map_err(|e| DataplaneError::CorruptMap { name: "ALLOW_V6", reason: e.to_string() })?;
+                .map_err(|e| DataplaneError::CorruptMap {
+                    name: "ALLOW_V6",
+                    reason: e.to_string(),
+                })?;
             prefixes.push((IpNetwork::V6(network), tag));
         }
         Ok(prefixes)
@@ -168,9 +199,13 @@ impl SharedMaps {
     /// settings write) keeps the program's hot path to a single lookup.
     /// The prefilter follows the same order: its bits for the union of old
     /// and new prefixes are set first, and cleared down to the new set last.
-    pub fn apply_allowlist(&mut self, desired: &[TaggedPrefix]) -> Result<ApplyStats, DataplaneError> {
+    pub fn apply_allowlist(
+        &mut self,
+        desired: &[TaggedPrefix],
+    ) -> Result<ApplyStats, DataplaneError> {
         let current: BTreeMap<IpNetwork, u8> = self.allowlist()?.into_iter().collect();
-        let desired: BTreeMap<IpNetwork, u8> = desired.iter().map(|(p, t)| (canonical(*p), *t)).collect();
+        let desired: BTreeMap<IpNetwork, u8> =
+            desired.iter().map(|(p, t)| (canonical(*p), *t)).collect();
         let union = prefilter_words(current.keys().chain(desired.keys()));
         let wanted = prefilter_words(desired.keys());
         self.write_prefilter(&union)?;
@@ -198,30 +233,49 @@ impl SharedMaps {
     }
 
     /// Writes the given prefilter words where the kernel's differ.
-    fn write_prefilter(&mut self, words: &BTreeMap<(Family, u32), u64>) -> Result<(), DataplaneError> {
+    fn write_prefilter(
+        &mut self,
+        words: &BTreeMap<(Family, u32), u64>,
+    ) -> Result<(), DataplaneError> {
         for (&(family, index), &want) in words {
             let map = match family {
                 Family::V4 => &mut self.prefilter_v4,
                 Family::V6 => &mut self.prefilter_v6,
             };
-            let have = map.get(&index, 0).map_err(map_error("cannot read the prefilter"))?;
+            let have = map
+                .get(&index, 0)
+                .map_err(map_error("cannot read the prefilter"))?;
             if have != want {
-                map.set(index, want, 0).map_err(map_error("cannot write the prefilter"))?;
+                map.set(index, want, 0)
+                    .map_err(map_error("cannot write the prefilter"))?;
             }
         }
         Ok(())
     }
 
     fn insert(&mut self, prefix: IpNetwork, tag: u8) -> Result<(), DataplaneError> {
-        let context = || format!("cannot add {prefix} to the allowlist (the trie holds {} prefixes per family)", shield_common::MAX_PREFIXES);
+        let context = || {
+            format!(
+                "cannot add {prefix} to the allowlist (the trie holds {} prefixes per family)",
+                shield_common::MAX_PREFIXES
+            )
+        };
         match prefix {
             IpNetwork::V4(p) => self
                 .allow_v4
-                .insert(&Key::new(u32::from(p.prefix()), p.network().octets()), tag, 0)
+                .insert(
+                    &Key::new(u32::from(p.prefix()), p.network().octets()),
+                    tag,
+                    0,
+                )
                 .map_err(map_error(context())),
             IpNetwork::V6(p) => self
                 .allow_v6
-                .insert(&Key::new(u32::from(p.prefix()), p.network().octets()), tag, 0)
+                .insert(
+                    &Key::new(u32::from(p.prefix()), p.network().octets()),
+                    tag,
+                    0,
+                )
                 .map_err(map_error(context())),
         }
     }
@@ -249,7 +303,10 @@ impl SharedMaps {
         match result {
             Ok(()) => Ok(true),
             Err(MapError::KeyNotFound) => Ok(false),
-            Err(source) => Err(DataplaneError::Map { context: "allowlist lookup".into(), source }),
+            Err(source) => Err(DataplaneError::Map {
+                context: "allowlist lookup".into(),
+                source,
+            }),
         }
     }
 }
@@ -261,7 +318,9 @@ enum Family {
 }
 
 /// Prefilter words with a bit for every /24 the prefixes overlap.
-fn prefilter_words<'a>(prefixes: impl Iterator<Item = &'a IpNetwork>) -> BTreeMap<(Family, u32), u64> {
+fn prefilter_words<'a>(
+    prefixes: impl Iterator<Item = &'a IpNetwork>,
+) -> BTreeMap<(Family, u32), u64> {
     let mut words = BTreeMap::new();
     for prefix in prefixes {
         let (family, octets, len) = match prefix {
@@ -308,7 +367,10 @@ impl Counters {
     }
 
     pub fn get(&self, verdict: Verdict, reason: Reason) -> Counter {
-        self.slots.get(&(verdict, reason)).copied().unwrap_or_default()
+        self.slots
+            .get(&(verdict, reason))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The (verdict, reason) pairs that a packet can land in, with counts;

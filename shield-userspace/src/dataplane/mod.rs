@@ -24,7 +24,9 @@ use aya::{
     programs::{links::FdLink, links::PinnedLink, ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
-use shield_common::{map_names, AttachMode, Counter, FragmentPolicy, InterfaceState, Settings, PROGRAM_NAME};
+use shield_common::{
+    map_names, AttachMode, Counter, FragmentPolicy, InterfaceState, Settings, PROGRAM_NAME,
+};
 
 pub use maps::{ApplyStats, Counters, SharedMaps, TaggedPrefix};
 pub use pins::{PinLayout, DEFAULT_PIN_ROOT, PIN_ROOT_ENV};
@@ -32,7 +34,8 @@ pub use pins::{PinLayout, DEFAULT_PIN_ROOT, PIN_ROOT_ENV};
 use crate::config::{self, Config};
 
 /// The compiled XDP program (built by `build.rs` from `shield-ebpf`).
-pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shield-xdp"));
+pub static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shield-xdp"));
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -44,7 +47,10 @@ pub enum DataplaneError {
     #[error("cannot parse the XDP object: {0}")]
     Object(#[source] EbpfError),
     #[error("the kernel refused the XDP program for {interface}: {source}")]
-    Load { interface: String, source: ProgramError },
+    Load {
+        interface: String,
+        source: ProgramError,
+    },
     #[error("cannot attach XDP to {interface} in {mode} mode: {source}")]
     Attach {
         interface: String,
@@ -117,7 +123,6 @@ pub enum Attachment {
     Fresh,
 }
 
-
 pub struct AttachedInterface {
     pub name: String,
     pub ifindex: u32,
@@ -177,7 +182,11 @@ impl Dataplane {
             Ok((maps, interfaces)) => {
                 started.fresh.clear();
                 started.created_dirs.clear();
-                let dataplane = Dataplane { layout: layout.clone(), maps, interfaces };
+                let dataplane = Dataplane {
+                    layout: layout.clone(),
+                    maps,
+                    interfaces,
+                };
                 dataplane.release_unconfigured(config)?;
                 Ok(dataplane)
             }
@@ -247,7 +256,12 @@ impl Starting<'_> {
                 let mut maps = SharedMaps::take_from(&mut ebpf)?;
                 check_pinned_layouts(self.layout)?;
                 let stats = write_policy(&mut maps, &settings, allowlist)?;
-                tracing::info!(added = stats.added, removed = stats.removed, unchanged = stats.unchanged, "allowlist written");
+                tracing::info!(
+                    added = stats.added,
+                    removed = stats.removed,
+                    unchanged = stats.unchanged,
+                    "allowlist written"
+                );
                 shared = Some(maps);
             }
             let attached = self.attach(&mut ebpf, target, config.xdp.mode)?;
@@ -269,20 +283,31 @@ impl Starting<'_> {
         if path.exists() {
             return Ok(());
         }
-        std::fs::create_dir(&path).map_err(io_error(format!("cannot create {}", path.display())))?;
+        std::fs::create_dir(&path)
+            .map_err(io_error(format!("cannot create {}", path.display())))?;
         self.created_dirs.push(path);
         Ok(())
     }
 
-    fn attach(&mut self, ebpf: &mut Ebpf, target: &Target, wanted: config::XdpMode) -> Result<AttachedInterface, DataplaneError> {
+    fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        target: &Target,
+        wanted: config::XdpMode,
+    ) -> Result<AttachedInterface, DataplaneError> {
         let link_path = self.layout.link(&target.name);
         let state_path = self.layout.state(&target.name);
         let previous = read_state(&state_path).ok();
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
-            .ok_or_else(|| DataplaneError::MissingMap { name: PROGRAM_NAME.into() })?
+            .ok_or_else(|| DataplaneError::MissingMap {
+                name: PROGRAM_NAME.into(),
+            })?
             .try_into()
-            .map_err(|source| DataplaneError::Load { interface: target.name.clone(), source })?;
+            .map_err(|source| DataplaneError::Load {
+                interface: target.name.clone(),
+                source,
+            })?;
 
         let mut adopted = None;
         if link_path.exists() {
@@ -303,11 +328,14 @@ impl Starting<'_> {
             context: format!("cannot pin program at {}", program_path.display()),
             source: io::Error::other(e.to_string()),
         })?;
-        write_state(&state_path, InterfaceState {
-            ifindex: target.ifindex,
-            mode: mode as u32,
-            attached_at: unix_now(),
-        })?;
+        write_state(
+            &state_path,
+            InterfaceState {
+                ifindex: target.ifindex,
+                mode: mode as u32,
+                attached_at: unix_now(),
+            },
+        )?;
         let counters = open_counters(self.layout, &target.name)?;
         tracing::info!(interface = %target.name, mode = mode.name(), ?attachment, "XDP attached");
         Ok(AttachedInterface {
@@ -371,9 +399,11 @@ fn adopt(
         path: link_path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned)).map_err(|e| DataplaneError::BadLink {
-        path: link_path.display().to_string(),
-        reason: e.to_string(),
+    let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned)).map_err(|e| {
+        DataplaneError::BadLink {
+            path: link_path.display().to_string(),
+            reason: e.to_string(),
+        }
     })?;
     match program.attach_to_link(link) {
         Ok(link_id) => {
@@ -381,7 +411,9 @@ fn adopt(
             let _ = program.take_link(link_id);
             Ok(Some(previous_mode))
         }
-        Err(ProgramError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::ENOLINK) => {
+        Err(ProgramError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::ENOLINK) =>
+        {
             tracing::warn!(interface = %target.name, "pinned link is defunct; attaching anew");
             let _ = std::fs::remove_file(link_path);
             Ok(None)
@@ -424,11 +456,13 @@ fn attach_fresh(
             }
         },
     };
-    let link = program.take_link(link_id).map_err(|source| DataplaneError::Attach {
-        interface: target.name.clone(),
-        mode: mode.name(),
-        source,
-    })?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|source| DataplaneError::Attach {
+            interface: target.name.clone(),
+            mode: mode.name(),
+            source,
+        })?;
     let link = FdLink::try_from(link).map_err(|e| DataplaneError::BadLink {
         path: link_path.display().to_string(),
         reason: format!("{e}: the kernel attached through netlink, not bpf_link"),
@@ -441,7 +475,9 @@ fn attach_fresh(
 }
 
 fn interface_index(name: &str) -> Result<u32, DataplaneError> {
-    let no_such = || DataplaneError::NoSuchInterface { name: name.to_owned() };
+    let no_such = || DataplaneError::NoSuchInterface {
+        name: name.to_owned(),
+    };
     let c_name = CString::new(name).map_err(|_| no_such())?;
     // SAFETY: if_nametoindex reads a NUL-terminated string and nothing else.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
@@ -473,40 +509,76 @@ fn object_loader(layout: &PinLayout) -> EbpfLoader<'static> {
 fn load_program(layout: &PinLayout, interface: &str) -> Result<Ebpf, DataplaneError> {
     let mut loader = object_loader(layout);
     loader.map_pin_path(map_names::COUNTERS, layout.counters(interface));
-    let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(DataplaneError::Object)?;
+    let mut ebpf = loader
+        .load(PROGRAM_OBJECT)
+        .map_err(DataplaneError::Object)?;
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
-        .ok_or_else(|| DataplaneError::MissingMap { name: PROGRAM_NAME.into() })?
+        .ok_or_else(|| DataplaneError::MissingMap {
+            name: PROGRAM_NAME.into(),
+        })?
         .try_into()
-        .map_err(|source| DataplaneError::Load { interface: interface.to_owned(), source })?;
-    program
-        .load()
-        .map_err(|source| DataplaneError::Load { interface: interface.to_owned(), source })?;
+        .map_err(|source| DataplaneError::Load {
+            interface: interface.to_owned(),
+            source,
+        })?;
+    program.load().map_err(|source| DataplaneError::Load {
+        interface: interface.to_owned(),
+        source,
+    })?;
     Ok(ebpf)
 }
 
 /// Creates the shared pins without loading a program into the kernel.
 fn load_unattached(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
-    object_loader(layout).load(PROGRAM_OBJECT).map_err(DataplaneError::Object)
+    object_loader(layout)
+        .load(PROGRAM_OBJECT)
+        .map_err(DataplaneError::Object)
 }
 
 /// Pins reused from an older shield must have the layout this one expects.
 fn check_pinned_layouts(layout: &PinLayout) -> Result<(), DataplaneError> {
     use std::mem::size_of;
     let expected: [(&str, usize, usize, u32); 6] = [
-        (map_names::SETTINGS, size_of::<u32>(), size_of::<Settings>(), 1),
-        (map_names::PORTS, size_of::<u32>(), size_of::<u64>(), shield_common::PORT_MAP_WORDS),
+        (
+            map_names::SETTINGS,
+            size_of::<u32>(),
+            size_of::<Settings>(),
+            1,
+        ),
+        (
+            map_names::PORTS,
+            size_of::<u32>(),
+            size_of::<u64>(),
+            shield_common::PORT_MAP_WORDS,
+        ),
         (map_names::ALLOW_V4, 4 + 4, 1, shield_common::MAX_PREFIXES),
         (map_names::ALLOW_V6, 4 + 16, 1, shield_common::MAX_PREFIXES),
-        (map_names::PREFILTER_V4, size_of::<u32>(), size_of::<u64>(), shield_common::PREFILTER_WORDS),
-        (map_names::PREFILTER_V6, size_of::<u32>(), size_of::<u64>(), shield_common::PREFILTER_WORDS),
+        (
+            map_names::PREFILTER_V4,
+            size_of::<u32>(),
+            size_of::<u64>(),
+            shield_common::PREFILTER_WORDS,
+        ),
+        (
+            map_names::PREFILTER_V6,
+            size_of::<u32>(),
+            size_of::<u64>(),
+            shield_common::PREFILTER_WORDS,
+        ),
     ];
     for (name, key_size, value_size, max_entries) in expected {
         let path = layout.shared_map(name);
         let info = MapData::from_pin(&path)
             .and_then(|map| map.info())
-            .map_err(|source| DataplaneError::Map { context: format!("cannot inspect {}", path.display()), source })?;
-        if info.key_size() as usize != key_size || info.value_size() as usize != value_size || info.max_entries() != max_entries {
+            .map_err(|source| DataplaneError::Map {
+                context: format!("cannot inspect {}", path.display()),
+                source,
+            })?;
+        if info.key_size() as usize != key_size
+            || info.value_size() as usize != value_size
+            || info.max_entries() != max_entries
+        {
             return Err(DataplaneError::IncompatiblePin {
                 path: path.display().to_string(),
                 reason: format!(
@@ -521,26 +593,42 @@ fn check_pinned_layouts(layout: &PinLayout) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-fn open_counters(layout: &PinLayout, interface: &str) -> Result<PerCpuArray<MapData, Counter>, DataplaneError> {
+fn open_counters(
+    layout: &PinLayout,
+    interface: &str,
+) -> Result<PerCpuArray<MapData, Counter>, DataplaneError> {
     let path = layout.counters(interface);
-    let map = MapData::from_pin(&path)
-        .map_err(|source| DataplaneError::Map { context: format!("cannot open {}", path.display()), source })?;
-    PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map))
-        .map_err(|source| DataplaneError::Map { context: format!("{} is not a counter map", path.display()), source })
+    let map = MapData::from_pin(&path).map_err(|source| DataplaneError::Map {
+        context: format!("cannot open {}", path.display()),
+        source,
+    })?;
+    PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map)).map_err(|source| DataplaneError::Map {
+        context: format!("{} is not a counter map", path.display()),
+        source,
+    })
 }
 
 fn read_state(path: &std::path::Path) -> Result<InterfaceState, DataplaneError> {
-    let map = MapData::from_pin(path)
-        .map_err(|source| DataplaneError::Map { context: format!("cannot open {}", path.display()), source })?;
+    let map = MapData::from_pin(path).map_err(|source| DataplaneError::Map {
+        context: format!("cannot open {}", path.display()),
+        source,
+    })?;
     let array: Array<MapData, InterfaceState> = Array::try_from(aya::maps::Map::Array(map))
-        .map_err(|source| DataplaneError::Map { context: path.display().to_string(), source })?;
-    array
-        .get(&0, 0)
-        .map_err(|source| DataplaneError::Map { context: path.display().to_string(), source })
+        .map_err(|source| DataplaneError::Map {
+            context: path.display().to_string(),
+            source,
+        })?;
+    array.get(&0, 0).map_err(|source| DataplaneError::Map {
+        context: path.display().to_string(),
+        source,
+    })
 }
 
 fn write_state(path: &std::path::Path, state: InterfaceState) -> Result<(), DataplaneError> {
-    let map_error = |source| DataplaneError::Map { context: format!("cannot write {}", path.display()), source };
+    let map_error = |source| DataplaneError::Map {
+        context: format!("cannot write {}", path.display()),
+        source,
+    };
     let mut array: Array<MapData, InterfaceState> = match MapData::from_pin(path) {
         Ok(map) => Array::try_from(aya::maps::Map::Array(map)).map_err(map_error)?,
         Err(_) => {
@@ -549,21 +637,32 @@ fn write_state(path: &std::path::Path, state: InterfaceState) -> Result<(), Data
                 context: format!("cannot pin {}", path.display()),
                 source: io::Error::other(e.to_string()),
             })?;
-            Array::try_from(aya::maps::Map::Array(MapData::from_pin(path).map_err(map_error)?)).map_err(map_error)?
+            Array::try_from(aya::maps::Map::Array(
+                MapData::from_pin(path).map_err(map_error)?,
+            ))
+            .map_err(map_error)?
         }
     };
     array.set(0, state, 0).map_err(map_error)
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Removes an interface's pins; unpinning the link detaches the program.
 fn remove_interface_pins(layout: &PinLayout, interface: &str) -> Result<(), DataplaneError> {
     let dir = layout.interface_dir(interface);
     // The link first: from here on nothing is filtered on that interface.
-    for path in [layout.link(interface), layout.program(interface), layout.counters(interface), layout.state(interface)] {
+    for path in [
+        layout.link(interface),
+        layout.program(interface),
+        layout.counters(interface),
+        layout.state(interface),
+    ] {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -592,12 +691,20 @@ fn remove_shared_pins(layout: &PinLayout) -> Result<(), DataplaneError> {
 /// `shield detach`: removes one interface's program, or everything.
 pub fn detach(layout: &PinLayout, interface: Option<&str>) -> Result<Vec<String>, DataplaneError> {
     if !layout.root().exists() {
-        return Err(DataplaneError::NotPinned(layout.root().display().to_string()));
+        return Err(DataplaneError::NotPinned(
+            layout.root().display().to_string(),
+        ));
     }
-    let pinned = layout.pinned_interfaces().map_err(io_error("cannot list pinned interfaces"))?;
+    let pinned = layout
+        .pinned_interfaces()
+        .map_err(io_error("cannot list pinned interfaces"))?;
     let chosen: Vec<String> = match interface {
         Some(name) if pinned.iter().any(|p| p == name) => vec![name.to_owned()],
-        Some(name) => return Err(DataplaneError::NotPinned(layout.interface_dir(name).display().to_string())),
+        Some(name) => {
+            return Err(DataplaneError::NotPinned(
+                layout.interface_dir(name).display().to_string(),
+            ))
+        }
         None => pinned.clone(),
     };
     for name in &chosen {
@@ -606,7 +713,10 @@ pub fn detach(layout: &PinLayout, interface: Option<&str>) -> Result<Vec<String>
     if chosen.len() == pinned.len() {
         remove_shared_pins(layout)?;
         let _ = std::fs::remove_dir(layout.interfaces_dir());
-        std::fs::remove_dir(layout.root()).map_err(io_error(format!("cannot remove {}", layout.root().display())))?;
+        std::fs::remove_dir(layout.root()).map_err(io_error(format!(
+            "cannot remove {}",
+            layout.root().display()
+        )))?;
     }
     Ok(chosen)
 }
@@ -626,14 +736,22 @@ pub struct InterfaceStatus {
 /// Reads the status of every pinned interface (works with no daemon).
 pub fn status(layout: &PinLayout) -> Result<Vec<InterfaceStatus>, DataplaneError> {
     let mut result = Vec::new();
-    for name in layout.pinned_interfaces().map_err(io_error("cannot list pinned interfaces"))? {
+    for name in layout
+        .pinned_interfaces()
+        .map_err(io_error("cannot list pinned interfaces"))?
+    {
         let state = read_state(&layout.state(&name)).ok();
         let current_index = interface_index(&name).ok();
-        let attached = layout.link(&name).exists() && state.is_some_and(|s| Some(s.ifindex) == current_index);
-        let counters = open_counters(layout, &name).and_then(|map| Counters::read(&map)).unwrap_or_default();
+        let attached =
+            layout.link(&name).exists() && state.is_some_and(|s| Some(s.ifindex) == current_index);
+        let counters = open_counters(layout, &name)
+            .and_then(|map| Counters::read(&map))
+            .unwrap_or_default();
         result.push(InterfaceStatus {
             attached,
-            mode: state.and_then(|s| AttachMode::from_u32(s.mode)).map(AttachMode::name),
+            mode: state
+                .and_then(|s| AttachMode::from_u32(s.mode))
+                .map(AttachMode::name),
             ifindex: state.map(|s| s.ifindex).unwrap_or(0),
             attached_at: state.map(|s| s.attached_at).unwrap_or(0),
             counters,

@@ -61,7 +61,8 @@ impl PinLayout {
     }
 
     pub fn counters(&self, interface: &str) -> PathBuf {
-        self.interface_dir(interface).join(shield_common::map_names::COUNTERS)
+        self.interface_dir(interface)
+            .join(shield_common::map_names::COUNTERS)
     }
 
     pub fn state(&self, interface: &str) -> PathBuf {

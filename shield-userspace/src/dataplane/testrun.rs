@@ -42,22 +42,32 @@ impl TestProgram {
     /// Loads `program` from another object with the same map names
     /// (benchmarks use this for their anchors).
     pub fn load_object(object: &[u8], program: &str) -> Result<TestProgram, DataplaneError> {
-        let mut ebpf = EbpfLoader::new().load(object).map_err(DataplaneError::Object)?;
+        let mut ebpf = EbpfLoader::new()
+            .load(object)
+            .map_err(DataplaneError::Object)?;
         let xdp: &mut Xdp = ebpf
             .program_mut(program)
-            .ok_or_else(|| DataplaneError::MissingMap { name: program.into() })?
+            .ok_or_else(|| DataplaneError::MissingMap {
+                name: program.into(),
+            })?
             .try_into()
             .map_err(run_error)?;
         xdp.load().map_err(run_error)?;
         let maps = SharedMaps::take_from(&mut ebpf)?;
-        let counters = ebpf
-            .take_map(map_names::COUNTERS)
-            .ok_or_else(|| DataplaneError::MissingMap { name: map_names::COUNTERS.into() })?;
+        let counters =
+            ebpf.take_map(map_names::COUNTERS)
+                .ok_or_else(|| DataplaneError::MissingMap {
+                    name: map_names::COUNTERS.into(),
+                })?;
         let counters = PerCpuArray::try_from(counters).map_err(|source| DataplaneError::Map {
             context: "COUNTERS".into(),
             source,
         })?;
-        Ok(TestProgram { ebpf, maps, counters })
+        Ok(TestProgram {
+            ebpf,
+            maps,
+            counters,
+        })
     }
 
     pub fn maps(&mut self) -> &mut SharedMaps {
@@ -67,7 +77,9 @@ impl TestProgram {
     fn program(&self) -> Result<&Xdp, DataplaneError> {
         self.ebpf
             .program(PROGRAM_NAME)
-            .ok_or_else(|| DataplaneError::MissingMap { name: PROGRAM_NAME.into() })?
+            .ok_or_else(|| DataplaneError::MissingMap {
+                name: PROGRAM_NAME.into(),
+            })?
             .try_into()
             .map_err(run_error)
     }
@@ -100,7 +112,10 @@ impl TestProgram {
         let values = self
             .counters
             .get(&shield_common::counter_index(verdict, reason), 0)
-            .map_err(|source| DataplaneError::Map { context: "COUNTERS".into(), source })?;
+            .map_err(|source| DataplaneError::Map {
+                context: "COUNTERS".into(),
+                source,
+            })?;
         Ok(values.iter().fold(Counter::default(), |sum, c| Counter {
             packets: sum.packets + c.packets,
             bytes: sum.bytes + c.bytes,
