@@ -145,7 +145,12 @@ impl Policy {
         }
     }
 
-    fn judge(&self, source: IpAddr, fragment: bool, transport: Transport) -> (Reason, Option<IpNetwork>) {
+    fn judge(
+        &self,
+        source: IpAddr,
+        fragment: bool,
+        transport: Transport,
+    ) -> (Reason, Option<IpNetwork>) {
         let by_source = |otherwise: Reason| match self.allowed.longest_match(source) {
             Some(prefix) => (Reason::Allowed, Some(prefix)),
             None => (otherwise, None),
@@ -200,7 +205,12 @@ pub fn flow_packet(source: IpAddr, protocol: Protocol, port: u16) -> Vec<u8> {
             frame.extend_from_slice(&(l4_len as u16).to_be_bytes());
             frame.extend_from_slice(&[protocol.number(), 64]);
             frame.extend_from_slice(&source.octets());
-            frame.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().map(|a| a.octets()).unwrap_or_default());
+            frame.extend_from_slice(
+                &"2001:db8::1"
+                    .parse::<Ipv6Addr>()
+                    .map(|a| a.octets())
+                    .unwrap_or_default(),
+            );
         }
     }
     let mut l4 = vec![0u8; l4_len];
@@ -245,7 +255,9 @@ fn parse_ipv4(packet: &[u8]) -> Parsed {
     if packet.len() < 20 {
         return Parsed::NoSource;
     }
-    let source = IpAddr::V4(Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]));
+    let source = IpAddr::V4(Ipv4Addr::new(
+        packet[12], packet[13], packet[14], packet[15],
+    ));
     let header_len = usize::from(packet[0] & 0x0f) * 4;
     if packet[0] >> 4 != 4 || header_len < 20 || header_len > packet.len() {
         return Parsed::Ip {
@@ -290,7 +302,9 @@ fn parse_ipv6(packet: &[u8]) -> Parsed {
     let mut walked = 0;
     loop {
         let header_len = match next {
-            EXT_HOPOPTS | EXT_ROUTING | EXT_DSTOPTS | EXT_AH | EXT_FRAGMENT if walked == MAX_IPV6_EXT_HEADERS => {
+            EXT_HOPOPTS | EXT_ROUTING | EXT_DSTOPTS | EXT_AH | EXT_FRAGMENT
+                if walked == MAX_IPV6_EXT_HEADERS =>
+            {
                 return malformed(fragment);
             }
             EXT_HOPOPTS | EXT_ROUTING | EXT_DSTOPTS => match rest.get(..2) {
@@ -356,7 +370,10 @@ mod tests {
             fragments: FragmentPolicy::JudgeFirst,
             protected_tcp_ports: [80, 443].into(),
             protected_udp_ports: [443].into(),
-            allowed: Allowlist::new(["173.245.48.0/20".parse().unwrap(), "2400:cb00::/32".parse().unwrap()]),
+            allowed: Allowlist::new([
+                "173.245.48.0/20".parse().unwrap(),
+                "2400:cb00::/32".parse().unwrap(),
+            ]),
         }
     }
 
@@ -364,18 +381,32 @@ mod tests {
     fn flows_get_spec_verdicts() {
         let policy = policy();
         let cases: &[(&str, Protocol, u16, &str)] = &[
-            ("173.245.48.1", Protocol::Tcp, 443, "pass allowed 173.245.48.0/20"),
+            (
+                "173.245.48.1",
+                Protocol::Tcp,
+                443,
+                "pass allowed 173.245.48.0/20",
+            ),
             ("203.0.113.9", Protocol::Tcp, 443, "drop outside_ranges"),
             ("203.0.113.9", Protocol::Tcp, 80, "drop outside_ranges"),
             ("203.0.113.9", Protocol::Udp, 443, "drop outside_ranges"),
             ("203.0.113.9", Protocol::Tcp, 22, "pass unprotected"),
             ("203.0.113.9", Protocol::Udp, 53, "pass unprotected"),
-            ("2400:cb00::1", Protocol::Tcp, 443, "pass allowed 2400:cb00::/32"),
+            (
+                "2400:cb00::1",
+                Protocol::Tcp,
+                443,
+                "pass allowed 2400:cb00::/32",
+            ),
             ("2001:db8::9", Protocol::Udp, 443, "drop outside_ranges"),
         ];
         for (source, protocol, port, expected) in cases {
             let decision = policy.classify_flow(source.parse().unwrap(), *protocol, *port);
-            assert_eq!(decision.to_string(), *expected, "{source} {protocol:?} {port}");
+            assert_eq!(
+                decision.to_string(),
+                *expected,
+                "{source} {protocol:?} {port}"
+            );
         }
     }
 
@@ -389,9 +420,18 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins() {
-        let list = Allowlist::new(["10.0.0.0/8".parse().unwrap(), "10.1.0.0/16".parse().unwrap()]);
-        assert_eq!(list.longest_match("10.1.2.3".parse().unwrap()), Some("10.1.0.0/16".parse().unwrap()));
-        assert_eq!(list.longest_match("10.2.2.3".parse().unwrap()), Some("10.0.0.0/8".parse().unwrap()));
+        let list = Allowlist::new([
+            "10.0.0.0/8".parse().unwrap(),
+            "10.1.0.0/16".parse().unwrap(),
+        ]);
+        assert_eq!(
+            list.longest_match("10.1.2.3".parse().unwrap()),
+            Some("10.1.0.0/16".parse().unwrap())
+        );
+        assert_eq!(
+            list.longest_match("10.2.2.3".parse().unwrap()),
+            Some("10.0.0.0/8".parse().unwrap())
+        );
         assert_eq!(list.longest_match("11.0.0.1".parse().unwrap()), None);
     }
 

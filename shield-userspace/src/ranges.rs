@@ -131,7 +131,11 @@ pub fn tagged_allowlist(ranges: &RangeSet, extra_allow: &[IpNetwork]) -> Vec<(Ip
 
 /// The reference classifier's view of the same allowlist.
 pub fn allowlist(ranges: &RangeSet, extra_allow: &[IpNetwork]) -> crate::policy::Allowlist {
-    crate::policy::Allowlist::new(tagged_allowlist(ranges, extra_allow).into_iter().map(|(p, _)| p))
+    crate::policy::Allowlist::new(
+        tagged_allowlist(ranges, extra_allow)
+            .into_iter()
+            .map(|(p, _)| p),
+    )
 }
 
 #[cfg(test)]
@@ -143,7 +147,10 @@ mod tests {
         let snapshot = RangeSet::snapshot();
         assert_eq!(snapshot.ipv4.len(), 15);
         assert_eq!(snapshot.ipv6.len(), 7);
-        assert_eq!(snapshot.etag.as_deref(), Some("38f79d050aa027e3be3865e495dcc9bc"));
+        assert_eq!(
+            snapshot.etag.as_deref(),
+            Some("38f79d050aa027e3be3865e495dcc9bc")
+        );
         assert!(snapshot.contains("173.245.48.1".parse().unwrap()));
         assert!(snapshot.contains("2606:4700::1".parse().unwrap()));
         assert!(!snapshot.contains("203.0.113.1".parse().unwrap()));
@@ -151,7 +158,8 @@ mod tests {
 
     #[test]
     fn rejects_wrong_family_and_failure() {
-        let wrong = r#"{"success":true,"result":{"ipv4_cidrs":["2400:cb00::/32"],"ipv6_cidrs":[]}}"#;
+        let wrong =
+            r#"{"success":true,"result":{"ipv4_cidrs":["2400:cb00::/32"],"ipv6_cidrs":[]}}"#;
         assert!(matches!(
             RangeSet::from_api_json(wrong, RangeSource::Snapshot),
             Err(RangesError::WrongFamily { .. })

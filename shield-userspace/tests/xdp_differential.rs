@@ -17,13 +17,24 @@ struct Generator {
 
 impl Generator {
     fn source_v4(&mut self) -> [u8; 4] {
-        let v4: Vec<_> = self.allowed.iter().filter_map(|p| match p { IpNetwork::V4(n) => Some(*n), _ => None }).collect();
+        let v4: Vec<_> = self
+            .allowed
+            .iter()
+            .filter_map(|p| match p {
+                IpNetwork::V4(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
         match self.rng.random_range(0..4) {
             // Inside a random allowed prefix.
             0 | 1 => {
                 let net = v4[self.rng.random_range(0..v4.len())];
                 let host_bits = 32 - u32::from(net.prefix());
-                let offset = if host_bits == 0 { 0 } else { self.rng.random::<u32>() & ((1u64 << host_bits) - 1) as u32 };
+                let offset = if host_bits == 0 {
+                    0
+                } else {
+                    self.rng.random::<u32>() & ((1u64 << host_bits) - 1) as u32
+                };
                 (u32::from(net.network()) | offset).to_be_bytes()
             }
             // Just outside a prefix edge.
@@ -41,12 +52,23 @@ impl Generator {
     }
 
     fn source_v6(&mut self) -> [u8; 16] {
-        let v6: Vec<_> = self.allowed.iter().filter_map(|p| match p { IpNetwork::V6(n) => Some(*n), _ => None }).collect();
+        let v6: Vec<_> = self
+            .allowed
+            .iter()
+            .filter_map(|p| match p {
+                IpNetwork::V6(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
         match self.rng.random_range(0..3) {
             0 | 1 => {
                 let net = v6[self.rng.random_range(0..v6.len())];
                 let host_bits = 128 - u32::from(net.prefix());
-                let mask = if host_bits == 0 { 0 } else { u128::MAX >> (128 - host_bits) };
+                let mask = if host_bits == 0 {
+                    0
+                } else {
+                    u128::MAX >> (128 - host_bits)
+                };
                 (u128::from(net.network()) | (self.rng.random::<u128>() & mask)).to_be_bytes()
             }
             _ => self.rng.random::<[u8; 16]>(),
@@ -67,7 +89,12 @@ impl Generator {
             0..=4 => (TCP, tcp(self.port())),
             5..=7 => (UDP, udp(self.port())),
             8 => (ICMP, vec![8, 0, 0, 0, 0, 0, 0, 0]),
-            _ => (self.rng.random(), (0..self.rng.random_range(0..24)).map(|_| self.rng.random()).collect()),
+            _ => (
+                self.rng.random(),
+                (0..self.rng.random_range(0..24))
+                    .map(|_| self.rng.random())
+                    .collect(),
+            ),
         }
     }
 
@@ -78,13 +105,25 @@ impl Generator {
             8 => 2,
             _ => 3,
         };
-        (0..count).map(|_| if self.rng.random_bool(0.5) { ETH_P_8021Q } else { ETH_P_8021AD }).collect()
+        (0..count)
+            .map(|_| {
+                if self.rng.random_bool(0.5) {
+                    ETH_P_8021Q
+                } else {
+                    ETH_P_8021AD
+                }
+            })
+            .collect()
     }
 
     fn ipv4_frame(&mut self) -> Vec<u8> {
         let tags = self.tags();
         let (protocol, l4) = self.transport();
-        let ihl = if self.rng.random_bool(0.9) { self.rng.random_range(5..=15) } else { self.rng.random_range(0..5) };
+        let ihl = if self.rng.random_bool(0.9) {
+            self.rng.random_range(5..=15)
+        } else {
+            self.rng.random_range(0..5)
+        };
         let fragment = match self.rng.random_range(0..8) {
             0 => ipv4_fragment(0, true),
             1 => ipv4_fragment(self.rng.random_range(1..0x1fff), self.rng.random()),
@@ -92,7 +131,11 @@ impl Generator {
             _ => 0x4000, // DF
         };
         let source = self.source_v4();
-        let mut frame = concat(&[&ethernet(&tags, ETH_P_IPV4), &ipv4(source, protocol, ihl, fragment, l4.len()), &l4]);
+        let mut frame = concat(&[
+            &ethernet(&tags, ETH_P_IPV4),
+            &ipv4(source, protocol, ihl, fragment, l4.len()),
+            &l4,
+        ]);
         if self.rng.random_bool(0.03) {
             frame[14 + 4 * tags.len()] = (self.rng.random::<u8>() & 0xf0) | ihl;
         }
@@ -108,9 +151,14 @@ impl Generator {
             4..=7 => self.rng.random_range(1..4),
             _ => self.rng.random_range(6..11),
         };
-        let chain_kinds: Vec<u8> = (0..chain_len).map(|_| kinds[self.rng.random_range(0..kinds.len())]).collect();
+        let chain_kinds: Vec<u8> = (0..chain_len)
+            .map(|_| kinds[self.rng.random_range(0..kinds.len())])
+            .collect();
         let first = chain_kinds.first().copied().unwrap_or(protocol);
-        let mut frame = concat(&[&ethernet(&tags, ETH_P_IPV6), &ipv6(self.source_v6(), first, 0)]);
+        let mut frame = concat(&[
+            &ethernet(&tags, ETH_P_IPV6),
+            &ipv6(self.source_v6(), first, 0),
+        ]);
         for (i, kind) in chain_kinds.iter().enumerate() {
             let next = chain_kinds.get(i + 1).copied().unwrap_or(protocol);
             let header = match *kind {
@@ -163,14 +211,29 @@ fn kernel_program_matches_reference_classifier() {
     if !require_root() {
         return;
     }
-    let cases: usize = std::env::var("SHIELD_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(120_000);
-    let seed: u64 = std::env::var("SHIELD_DIFF_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
+    let cases: usize = std::env::var("SHIELD_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120_000);
+    let seed: u64 = std::env::var("SHIELD_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
     println!("differential: seed {seed}, {cases} cases (SHIELD_DIFF_SEED={seed} reproduces)");
 
     let snapshot = shield::ranges::RangeSet::snapshot();
     let mut prefixes: Vec<String> = snapshot.prefixes().map(|p| p.to_string()).collect();
     // Nested and host prefixes exercise longest-match.
-    prefixes.extend(["173.245.50.0/24", "198.51.100.7/32", "10.0.0.0/8", "2606:4700:10::/48", "2001:db8::5/128"].map(String::from));
+    prefixes.extend(
+        [
+            "173.245.50.0/24",
+            "198.51.100.7/32",
+            "10.0.0.0/8",
+            "2606:4700:10::/48",
+            "2001:db8::5/128",
+        ]
+        .map(String::from),
+    );
     let prefix_refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
 
     let mut generator = Generator {
@@ -194,10 +257,20 @@ fn kernel_program_matches_reference_classifier() {
         for _ in 0..share {
             let frame = generator.frame();
             let expected = policy.classify_packet(&frame);
-            let before = program.counter(expected.verdict, expected.reason).unwrap().packets;
+            let before = program
+                .counter(expected.verdict, expected.reason)
+                .unwrap()
+                .packets;
             let action = program.run(&frame).unwrap();
-            let after = program.counter(expected.verdict, expected.reason).unwrap().packets;
-            let expected_action = if expected.verdict == shield_common::Verdict::Drop { XDP_DROP } else { XDP_PASS };
+            let after = program
+                .counter(expected.verdict, expected.reason)
+                .unwrap()
+                .packets;
+            let expected_action = if expected.verdict == shield_common::Verdict::Drop {
+                XDP_DROP
+            } else {
+                XDP_PASS
+            };
             compared += 1;
             *by_reason.entry(expected.reason.name()).or_insert(0usize) += 1;
             if action != expected_action || after != before + 1 {
@@ -205,12 +278,23 @@ fn kernel_program_matches_reference_classifier() {
             }
         }
     }
-    println!("differential: {compared} cases compared, {} mismatches; by reason {by_reason:?}", mismatches.len());
+    println!(
+        "differential: {compared} cases compared, {} mismatches; by reason {by_reason:?}",
+        mismatches.len()
+    );
     for (frame, expected, action) in mismatches.iter().take(5) {
         eprintln!("mismatch: oracle {expected} (action {action}) frame {frame:02x?}");
     }
     assert!(compared >= cases);
-    assert!(mismatches.is_empty(), "{} mismatches (seed {seed})", mismatches.len());
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches (seed {seed})",
+        mismatches.len()
+    );
     // The generator must reach every reason, or the comparison proves little.
-    assert_eq!(by_reason.len(), shield_common::Reason::COUNT, "reasons reached: {by_reason:?}");
+    assert_eq!(
+        by_reason.len(),
+        shield_common::Reason::COUNT,
+        "reasons reached: {by_reason:?}"
+    );
 }

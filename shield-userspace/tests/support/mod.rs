@@ -33,7 +33,11 @@ pub fn policy(prefixes: &[&str], enforce: bool, fragments: FragmentPolicy) -> Po
         fragments,
         protected_tcp_ports: [80, 443].into(),
         protected_udp_ports: [443].into(),
-        allowed: Allowlist::new(prefixes.iter().map(|p| p.parse::<IpNetwork>().expect("test prefix"))),
+        allowed: Allowlist::new(
+            prefixes
+                .iter()
+                .map(|p| p.parse::<IpNetwork>().expect("test prefix")),
+        ),
     }
 }
 
@@ -42,10 +46,23 @@ pub fn apply(program: &mut TestProgram, policy: &Policy) {
     let settings = DataplaneSettings {
         enforce: policy.enforce,
         fragments: policy.fragments,
-        protected_tcp_ports: policy.protected_tcp_ports.iter().copied().collect::<BTreeSet<_>>(),
-        protected_udp_ports: policy.protected_udp_ports.iter().copied().collect::<BTreeSet<_>>(),
+        protected_tcp_ports: policy
+            .protected_tcp_ports
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>(),
+        protected_udp_ports: policy
+            .protected_udp_ports
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>(),
     };
-    let allow: Vec<_> = policy.allowed.prefixes().iter().map(|p| (*p, PREFIX_FROM_RANGES)).collect();
+    let allow: Vec<_> = policy
+        .allowed
+        .prefixes()
+        .iter()
+        .map(|p| (*p, PREFIX_FROM_RANGES))
+        .collect();
     write_policy(program.maps(), &settings, &allow).expect("write policy maps");
 }
 
@@ -64,7 +81,11 @@ pub fn judge(program: &TestProgram, policy: &Policy, frame: &[u8]) -> (u32, Reas
             }
         }
     }
-    assert_eq!(moved.len(), 1, "exactly one counter slot must move per packet, got {moved:?}");
+    assert_eq!(
+        moved.len(),
+        1,
+        "exactly one counter slot must move per packet, got {moved:?}"
+    );
     let (verdict, reason, delta) = moved[0];
     assert_eq!(delta, 1);
     assert_eq!(
@@ -72,8 +93,19 @@ pub fn judge(program: &TestProgram, policy: &Policy, frame: &[u8]) -> (u32, Reas
         frame.len() as u64,
         "bytes counter must grow by the frame length"
     );
-    let expected_action = if verdict == Verdict::Drop { XDP_DROP } else { XDP_PASS };
-    assert_eq!(action, expected_action, "action disagrees with the counted verdict {verdict:?}");
-    assert_eq!(verdict, reason.verdict(policy.enforce), "verdict slot inconsistent with reason");
+    let expected_action = if verdict == Verdict::Drop {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    };
+    assert_eq!(
+        action, expected_action,
+        "action disagrees with the counted verdict {verdict:?}"
+    );
+    assert_eq!(
+        verdict,
+        reason.verdict(policy.enforce),
+        "verdict slot inconsistent with reason"
+    );
     (action, reason, policy.classify_packet(frame).reason)
 }

@@ -30,7 +30,13 @@ pub fn ethernet(tags: &[u16], ethertype: u16) -> Vec<u8> {
 }
 
 /// IPv4 header of `ihl` 32-bit words (options zero-filled).
-pub fn ipv4(source: [u8; 4], protocol: u8, ihl: u8, fragment_field: u16, payload_len: usize) -> Vec<u8> {
+pub fn ipv4(
+    source: [u8; 4],
+    protocol: u8,
+    ihl: u8,
+    fragment_field: u16,
+    payload_len: usize,
+) -> Vec<u8> {
     let header_len = usize::from(ihl) * 4;
     let mut header = vec![0u8; header_len.max(20)];
     header[0] = 0x40 | (ihl & 0x0f);
@@ -109,19 +115,31 @@ pub fn concat(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 pub fn v4(text: &str) -> [u8; 4] {
-    text.parse::<std::net::Ipv4Addr>().expect("test IPv4 address").octets()
+    text.parse::<std::net::Ipv4Addr>()
+        .expect("test IPv4 address")
+        .octets()
 }
 
 pub fn v6(text: &str) -> [u8; 16] {
-    text.parse::<std::net::Ipv6Addr>().expect("test IPv6 address").octets()
+    text.parse::<std::net::Ipv6Addr>()
+        .expect("test IPv6 address")
+        .octets()
 }
 
 /// A complete IPv4 TCP frame.
 pub fn ipv4_tcp(source: &str, port: u16) -> Vec<u8> {
-    concat(&[&ethernet(&[], ETH_P_IPV4), &ipv4(v4(source), TCP, 5, 0, 20), &tcp(port)])
+    concat(&[
+        &ethernet(&[], ETH_P_IPV4),
+        &ipv4(v4(source), TCP, 5, 0, 20),
+        &tcp(port),
+    ])
 }
 
 /// A complete IPv6 TCP frame.
 pub fn ipv6_tcp(source: &str, port: u16) -> Vec<u8> {
-    concat(&[&ethernet(&[], ETH_P_IPV6), &ipv6(v6(source), TCP, 20), &tcp(port)])
+    concat(&[
+        &ethernet(&[], ETH_P_IPV6),
+        &ipv6(v6(source), TCP, 20),
+        &tcp(port),
+    ])
 }
