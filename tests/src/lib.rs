@@ -88,12 +88,17 @@ impl Netns {
     /// exec`) keeps the host's /sys, so bpffs and the pins stay visible.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("nsenter");
-        command.arg(format!("--net={}", self.path())).arg("--").args(args);
+        command
+            .arg(format!("--net={}", self.path()))
+            .arg("--")
+            .args(args);
         command
     }
 
     pub fn exec(&self, args: &[&str]) -> anyhow::Result<Output> {
-        self.command(args).output().with_context(|| format!("cannot run {args:?} in {}", self.name))
+        self.command(args)
+            .output()
+            .with_context(|| format!("cannot run {args:?} in {}", self.name))
     }
 
     pub fn exec_check(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -123,7 +128,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -164,7 +171,11 @@ pub struct Lab {
 
 impl Lab {
     pub fn new() -> anyhow::Result<Lab> {
-        let id = format!("{TEST_PREFIX}{}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::SeqCst));
+        let id = format!(
+            "{TEST_PREFIX}{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::SeqCst)
+        );
         let work_dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&work_dir)?;
         let lab = Lab {
@@ -181,22 +192,95 @@ impl Lab {
         Ok(lab)
     }
 
-    fn link(&self, peer: &Netns, origin_if: &str, peer_v4: &str, peer_v6: &str) -> anyhow::Result<()> {
+    fn link(
+        &self,
+        peer: &Netns,
+        origin_if: &str,
+        peer_v4: &str,
+        peer_v6: &str,
+    ) -> anyhow::Result<()> {
         check(
             "ip",
-            &["link", "add", "name", origin_if, "netns", &self.origin.name, "type", "veth", "peer", "name", "eth0", "netns", &peer.name],
+            &[
+                "link",
+                "add",
+                "name",
+                origin_if,
+                "netns",
+                &self.origin.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &peer.name,
+            ],
         )?;
         let o = &self.origin;
-        o.exec_check(&["ip", "addr", "add", &format!("{}/32", addr::ORIGIN_V4), "dev", origin_if])?;
-        o.exec_check(&["ip", "addr", "add", &format!("{}/128", addr::ORIGIN_V6), "dev", origin_if, "nodad"])?;
+        o.exec_check(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/32", addr::ORIGIN_V4),
+            "dev",
+            origin_if,
+        ])?;
+        o.exec_check(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/128", addr::ORIGIN_V6),
+            "dev",
+            origin_if,
+            "nodad",
+        ])?;
         o.exec_check(&["ip", "link", "set", origin_if, "up"])?;
-        o.exec_check(&["ip", "route", "add", &format!("{peer_v4}/32"), "dev", origin_if])?;
-        o.exec_check(&["ip", "-6", "route", "add", &format!("{peer_v6}/128"), "dev", origin_if])?;
+        o.exec_check(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{peer_v4}/32"),
+            "dev",
+            origin_if,
+        ])?;
+        o.exec_check(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &format!("{peer_v6}/128"),
+            "dev",
+            origin_if,
+        ])?;
         peer.exec_check(&["ip", "addr", "add", &format!("{peer_v4}/32"), "dev", "eth0"])?;
-        peer.exec_check(&["ip", "addr", "add", &format!("{peer_v6}/128"), "dev", "eth0", "nodad"])?;
+        peer.exec_check(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{peer_v6}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
         peer.exec_check(&["ip", "link", "set", "eth0", "up"])?;
-        peer.exec_check(&["ip", "route", "add", &format!("{}/32", addr::ORIGIN_V4), "dev", "eth0"])?;
-        peer.exec_check(&["ip", "-6", "route", "add", &format!("{}/128", addr::ORIGIN_V6), "dev", "eth0"])?;
+        peer.exec_check(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", addr::ORIGIN_V4),
+            "dev",
+            "eth0",
+        ])?;
+        peer.exec_check(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &format!("{}/128", addr::ORIGIN_V6),
+            "dev",
+            "eth0",
+        ])?;
         Ok(())
     }
 
@@ -204,13 +288,28 @@ impl Lab {
     /// the XDP layer judges ports, not payloads), IPv4 and IPv6.
     pub fn start_servers(&mut self) -> anyhow::Result<()> {
         for port in ["80", "443", "22"] {
-            let server = self.origin.spawn(&["python3", "-m", "http.server", port, "--bind", "::", "--directory", "/"])?;
+            let server = self.origin.spawn(&[
+                "python3",
+                "-m",
+                "http.server",
+                port,
+                "--bind",
+                "::",
+                "--directory",
+                "/",
+            ])?;
             self.servers.push(server);
         }
         for port in [80, 443, 22] {
             wait_for(Duration::from_secs(10), || {
                 self.origin
-                    .exec(&["python3", "-c", &format!("import socket; socket.create_connection(('127.0.0.1', {port}), 1)")])
+                    .exec(&[
+                        "python3",
+                        "-c",
+                        &format!(
+                            "import socket; socket.create_connection(('127.0.0.1', {port}), 1)"
+                        ),
+                    ])
                     .is_ok_and(|o| o.status.success())
             })
             .with_context(|| format!("HTTP server on {port} did not come up"))?;
@@ -242,19 +341,32 @@ impl Lab {
     /// Starts `shield run --config CONFIG` and waits until it is ready.
     pub fn start_shield(&self, config: &Path) -> anyhow::Result<ShieldDaemon> {
         let bin = shield_binary()?;
-        let log = self.work_dir.join(format!("shield-{}.log", NEXT_ID.fetch_add(1, Ordering::SeqCst)));
+        let log = self.work_dir.join(format!(
+            "shield-{}.log",
+            NEXT_ID.fetch_add(1, Ordering::SeqCst)
+        ));
         let log_file = std::fs::File::create(&log)?;
         let child = self
             .origin
-            .command(&[bin.to_str().context("binary path is not UTF-8")?, "run", "--config", config.to_str().context("config path")?])
+            .command(&[
+                bin.to_str().context("binary path is not UTF-8")?,
+                "run",
+                "--config",
+                config.to_str().context("config path")?,
+            ])
             .env("SHIELD_PIN_ROOT", &self.pin_root)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .context("cannot start shield run")?;
-        let mut daemon = ShieldDaemon { child: Some(child), log };
-        wait_for(Duration::from_secs(20), || daemon.log_text().contains("shield ready") || daemon.exited())
-            .context("shield did not become ready")?;
+        let mut daemon = ShieldDaemon {
+            child: Some(child),
+            log,
+        };
+        wait_for(Duration::from_secs(20), || {
+            daemon.log_text().contains("shield ready") || daemon.exited()
+        })
+        .context("shield did not become ready")?;
         if daemon.exited() {
             bail!("shield run exited: {}", daemon.log_text());
         }
@@ -265,7 +377,10 @@ impl Lab {
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
         let output = self.shield(&["status", "--json"])?;
         if !output.status.success() {
-            bail!("shield status failed: {}", String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "shield status failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Ok(serde_json::from_slice(&output.stdout)?)
     }
@@ -273,7 +388,9 @@ impl Lab {
     /// Packets counted on `interface` for (verdict, reason).
     pub fn counter(&self, interface: &str, verdict: &str, reason: &str) -> anyhow::Result<u64> {
         let status = self.status()?;
-        let interfaces = status["interfaces"].as_array().context("status has no interfaces")?;
+        let interfaces = status["interfaces"]
+            .as_array()
+            .context("status has no interfaces")?;
         let entry = interfaces
             .iter()
             .find(|i| i["interface"] == interface)
@@ -293,7 +410,11 @@ impl Lab {
         match output.status.code() {
             Some(0) => Ok(true),
             Some(28) => Ok(false),
-            other => bail!("curl {url} from {} exited {other:?}: {}", from.name, String::from_utf8_lossy(&output.stderr)),
+            other => bail!(
+                "curl {url} from {} exited {other:?}: {}",
+                from.name,
+                String::from_utf8_lossy(&output.stderr)
+            ),
         }
     }
 }
@@ -318,7 +439,9 @@ impl ShieldDaemon {
     }
 
     fn exited(&mut self) -> bool {
-        self.child.as_mut().is_none_or(|c| c.try_wait().is_ok_and(|s| s.is_some()))
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().is_ok_and(|s| s.is_some()))
     }
 
     pub fn pid(&self) -> u32 {
@@ -375,8 +498,15 @@ pub fn shield_binary() -> anyhow::Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> → target/<profile>/shield
-    let profile_dir = exe.parent().and_then(Path::parent).context("unexpected test binary location")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("unexpected test binary location")?;
     let bin = profile_dir.join("shield");
-    anyhow::ensure!(bin.exists(), "{} not built: run `cargo build -p shield-userspace` first", bin.display());
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not built: run `cargo build -p shield-userspace` first",
+        bin.display()
+    );
     Ok(bin)
 }

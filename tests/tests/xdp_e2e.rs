@@ -10,7 +10,9 @@ fn lab() -> Option<Lab> {
     if !require_root() {
         return None;
     }
-    for tool in ["ip", "nsenter", "curl", "python3", "hping3", "ping", "bpftool"] {
+    for tool in [
+        "ip", "nsenter", "curl", "python3", "hping3", "ping", "bpftool",
+    ] {
         require_tool(tool);
     }
     let mut lab = Lab::new().expect("create the lab namespaces");
@@ -28,11 +30,17 @@ fn url(host: &str, port: u16) -> String {
 
 /// Sends `count` UDP datagrams from the attacker to the origin's `port`.
 fn send_udp(lab: &Lab, target: &str, port: u16, count: usize) {
-    let family = if target.contains(':') { "AF_INET6" } else { "AF_INET" };
+    let family = if target.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
     let script = format!(
         "import socket,time\ns=socket.socket(socket.{family},socket.SOCK_DGRAM)\nfor _ in range({count}):\n    s.sendto(b'shield-test',('{target}',{port}))\n    time.sleep(0.001)\n"
     );
-    lab.attacker.exec_check(&["python3", "-c", &script]).expect("send UDP");
+    lab.attacker
+        .exec_check(&["python3", "-c", &script])
+        .expect("send UDP");
 }
 
 /// Waits for a counter to reach `expected` (counters are read from the
@@ -43,7 +51,10 @@ fn expect_counter(lab: &Lab, interface: &str, verdict: &str, reason: &str, expec
         last = lab.counter(interface, verdict, reason).unwrap_or(0);
         last >= expected
     });
-    assert!(reached.is_ok() && last == expected, "{interface} {verdict} {reason}: expected {expected}, got {last}");
+    assert!(
+        reached.is_ok() && last == expected,
+        "{interface} {verdict} {reason}: expected {expected}, got {last}"
+    );
 }
 
 #[test]
@@ -53,19 +64,46 @@ fn edge_passes_attacker_is_dropped_and_other_ports_answer() {
     let _shield = lab.start_shield(&config).unwrap();
 
     for port in [80, 443] {
-        assert!(lab.curl(&lab.edge, &url(ORIGIN_V4, port)).unwrap(), "edge IPv4 :{port}");
-        assert!(lab.curl(&lab.edge, &url(ORIGIN_V6, port)).unwrap(), "edge IPv6 :{port}");
-        assert!(!lab.curl(&lab.attacker, &url(ORIGIN_V4, port)).unwrap(), "attacker IPv4 :{port} must time out");
-        assert!(!lab.curl(&lab.attacker, &url(ORIGIN_V6, port)).unwrap(), "attacker IPv6 :{port} must time out");
+        assert!(
+            lab.curl(&lab.edge, &url(ORIGIN_V4, port)).unwrap(),
+            "edge IPv4 :{port}"
+        );
+        assert!(
+            lab.curl(&lab.edge, &url(ORIGIN_V6, port)).unwrap(),
+            "edge IPv6 :{port}"
+        );
+        assert!(
+            !lab.curl(&lab.attacker, &url(ORIGIN_V4, port)).unwrap(),
+            "attacker IPv4 :{port} must time out"
+        );
+        assert!(
+            !lab.curl(&lab.attacker, &url(ORIGIN_V6, port)).unwrap(),
+            "attacker IPv6 :{port} must time out"
+        );
     }
-    assert!(lab.curl(&lab.attacker, &url(ORIGIN_V4, 22)).unwrap(), "attacker :22 must still answer");
-    assert!(lab.curl(&lab.attacker, &url(ORIGIN_V6, 22)).unwrap(), "attacker IPv6 :22 must still answer");
+    assert!(
+        lab.curl(&lab.attacker, &url(ORIGIN_V4, 22)).unwrap(),
+        "attacker :22 must still answer"
+    );
+    assert!(
+        lab.curl(&lab.attacker, &url(ORIGIN_V6, 22)).unwrap(),
+        "attacker IPv6 :22 must still answer"
+    );
 
     // ARP and NDP resolve, ICMP passes.
-    lab.attacker.exec_check(&["ping", "-c", "1", "-W", "2", ORIGIN_V4]).expect("ping over ARP");
-    lab.attacker.exec_check(&["ping", "-6", "-c", "1", "-W", "2", ORIGIN_V6]).expect("ping over NDP");
+    lab.attacker
+        .exec_check(&["ping", "-c", "1", "-W", "2", ORIGIN_V4])
+        .expect("ping over ARP");
+    lab.attacker
+        .exec_check(&["ping", "-6", "-c", "1", "-W", "2", ORIGIN_V6])
+        .expect("ping over NDP");
     let neighbours = lab.attacker.exec_check(&["ip", "neigh", "show"]).unwrap();
-    assert!(neighbours.contains(ORIGIN_V4) && neighbours.contains(ORIGIN_V6) && neighbours.contains("lladdr"), "{neighbours}");
+    assert!(
+        neighbours.contains(ORIGIN_V4)
+            && neighbours.contains(ORIGIN_V6)
+            && neighbours.contains("lladdr"),
+        "{neighbours}"
+    );
 
     // Counters match what was sent: let earlier TCP retransmissions die down.
     thread::sleep(Duration::from_millis(500));
@@ -73,17 +111,32 @@ fn edge_passes_attacker_is_dropped_and_other_ports_answer() {
     send_udp(&lab, ORIGIN_V4, 443, 25);
     send_udp(&lab, ORIGIN_V6, 443, 15);
     lab.attacker
-        .exec_check(&["hping3", "-q", "-S", "-p", "443", "-c", "10", "-i", "u10000", ORIGIN_V4])
-        .or_else(|e| if e.to_string().contains("100% packet loss") { Ok(String::new()) } else { Err(e) })
+        .exec_check(&[
+            "hping3", "-q", "-S", "-p", "443", "-c", "10", "-i", "u10000", ORIGIN_V4,
+        ])
+        .or_else(|e| {
+            if e.to_string().contains("100% packet loss") {
+                Ok(String::new())
+            } else {
+                Err(e)
+            }
+        })
         .expect("hping3");
     expect_counter(&lab, "eth1", "drop", "outside_ranges", before + 50);
-    assert_eq!(lab.counter("eth0", "drop", "outside_ranges").unwrap(), 0, "edge traffic must never drop");
+    assert_eq!(
+        lab.counter("eth0", "drop", "outside_ranges").unwrap(),
+        0,
+        "edge traffic must never drop"
+    );
     assert!(lab.counter("eth0", "pass", "allowed").unwrap() > 0);
 
     let status = lab.status().unwrap();
     for interface in status["interfaces"].as_array().unwrap() {
         assert_eq!(interface["attached"], true, "{status}");
-        assert_eq!(interface["mode"], "native", "veth supports native XDP: {status}");
+        assert_eq!(
+            interface["mode"], "native",
+            "veth supports native XDP: {status}"
+        );
     }
 }
 
@@ -92,8 +145,14 @@ fn monitor_mode_counts_would_drops_and_drops_nothing() {
     let Some(lab) = lab() else { return };
     let config = lab.write_config("monitor.toml", "enforce = false").unwrap();
     let _shield = lab.start_shield(&config).unwrap();
-    assert!(lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap(), "monitor mode must not drop");
-    assert!(lab.curl(&lab.attacker, &url(ORIGIN_V6, 80)).unwrap(), "monitor mode must not drop");
+    assert!(
+        lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap(),
+        "monitor mode must not drop"
+    );
+    assert!(
+        lab.curl(&lab.attacker, &url(ORIGIN_V6, 80)).unwrap(),
+        "monitor mode must not drop"
+    );
     thread::sleep(Duration::from_millis(300));
     let before = lab.counter("eth1", "would_drop", "outside_ranges").unwrap();
     assert!(before > 0, "the curls above are would-drops");
@@ -104,9 +163,15 @@ fn monitor_mode_counts_would_drops_and_drops_nothing() {
 
 fn link_id(lab: &Lab, interface: &str) -> u64 {
     let path = lab.pin_root.join("ifaces").join(interface).join("link");
-    let output = shield_tests::check("bpftool", &["-j", "link", "show", "pinned", path.to_str().unwrap()]).unwrap();
+    let output = shield_tests::check(
+        "bpftool",
+        &["-j", "link", "show", "pinned", path.to_str().unwrap()],
+    )
+    .unwrap();
     let value: serde_json::Value = serde_json::from_str(&output).unwrap();
-    value["id"].as_u64().unwrap_or_else(|| panic!("no link id in {output}"))
+    value["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no link id in {output}"))
 }
 
 #[test]
@@ -117,8 +182,14 @@ fn kill_9_keeps_enforcing_and_restart_readopts_without_a_window() {
     let link_before = link_id(&lab, "eth1");
     shield.kill_hard();
 
-    assert!(!lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap(), "still dropped with the daemon dead");
-    assert!(lab.curl(&lab.edge, &url(ORIGIN_V4, 443)).unwrap(), "edge still served with the daemon dead");
+    assert!(
+        !lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap(),
+        "still dropped with the daemon dead"
+    );
+    assert!(
+        lab.curl(&lab.edge, &url(ORIGIN_V4, 443)).unwrap(),
+        "edge still served with the daemon dead"
+    );
 
     // A UDP listener on the origin counts what gets through while the
     // attacker floods across the restart.
@@ -127,7 +198,10 @@ fn kill_9_keeps_enforcing_and_restart_readopts_without_a_window() {
         "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',443))\ns.settimeout(0.2)\nn=0\nend=time.time()+8\nwhile time.time()<end:\n    try:\n        s.recv(64); n+=1\n    except socket.timeout:\n        pass\nopen('{}','w').write(str(n))\n",
         counter_file.display()
     );
-    let mut listener = lab.origin.spawn(&["python3", "-c", &listener_script]).unwrap();
+    let mut listener = lab
+        .origin
+        .spawn(&["python3", "-c", &listener_script])
+        .unwrap();
     let flood_script = format!(
         "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nend=time.time()+6\nn=0\nwhile time.time()<end:\n    s.sendto(b'x',('{ORIGIN_V4}',443)); n+=1\n    time.sleep(0.0005)\nprint(n)\n"
     );
@@ -139,14 +213,32 @@ fn kill_9_keeps_enforcing_and_restart_readopts_without_a_window() {
         .expect("start the flood");
     thread::sleep(Duration::from_millis(500));
     let restarted = lab.start_shield(&config).unwrap();
-    assert!(restarted.log_text().contains("Adopted"), "restart must re-adopt: {}", restarted.log_text());
+    assert!(
+        restarted.log_text().contains("Adopted"),
+        "restart must re-adopt: {}",
+        restarted.log_text()
+    );
     let flood = flood.wait_with_output().expect("flood finished");
-    let sent: u64 = String::from_utf8_lossy(&flood.stdout).trim().parse().unwrap_or(0);
+    let sent: u64 = String::from_utf8_lossy(&flood.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
     listener.child.wait().expect("listener finished");
-    let received: u64 = std::fs::read_to_string(&counter_file).unwrap().trim().parse().unwrap();
+    let received: u64 = std::fs::read_to_string(&counter_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(sent > 1000, "the flood sent {sent}");
-    assert_eq!(received, 0, "{received} of {sent} attacker datagrams got through across the restart");
-    assert_eq!(link_id(&lab, "eth1"), link_before, "the same kernel link must stay attached");
+    assert_eq!(
+        received, 0,
+        "{received} of {sent} attacker datagrams got through across the restart"
+    );
+    assert_eq!(
+        link_id(&lab, "eth1"),
+        link_before,
+        "the same kernel link must stay attached"
+    );
     assert!(!lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap());
 }
 
@@ -156,15 +248,33 @@ fn sigterm_leaves_enforcement_and_detach_removes_it() {
     let config = lab.write_config("shield.toml", "").unwrap();
     let mut shield = lab.start_shield(&config).unwrap();
     shield.stop().unwrap();
-    assert!(!lab.curl(&lab.attacker, &url(ORIGIN_V4, 80)).unwrap(), "pins keep enforcing after exit");
+    assert!(
+        !lab.curl(&lab.attacker, &url(ORIGIN_V4, 80)).unwrap(),
+        "pins keep enforcing after exit"
+    );
     let status = lab.status().unwrap();
-    assert_eq!(status["interfaces"].as_array().unwrap().len(), 2, "{status}");
+    assert_eq!(
+        status["interfaces"].as_array().unwrap().len(),
+        2,
+        "{status}"
+    );
 
     let output = lab.shield(&["detach", "--iface", "eth1"]).unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(lab.curl(&lab.attacker, &url(ORIGIN_V4, 80)).unwrap(), "detached interface must pass");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        lab.curl(&lab.attacker, &url(ORIGIN_V4, 80)).unwrap(),
+        "detached interface must pass"
+    );
     let output = lab.shield(&["detach"]).unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(!lab.pin_root.exists(), "detach removes every pin");
     let links = lab.origin.exec_check(&["ip", "link", "show"]).unwrap();
     assert!(!links.contains("xdp"), "no XDP left: {links}");
@@ -174,30 +284,59 @@ fn sigterm_leaves_enforcement_and_detach_removes_it() {
 fn missing_interface_or_bad_config_attaches_nothing() {
     let Some(lab) = lab() else { return };
     let path = lab.work_dir.join("missing.toml");
-    std::fs::write(&path, "[xdp]\ninterfaces = [\"eth0\", \"nope0\"]\n[ranges]\nrefresh = \"off\"\n").unwrap();
-    let output = lab.shield(&["run", "--config", path.to_str().unwrap()]).unwrap();
+    std::fs::write(
+        &path,
+        "[xdp]\ninterfaces = [\"eth0\", \"nope0\"]\n[ranges]\nrefresh = \"off\"\n",
+    )
+    .unwrap();
+    let output = lab
+        .shield(&["run", "--config", path.to_str().unwrap()])
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("nope0"), "the error must name the interface: {stderr}");
+    assert!(
+        stderr.contains("nope0"),
+        "the error must name the interface: {stderr}"
+    );
     let links = lab.origin.exec_check(&["ip", "link", "show"]).unwrap();
     assert!(!links.contains("xdp"), "nothing may stay attached: {links}");
     assert!(lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap());
 
     std::fs::write(&path, "[xdp]\ninterfaces = [\"eth0\"]\nmode = \"turbo\"\n").unwrap();
-    let output = lab.shield(&["run", "--config", path.to_str().unwrap()]).unwrap();
+    let output = lab
+        .shield(&["run", "--config", path.to_str().unwrap()])
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("mode") && stderr.contains("turbo"), "the error must name the key: {stderr}");
-    assert!(!lab.pin_root.exists() || lab.status().unwrap()["interfaces"].as_array().unwrap().is_empty());
+    assert!(
+        stderr.contains("mode") && stderr.contains("turbo"),
+        "the error must name the key: {stderr}"
+    );
+    assert!(
+        !lab.pin_root.exists()
+            || lab.status().unwrap()["interfaces"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+    );
 
     // A failure on the second interface rolls back the first, fresh one.
-    std::fs::write(&path, "[xdp]\ninterfaces = [\"eth0\", \"lo\"]\nmode = \"native\"\n").unwrap();
-    let output = lab.shield(&["run", "--config", path.to_str().unwrap()]).unwrap();
+    std::fs::write(
+        &path,
+        "[xdp]\ninterfaces = [\"eth0\", \"lo\"]\nmode = \"native\"\n",
+    )
+    .unwrap();
+    let output = lab
+        .shield(&["run", "--config", path.to_str().unwrap()])
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         assert!(stderr.contains("lo"), "{stderr}");
         let links = lab.origin.exec_check(&["ip", "link", "show"]).unwrap();
         assert!(!links.contains("xdp"), "rollback must detach eth0: {links}");
-        assert!(!lab.pin_root.exists(), "rollback must remove the pins it made");
+        assert!(
+            !lab.pin_root.exists(),
+            "rollback must remove the pins it made"
+        );
     }
 }

@@ -10,7 +10,9 @@ pub fn run(which: Option<&str>) -> anyhow::Result<()> {
     }
     setup::all()?;
     match which {
-        None | Some("xdp") => shell::cargo(&["bench", "--package", "shield-userspace", "--bench", "xdp"]),
+        None | Some("xdp") => {
+            shell::cargo(&["bench", "--package", "shield-userspace", "--bench", "xdp"])
+        }
         Some(other) => bail!("unknown benchmark {other:?}; known: xdp"),
     }
 }

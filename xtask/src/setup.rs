@@ -60,19 +60,30 @@ fn packages() -> anyhow::Result<()> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
     std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
-    shell::status("apt-get", &args).context("apt-get install failed (LLVM 22 comes from Debian 12's security/updates suite)")
+    shell::status("apt-get", &args)
+        .context("apt-get install failed (LLVM 22 comes from Debian 12's security/updates suite)")
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {
-    let toolchains = shell::output("rustup", &["toolchain", "list"]).context("rustup is needed for the nightly eBPF build")?;
+    let toolchains = shell::output("rustup", &["toolchain", "list"])
+        .context("rustup is needed for the nightly eBPF build")?;
     if !toolchains.lines().any(|t| t.starts_with("nightly")) {
         println!("setup: installing the nightly toolchain");
-        shell::status("rustup", &["toolchain", "install", "nightly", "--profile", "minimal"])?;
+        shell::status(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+        )?;
     }
-    let components = shell::output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])?;
+    let components = shell::output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )?;
     if !components.lines().any(|c| c.starts_with("rust-src")) {
         println!("setup: adding rust-src to nightly (for -Z build-std=core)");
-        shell::status("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])?;
+        shell::status(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+        )?;
     }
     Ok(())
 }
@@ -85,7 +96,15 @@ fn bpf_linker() -> anyhow::Result<()> {
     std::env::set_var("LLVM_PREFIX", "/usr/lib/llvm-22");
     shell::status(
         env!("CARGO"),
-        &["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"],
+        &[
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ],
     )
     .context("building bpf-linker failed; is llvm-22-dev installed?")
 }

@@ -28,7 +28,11 @@ pub fn all() -> anyhow::Result<()> {
 pub fn sweep_leftovers() -> anyhow::Result<()> {
     let namespaces = shell::output("ip", &["netns", "list"])?;
     for line in namespaces.lines() {
-        if let Some(name) = line.split_whitespace().next().filter(|n| n.starts_with(TEST_PREFIX)) {
+        if let Some(name) = line
+            .split_whitespace()
+            .next()
+            .filter(|n| n.starts_with(TEST_PREFIX))
+        {
             shell::status("ip", &["netns", "del", name])?;
         }
     }
