@@ -3,11 +3,11 @@
 //! Two layers: an XDP allowlist of Cloudflare's ranges on the public
 //! interfaces ([`dataplane`]), and an mTLS terminator that requires the
 //! Authenticated Origin Pulls client certificate (`tls`, `proxy`).
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod policy;
-pub mod ranges;
-pub mod cli;
-pub mod daemon;
 pub mod proxy;
+pub mod ranges;
 pub mod tls;
