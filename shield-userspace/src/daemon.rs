@@ -47,6 +47,11 @@ impl Daemon {
             None
         };
         let mut registry = prometheus_client::registry::Registry::default();
+        if config.xdp_enabled() {
+            registry.register_collector(Box::new(crate::metrics::XdpCollector::new(
+                PinLayout::from_env(),
+            )));
+        }
         let tls_metrics = TlsMetrics::register(&mut registry);
         let frontend = if config.sites.is_empty() {
             tracing::info!("no [[site]]: no TLS listener (XDP-only)");
@@ -116,6 +121,10 @@ impl Daemon {
     }
 
     pub async fn run(mut self) -> anyhow::Result<()> {
+        let registry = std::sync::Arc::new(std::mem::take(&mut self.registry));
+        let metrics_server = crate::metrics::serve(self.config.metrics.listen, registry)
+            .await
+            .context("metrics could not start")?;
         let mut hangup =
             signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
         let mut terminate =
@@ -131,6 +140,10 @@ impl Daemon {
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
             }
+        }
+        metrics_server.abort();
+        if let Some(frontend) = &self.frontend {
+            frontend.shutdown();
         }
         tracing::info!(
             "exiting; the XDP program stays attached (pinned). `shield detach` removes it"

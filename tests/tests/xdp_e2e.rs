@@ -340,3 +340,69 @@ fn missing_interface_or_bad_config_attaches_nothing() {
         );
     }
 }
+
+/// The value of the first sample of `name` whose labels include every
+/// `key="value"` pair given.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[test]
+fn metrics_endpoint_reports_drops_by_reason_read_at_scrape_time() {
+    let Some(lab) = lab() else { return };
+    let config = lab.write_config("shield.toml", "").unwrap();
+    let _shield = lab.start_shield(&config).unwrap();
+    let scrape = || {
+        lab.origin
+            .exec_check(&[
+                "curl",
+                "-sS",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:9469/metrics",
+            ])
+            .expect("scrape /metrics")
+    };
+    let drops = [
+        ("interface", "eth1"),
+        ("verdict", "drop"),
+        ("reason", "outside_ranges"),
+    ];
+    let before = sample(&scrape(), "shield_xdp_packets_total", &drops).unwrap_or(0.0);
+    send_udp(&lab, ORIGIN_V4, 443, 20);
+    send_udp(&lab, ORIGIN_V6, 443, 7);
+    let mut metrics = String::new();
+    wait_for(Duration::from_secs(5), || {
+        metrics = scrape();
+        sample(&metrics, "shield_xdp_packets_total", &drops) == Some(before + 27.0)
+    })
+    .unwrap_or_else(|_| panic!("drops did not reach {}: {metrics}", before + 27.0));
+    let bytes = sample(&metrics, "shield_xdp_bytes_total", &drops).unwrap();
+    assert!(bytes >= 27.0 * 42.0, "bytes counted: {bytes}");
+    for interface in ["eth0", "eth1"] {
+        assert_eq!(
+            sample(
+                &metrics,
+                "shield_xdp_attached",
+                &[("interface", interface), ("mode", "native")]
+            ),
+            Some(1.0),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("# TYPE shield_xdp_packets counter"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# HELP shield_xdp_packets"), "{metrics}");
+    assert!(metrics.trim_end().ends_with("# EOF"));
+}
