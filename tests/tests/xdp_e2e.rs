@@ -406,3 +406,66 @@ fn metrics_endpoint_reports_drops_by_reason_read_at_scrape_time() {
     assert!(metrics.contains("# HELP shield_xdp_packets"), "{metrics}");
     assert!(metrics.trim_end().ends_with("# EOF"));
 }
+
+#[test]
+fn generic_mode_and_auto_fallback_on_a_bridge_without_native_xdp() {
+    let Some(lab) = lab() else { return };
+    // veth has native XDP; forcing generic must still enforce.
+    let config = lab
+        .write_config("generic.toml", "mode = \"generic\"")
+        .unwrap();
+    let mut shield = lab.start_shield(&config).unwrap();
+    assert!(
+        !lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap(),
+        "generic mode must drop"
+    );
+    assert!(lab.curl(&lab.edge, &url(ORIGIN_V4, 443)).unwrap());
+    let status = lab.status().unwrap();
+    for interface in status["interfaces"].as_array().unwrap() {
+        assert_eq!(interface["mode"], "generic", "{status}");
+    }
+    shield.stop().unwrap();
+    assert!(lab.shield(&["detach"]).unwrap().status.success());
+
+    // A bridge has no native XDP: auto falls back and says why.
+    lab.origin
+        .exec_check(&["ip", "link", "add", "br-test", "type", "bridge"])
+        .unwrap();
+    lab.origin
+        .exec_check(&["ip", "link", "set", "br-test", "up"])
+        .unwrap();
+    let path = lab.work_dir.join("auto.toml");
+    std::fs::write(&path, "[xdp]\ninterfaces = [\"br-test\"]\nmode = \"auto\"\n[ranges]\nrefresh = \"off\"\n[metrics]\nlisten = \"127.0.0.1:9470\"\n").unwrap();
+    let shield = lab.start_shield(&path).unwrap();
+    let log = shield.log_text();
+    assert!(
+        log.contains("falling back to generic"),
+        "the fallback and its reason must be logged: {log}"
+    );
+    let status = lab.status().unwrap();
+    assert_eq!(status["interfaces"][0]["mode"], "generic", "{status}");
+    assert_eq!(status["interfaces"][0]["attached"], true, "{status}");
+
+    // Native only: refused, with the interface named, nothing attached.
+    drop(shield);
+    assert!(lab.shield(&["detach"]).unwrap().status.success());
+    std::fs::write(
+        &path,
+        "[xdp]\ninterfaces = [\"br-test\"]\nmode = \"native\"\n",
+    )
+    .unwrap();
+    let output = lab
+        .shield(&["run", "--config", path.to_str().unwrap()])
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("br-test") && stderr.contains("native"),
+        "{stderr}"
+    );
+    let links = lab
+        .origin
+        .exec_check(&["ip", "link", "show", "br-test"])
+        .unwrap();
+    assert!(!links.contains("xdp"), "{links}");
+}
