@@ -10,7 +10,7 @@ use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 /// The API response embedded at build time (see `data/README.md`).
-const SNAPSHOT_JSON: &str = include_str!("../data/cloudflare-ips-api.json");
+const SNAPSHOT_JSON: &str = include_str!("../../data/cloudflare-ips-api.json");
 
 /// When the embedded snapshot was taken, for `shield ranges`.
 pub const SNAPSHOT_DATE: &str = "2026";
