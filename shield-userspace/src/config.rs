@@ -162,6 +162,10 @@ pub struct RangesConfig {
     pub refresh: Refresh,
     pub cache: PathBuf,
     pub extra_allow: Vec<IpNetwork>,
+    /// Shortest IPv4 prefix an update may hold; shorter refuses the update.
+    pub min_prefix_v4: u8,
+    /// Shortest IPv6 prefix an update may hold; shorter refuses the update.
+    pub min_prefix_v6: u8,
 }
 
 impl Default for RangesConfig {
@@ -171,6 +175,8 @@ impl Default for RangesConfig {
             refresh: Refresh::Every(Duration::from_secs(6 * 3600)),
             cache: PathBuf::from("/var/lib/shield/ranges.json"),
             extra_allow: Vec::new(),
+            min_prefix_v4: 8,
+            min_prefix_v6: 16,
         }
     }
 }
@@ -387,6 +393,24 @@ fn validate_ranges(ranges: &RangesConfig) -> Result<(), InvalidKey> {
             ));
         }
     }
+    if ranges.min_prefix_v4 > 32 {
+        return Err(InvalidKey::new(
+            "ranges.min_prefix_v4",
+            format!(
+                "{} is not an IPv4 prefix length (0-32)",
+                ranges.min_prefix_v4
+            ),
+        ));
+    }
+    if ranges.min_prefix_v6 > 128 {
+        return Err(InvalidKey::new(
+            "ranges.min_prefix_v6",
+            format!(
+                "{} is not an IPv6 prefix length (0-128)",
+                ranges.min_prefix_v6
+            ),
+        ));
+    }
     if ranges.cache.as_os_str().is_empty() || !ranges.cache.is_absolute() {
         return Err(InvalidKey::new("ranges.cache", "must be an absolute path"));
     }
@@ -485,6 +509,10 @@ mod tests {
         assert!(config.xdp.enforce);
         assert_eq!(config.xdp.protected_tcp_ports, vec![80, 443]);
         assert_eq!(config.xdp.protected_udp_ports, vec![443]);
+        assert_eq!(
+            (config.ranges.min_prefix_v4, config.ranges.min_prefix_v6),
+            (8, 16)
+        );
         assert_eq!(config.xdp.fragments, Fragments::JudgeFirst);
         assert_eq!(
             config.ranges.refresh,
@@ -571,6 +599,14 @@ upstream = "http://127.0.0.1:8080"
                 "[ranges]\nsources = [\"relative/path\"]".into(),
             ),
             ("ranges.cache", "[ranges]\ncache = \"ranges.json\"".into()),
+            (
+                "ranges.min_prefix_v4",
+                "[ranges]\nmin_prefix_v4 = 33".into(),
+            ),
+            (
+                "ranges.min_prefix_v6",
+                "[ranges]\nmin_prefix_v6 = 129".into(),
+            ),
             (
                 "site[0].upstream",
                 site("").replace("http://127.0.0.1:1", "127.0.0.1:1"),

@@ -1,8 +1,18 @@
-//! Cloudflare's published ranges: the embedded snapshot and the set in force.
+//! Cloudflare's published ranges: what a range set is, where the first one
+//! comes from, and the lifecycle that keeps it fresh.
 //!
-//! The refresh lifecycle (fetch, validate, cache, schedule) builds on
-//! [`RangeSet`]; this module owns what a range set is and where the first one
-//! comes from.
+//! One job per submodule: [`source`] fetches (HTTPS API, text lists, files),
+//! [`validate`] accepts or refuses an update whole, [`cache`] keeps the last
+//! known good on disk atomically, [`refresh`] decides and schedules, and
+//! [`metrics`] counts. Applying goes through
+//! [`crate::dataplane::SharedMaps::apply_allowlist`] (add before remove), so
+//! there is a single apply path.
+
+pub mod cache;
+pub mod metrics;
+pub mod refresh;
+pub mod source;
+pub mod validate;
 
 use std::net::IpAddr;
 
@@ -24,6 +34,8 @@ pub enum RangesError {
     NotSuccessful,
     #[error("{family} list holds {entry:?}, which is not a {family} CIDR")]
     WrongFamily { family: &'static str, entry: String },
+    #[error("{entry:?} is not a CIDR (expected e.g. 173.245.48.0/20)")]
+    InvalidCidr { entry: String },
 }
 
 /// Where a range set came from.
@@ -89,6 +101,60 @@ impl RangeSet {
         })
     }
 
+    /// Parses plain text lists (one CIDR a line, as `ips-v4`/`ips-v6` are
+    /// served, with or without a trailing newline). Blank lines and `#`
+    /// comments are skipped. The lists carry no etag, so one is derived
+    /// from the content: equal lists get equal etags.
+    pub fn from_text(text: &str, source: RangeSource) -> Result<RangeSet, RangesError> {
+        let mut set = RangeSet {
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            etag: None,
+            source,
+        };
+        for line in text.lines() {
+            let entry = line.trim();
+            if entry.is_empty() || entry.starts_with('#') {
+                continue;
+            }
+            match entry.parse::<IpNetwork>() {
+                Ok(network @ IpNetwork::V4(_)) => set.ipv4.push(network),
+                Ok(network @ IpNetwork::V6(_)) => set.ipv6.push(network),
+                Err(_) => {
+                    return Err(RangesError::InvalidCidr {
+                        entry: entry.to_owned(),
+                    })
+                }
+            }
+        }
+        set.etag = Some(set.content_etag());
+        Ok(set)
+    }
+
+    /// A digest of the prefixes, order-insensitive: the etag of lists that
+    /// have none of their own.
+    pub fn content_etag(&self) -> String {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        for prefix in self.sorted_prefixes() {
+            hasher.update(prefix.to_string().as_bytes());
+            hasher.update(b"\n");
+        }
+        let digest = hasher.finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+
+    /// The prefixes sorted and deduplicated, for comparing two sets.
+    pub fn sorted_prefixes(&self) -> std::collections::BTreeSet<IpNetwork> {
+        self.prefixes().collect()
+    }
+
+    /// Whether both sets allow exactly the same prefixes.
+    pub fn same_prefixes(&self, other: &RangeSet) -> bool {
+        self.sorted_prefixes() == other.sorted_prefixes()
+    }
+
     pub fn prefixes(&self) -> impl Iterator<Item = IpNetwork> + '_ {
         self.ipv4.iter().chain(self.ipv6.iter()).copied()
     }
@@ -107,8 +173,11 @@ fn parse_family(
         .iter()
         .map(|entry| match entry.trim().parse::<IpNetwork>() {
             Ok(network) if is_family(&network) => Ok(network),
-            _ => Err(RangesError::WrongFamily {
+            Ok(_) => Err(RangesError::WrongFamily {
                 family,
+                entry: entry.clone(),
+            }),
+            Err(_) => Err(RangesError::InvalidCidr {
                 entry: entry.clone(),
             }),
         })
@@ -168,6 +237,29 @@ mod tests {
         assert!(matches!(
             RangeSet::from_api_json(failed, RangeSource::Snapshot),
             Err(RangesError::NotSuccessful)
+        ));
+        let garbage = r#"{"success":true,"result":{"ipv4_cidrs":["1.2.3"],"ipv6_cidrs":[]}}"#;
+        assert!(matches!(
+            RangeSet::from_api_json(garbage, RangeSource::Snapshot),
+            Err(RangesError::InvalidCidr { .. })
+        ));
+    }
+
+    #[test]
+    fn text_lists_parse_without_trailing_newline_and_get_a_content_etag() {
+        let v4 = include_str!("../../data/cloudflare-ips-v4.txt");
+        let v6 = include_str!("../../data/cloudflare-ips-v6.txt");
+        assert!(!v4.ends_with('\n'), "the fixture mirrors the served list");
+        let text = RangeSet::from_text(&format!("{v4}\n{v6}"), RangeSource::Snapshot).unwrap();
+        let snapshot = RangeSet::snapshot();
+        assert!(text.same_prefixes(&snapshot));
+        let reordered = format!("{v6}\n{v4}\n");
+        let again = RangeSet::from_text(&reordered, RangeSource::Snapshot).unwrap();
+        assert_eq!(text.etag, again.etag);
+        assert!(text.etag.as_deref().unwrap().starts_with("sha256:"));
+        assert!(matches!(
+            RangeSet::from_text("173.245.48.0/20\nnot-a-cidr", RangeSource::Snapshot),
+            Err(RangesError::InvalidCidr { .. })
         ));
     }
 }

@@ -1,0 +1,215 @@
+//! The last known good range set on disk (`[ranges].cache`), so a restart
+//! enforces at once, before (and without) any network request.
+//!
+//! Written atomically: a temp file in the same directory, fsync, rename over
+//! the old file, fsync of the directory. A crash leaves the old file or the
+//! new one, never a torn one.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    validate::{self, Limits},
+    RangeSet, RangeSource,
+};
+
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheFile {
+    format: u32,
+    source: String,
+    /// Unix seconds of the fetch that produced (or last confirmed) the set.
+    fetched_at: u64,
+    etag: Option<String>,
+    ipv4_cidrs: Vec<String>,
+    ipv6_cidrs: Vec<String>,
+}
+
+/// A range set with the time it was fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    pub ranges: RangeSet,
+    pub fetched_at: SystemTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    #[error("cannot write the range cache {path}: {error}; check that its directory exists and is writable by shield")]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot read the range cache {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "the range cache {path} is corrupt ({reason}); delete it or run `shield ranges --refresh`"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Writes `cached` to `path` atomically.
+pub fn write(path: &Path, cached: &Cached) -> Result<(), CacheError> {
+    let write_error = |error| CacheError::Write {
+        path: path.to_owned(),
+        error,
+    };
+    let file = CacheFile {
+        format: FORMAT,
+        source: cached.ranges.source.to_string(),
+        fetched_at: unix_seconds(cached.fetched_at),
+        etag: cached.ranges.etag.clone(),
+        ipv4_cidrs: cached.ranges.ipv4.iter().map(ToString::to_string).collect(),
+        ipv6_cidrs: cached.ranges.ipv6.iter().map(ToString::to_string).collect(),
+    };
+    let mut text =
+        serde_json::to_string_pretty(&file).map_err(|e| write_error(std::io::Error::other(e)))?;
+    text.push('\n');
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(write_error)?;
+    // In the same directory, so the rename cannot cross filesystems.
+    let mut temp = tempfile::Builder::new()
+        .prefix(".ranges-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(write_error)?;
+    temp.write_all(text.as_bytes()).map_err(write_error)?;
+    temp.as_file().sync_all().map_err(write_error)?;
+    temp.persist(path).map_err(|e| write_error(e.error))?;
+    // The rename is durable only once the directory entry is.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_error)?;
+    Ok(())
+}
+
+/// Reads and validates the cache. `Ok(None)` when there is none yet.
+pub fn read(path: &Path, limits: &Limits) -> Result<Option<Cached>, CacheError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(CacheError::Read {
+                path: path.to_owned(),
+                error,
+            })
+        }
+    };
+    let corrupt = |reason: String| CacheError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let file: CacheFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    if file.format != FORMAT {
+        return Err(corrupt(format!("unknown format {}", file.format)));
+    }
+    // Reuse the API parser: the cache holds the same two lists.
+    let api = serde_json::json!({
+        "success": true,
+        "result": {
+            "ipv4_cidrs": file.ipv4_cidrs,
+            "ipv6_cidrs": file.ipv6_cidrs,
+            "etag": file.etag,
+        }
+    });
+    let ranges = RangeSet::from_api_json(&api.to_string(), RangeSource::Named(file.source))
+        .map_err(|e| corrupt(e.to_string()))?;
+    // A cache is only ever written from a validated set; one that fails now
+    // was edited or damaged, and must not be enforced.
+    validate::validate(&ranges, limits).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Some(Cached {
+        ranges,
+        fetched_at: UNIX_EPOCH + Duration::from_secs(file.fetched_at),
+    }))
+}
+
+/// Where enforcement starts: the cache if valid, else the embedded snapshot
+/// (with a warning when the cache exists but cannot be used).
+pub fn load_or_snapshot(path: &Path, limits: &Limits) -> (RangeSet, Option<SystemTime>) {
+    match read(path, limits) {
+        Ok(Some(cached)) => (cached.ranges, Some(cached.fetched_at)),
+        Ok(None) => {
+            tracing::info!(cache = %path.display(), "no range cache yet; starting from the embedded snapshot");
+            (RangeSet::snapshot(), None)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "falling back to the embedded snapshot");
+            (RangeSet::snapshot(), None)
+        }
+    }
+}
+
+/// When the cache file last changed (to notice `shield ranges --refresh`).
+pub fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption_falls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/ranges.json");
+        let limits = Limits::default();
+        assert_eq!(read(&path, &limits).unwrap(), None);
+
+        let mut ranges = RangeSet::snapshot();
+        ranges.source = RangeSource::Named("https://api.example/ips".into());
+        let cached = Cached {
+            ranges,
+            fetched_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        };
+        write(&path, &cached).unwrap();
+        assert_eq!(read(&path, &limits).unwrap(), Some(cached.clone()));
+        let (loaded, at) = load_or_snapshot(&path, &limits);
+        assert_eq!(loaded, cached.ranges);
+        assert_eq!(at, Some(cached.fetched_at));
+        // No temp files left behind.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("ranges.json")]);
+
+        for bad in [
+            "{".to_owned(),
+            String::new(),
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("173.245.48.0/20", "10.0.0.0/8"),
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("\"format\": 1", "\"format\": 9"),
+        ] {
+            std::fs::write(&path, &bad).unwrap();
+            assert!(
+                matches!(read(&path, &limits), Err(CacheError::Corrupt { .. })),
+                "{bad}"
+            );
+            let (loaded, at) = load_or_snapshot(&path, &limits);
+            assert_eq!(loaded, RangeSet::snapshot());
+            assert_eq!(at, None);
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! One refresh decision (fetch, compare, validate, guard) and the schedule
+//! between refreshes. Applying to the kernel is the caller's: the daemon
+//! owns the maps, `shield ranges --refresh` only writes the cache.
+
+use std::{
+    collections::BTreeSet,
+    fmt::{self, Write as _},
+    time::Duration,
+};
+
+use ipnetwork::IpNetwork;
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+
+use super::{
+    source::{FetchError, Fetcher},
+    validate::{self, Limits, Refusal},
+    RangeSet, RangesError,
+};
+
+/// How a refresh ended; the `result` label of `shield_ranges_refresh_total`.
+/// Every refusal cause has its own value so an alert can say which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefreshResult {
+    /// A new set was accepted and applied.
+    Updated,
+    /// Same etag and prefixes: nothing written to the kernel.
+    Unchanged,
+    Timeout,
+    /// The source's certificate is not trusted (or TLS failed otherwise).
+    Tls,
+    /// DNS, connect, reset, or a file that cannot be read.
+    Network,
+    HttpStatus,
+    TooLarge,
+    /// Not the API's JSON shape (truncated, malformed).
+    BadJson,
+    /// The API answered `success: false`.
+    NotSuccessful,
+    InvalidCidr,
+    WrongFamily,
+    HostBits,
+    PrefixTooShort,
+    ReservedRange,
+    EmptyIpv4,
+    EmptyIpv6,
+    TooManyPrefixes,
+    /// More than half of the address space would go; needs `--accept-shrink`.
+    Shrink,
+    /// Accepted, but the cache file could not be written.
+    CacheError,
+}
+
+impl RefreshResult {
+    pub const ALL: [RefreshResult; 19] = [
+        RefreshResult::Updated,
+        RefreshResult::Unchanged,
+        RefreshResult::Timeout,
+        RefreshResult::Tls,
+        RefreshResult::Network,
+        RefreshResult::HttpStatus,
+        RefreshResult::TooLarge,
+        RefreshResult::BadJson,
+        RefreshResult::NotSuccessful,
+        RefreshResult::InvalidCidr,
+        RefreshResult::WrongFamily,
+        RefreshResult::HostBits,
+        RefreshResult::PrefixTooShort,
+        RefreshResult::ReservedRange,
+        RefreshResult::EmptyIpv4,
+        RefreshResult::EmptyIpv6,
+        RefreshResult::TooManyPrefixes,
+        RefreshResult::Shrink,
+        RefreshResult::CacheError,
+    ];
+
+    /// The label value (lower_snake_case).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RefreshResult::Updated => "updated",
+            RefreshResult::Unchanged => "unchanged",
+            RefreshResult::Timeout => "timeout",
+            RefreshResult::Tls => "tls",
+            RefreshResult::Network => "network",
+            RefreshResult::HttpStatus => "http_status",
+            RefreshResult::TooLarge => "too_large",
+            RefreshResult::BadJson => "bad_json",
+            RefreshResult::NotSuccessful => "not_successful",
+            RefreshResult::InvalidCidr => "invalid_cidr",
+            RefreshResult::WrongFamily => "wrong_family",
+            RefreshResult::HostBits => "host_bits",
+            RefreshResult::PrefixTooShort => "prefix_too_short",
+            RefreshResult::ReservedRange => "reserved_range",
+            RefreshResult::EmptyIpv4 => "empty_ipv4",
+            RefreshResult::EmptyIpv6 => "empty_ipv6",
+            RefreshResult::TooManyPrefixes => "too_many_prefixes",
+            RefreshResult::Shrink => "shrink",
+            RefreshResult::CacheError => "cache_error",
+        }
+    }
+
+    /// Whether the refresh counts as a success (resets the backoff).
+    pub const fn is_success(self) -> bool {
+        matches!(self, RefreshResult::Updated | RefreshResult::Unchanged)
+    }
+}
+
+impl fmt::Display for RefreshResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for RefreshResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Why a refresh kept the set in force.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefreshError {
+    #[error("range update not fetched: {0}")]
+    Fetch(#[from] FetchError),
+    #[error("range update refused, keeping the last known good set: {0}")]
+    Refused(#[from] Refusal),
+}
+
+impl RefreshError {
+    pub fn result(&self) -> RefreshResult {
+        match self {
+            RefreshError::Fetch(error) => match error {
+                FetchError::Timeout { .. } => RefreshResult::Timeout,
+                FetchError::Tls { .. } => RefreshResult::Tls,
+                FetchError::Status { .. } => RefreshResult::HttpStatus,
+                FetchError::TooLarge { .. } => RefreshResult::TooLarge,
+                FetchError::Parse { error, .. } => match error {
+                    RangesError::Json(_) => RefreshResult::BadJson,
+                    RangesError::NotSuccessful => RefreshResult::NotSuccessful,
+                    RangesError::WrongFamily { .. } => RefreshResult::WrongFamily,
+                    RangesError::InvalidCidr { .. } => RefreshResult::InvalidCidr,
+                },
+                FetchError::Network { .. }
+                | FetchError::File { .. }
+                | FetchError::Client(_)
+                | FetchError::NoSources => RefreshResult::Network,
+            },
+            RefreshError::Refused(refusal) => match refusal {
+                Refusal::HostBits { .. } => RefreshResult::HostBits,
+                Refusal::PrefixTooShort { .. } => RefreshResult::PrefixTooShort,
+                Refusal::ReservedRange { .. } => RefreshResult::ReservedRange,
+                Refusal::EmptyIpv4 => RefreshResult::EmptyIpv4,
+                Refusal::EmptyIpv6 => RefreshResult::EmptyIpv6,
+                Refusal::TooManyPrefixes { .. } => RefreshResult::TooManyPrefixes,
+                Refusal::Shrink { .. } => RefreshResult::Shrink,
+            },
+        }
+    }
+}
+
+/// Prefixes an update adds and removes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub added: Vec<IpNetwork>,
+    pub removed: Vec<IpNetwork>,
+}
+
+impl Diff {
+    pub fn between(old: &RangeSet, new: &RangeSet) -> Diff {
+        let old: BTreeSet<IpNetwork> = old.sorted_prefixes();
+        let new: BTreeSet<IpNetwork> = new.sorted_prefixes();
+        Diff {
+            added: new.difference(&old).copied().collect(),
+            removed: old.difference(&new).copied().collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+impl fmt::Display for Diff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return writeln!(f, "no change");
+        }
+        for prefix in &self.added {
+            writeln!(f, "+ {prefix}")?;
+        }
+        for prefix in &self.removed {
+            writeln!(f, "- {prefix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A refresh that keeps or replaces the set in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Same etag and prefixes as the set in force.
+    Unchanged,
+    /// Valid and within the shrink guard: apply it, then cache it.
+    Accepted { ranges: RangeSet, diff: Diff },
+}
+
+impl Outcome {
+    pub fn result(&self) -> RefreshResult {
+        match self {
+            Outcome::Unchanged => RefreshResult::Unchanged,
+            Outcome::Accepted { .. } => RefreshResult::Updated,
+        }
+    }
+}
+
+/// Fetches and judges one update against the set in force.
+pub async fn check(
+    fetcher: &Fetcher,
+    sources: &[String],
+    current: &RangeSet,
+    limits: &Limits,
+    accept_shrink: bool,
+) -> Result<Outcome, RefreshError> {
+    let fetched = fetcher.fetch(sources).await?;
+    judge(fetched, current, limits, accept_shrink)
+}
+
+/// The decision part of [`check`], without the network.
+pub fn judge(
+    fetched: RangeSet,
+    current: &RangeSet,
+    limits: &Limits,
+    accept_shrink: bool,
+) -> Result<Outcome, RefreshError> {
+    // An unchanged etag alone is not trusted to mean unchanged content: a
+    // source that reuses etags must still have its new data validated.
+    if fetched.etag.is_some() && fetched.etag == current.etag && fetched.same_prefixes(current) {
+        return Ok(Outcome::Unchanged);
+    }
+    validate::validate(&fetched, limits)?;
+    if !accept_shrink {
+        validate::shrink_guard(current, &fetched)?;
+    }
+    let diff = Diff::between(current, &fetched);
+    Ok(Outcome::Accepted {
+        ranges: fetched,
+        diff,
+    })
+}
+
+/// When the next refresh is due: the period with ±10% jitter (so a fleet
+/// does not hit the API in lockstep), or after a failure an exponential
+/// backoff from 30 s, never longer than the period.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    period: Duration,
+    failures: u32,
+}
+
+/// The first retry after a failure.
+pub const FIRST_RETRY: Duration = Duration::from_secs(30);
+
+impl Schedule {
+    pub fn new(period: Duration) -> Schedule {
+        Schedule {
+            period,
+            failures: 0,
+        }
+    }
+
+    /// The delay after a refresh that ended with `result`. `unit` is a
+    /// uniform random number in [0, 1) for the jitter.
+    pub fn next(&mut self, result: RefreshResult, unit: f64) -> Duration {
+        if result.is_success() {
+            self.failures = 0;
+            let jitter = (unit.clamp(0.0, 1.0) * 0.2) - 0.1;
+            return self.period.mul_f64(1.0 + jitter);
+        }
+        self.failures = self.failures.saturating_add(1);
+        let factor = 2u32.saturating_pow(self.failures.saturating_sub(1).min(20));
+        FIRST_RETRY.saturating_mul(factor).min(self.period)
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// A human age: "3h 12m", "45s".
+pub fn format_age(age: Duration) -> String {
+    let secs = age.as_secs();
+    let mut out = String::new();
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        let _ = write!(out, "{d}d {h}h");
+    } else if h > 0 {
+        let _ = write!(out, "{h}h {m}m");
+    } else if m > 0 {
+        let _ = write!(out, "{m}m {s}s");
+    } else {
+        let _ = write!(out, "{s}s");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ranges::RangeSource;
+
+    #[test]
+    fn labels_are_distinct_lower_snake_case() {
+        let labels: BTreeSet<&str> = RefreshResult::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), RefreshResult::ALL.len());
+        for label in labels {
+            assert!(label
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_period_and_success_resets_it() {
+        let period = Duration::from_secs(600);
+        let mut schedule = Schedule::new(period);
+        let delays: Vec<u64> = (0..7)
+            .map(|_| schedule.next(RefreshResult::Timeout, 0.5).as_secs())
+            .collect();
+        assert_eq!(delays, vec![30, 60, 120, 240, 480, 600, 600]);
+        let after = schedule.next(RefreshResult::Unchanged, 0.0);
+        assert_eq!(after, Duration::from_secs(540));
+        assert_eq!(schedule.failures(), 0);
+        assert_eq!(
+            schedule.next(RefreshResult::Updated, 0.999_999).as_secs(),
+            659
+        );
+        assert_eq!(schedule.next(RefreshResult::Shrink, 0.5).as_secs(), 30);
+    }
+
+    #[test]
+    fn judge_unchanged_changed_and_refused() {
+        let current = RangeSet::snapshot();
+        let limits = Limits::default();
+        let same = RangeSet {
+            source: RangeSource::Named("x".into()),
+            ..current.clone()
+        };
+        assert_eq!(
+            judge(same.clone(), &current, &limits, false).unwrap(),
+            Outcome::Unchanged
+        );
+        // Same etag, other content: judged as new data.
+        let mut sneaky = same.clone();
+        sneaky.ipv4.push("10.0.0.0/8".parse().unwrap());
+        let error = judge(sneaky, &current, &limits, false).unwrap_err();
+        assert_eq!(error.result(), RefreshResult::ReservedRange);
+
+        let mut grown = same.clone();
+        grown.etag = Some("new".into());
+        grown.ipv4.push("198.51.99.0/24".parse().unwrap());
+        match judge(grown, &current, &limits, false).unwrap() {
+            Outcome::Accepted { diff, .. } => {
+                assert_eq!(diff.added, vec!["198.51.99.0/24".parse().unwrap()]);
+                assert!(diff.removed.is_empty());
+                assert_eq!(diff.to_string(), "+ 198.51.99.0/24\n");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let mut shrunk = same.clone();
+        shrunk.etag = Some("new".into());
+        shrunk.ipv4.retain(|p| p.prefix() >= 16);
+        let error = judge(shrunk.clone(), &current, &limits, false).unwrap_err();
+        assert_eq!(error.result(), RefreshResult::Shrink);
+        assert!(error.to_string().contains("--accept-shrink"));
+        assert!(matches!(
+            judge(shrunk, &current, &limits, true),
+            Ok(Outcome::Accepted { .. })
+        ));
+    }
+
+    #[test]
+    fn ages_read_well() {
+        assert_eq!(format_age(Duration::from_secs(42)), "42s");
+        assert_eq!(
+            format_age(Duration::from_secs(3 * 3600 + 12 * 60)),
+            "3h 12m"
+        );
+        assert_eq!(format_age(Duration::from_secs(2 * 86_400 + 3600)), "2d 1h");
+    }
+}

@@ -1,0 +1,323 @@
+//! Fetching a range set: Cloudflare's JSON API, the plain text lists, or a
+//! local file. Bounded in time and size, because a stuck or hostile source
+//! must not stall the refresh or exhaust memory.
+
+use std::{path::Path, time::Duration};
+
+use rustls::pki_types::CertificateDer;
+
+use super::{RangeSet, RangeSource, RangesError};
+
+/// Limits of one fetch.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// Whole request, body included.
+    pub timeout: Duration,
+    /// Largest body accepted; the real API answer is under 1 KiB.
+    pub max_body: usize,
+    /// Trust only these roots instead of the system's (tests use a test CA).
+    pub roots: Option<Vec<CertificateDer<'static>>>,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+            max_body: 1 << 20,
+            roots: None,
+        }
+    }
+}
+
+/// Why a source gave no range set.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error("{source_name}: timed out after {timeout:?}; check the host's connectivity to it")]
+    Timeout {
+        source_name: String,
+        timeout: Duration,
+    },
+    #[error("{source_name}: TLS failed ({reason}); the certificate is not trusted or the connection is intercepted")]
+    Tls { source_name: String, reason: String },
+    #[error("{source_name}: cannot connect or read ({reason}); check DNS, routes and proxies")]
+    Network { source_name: String, reason: String },
+    #[error("{source_name}: HTTP status {status}; the source is failing, try again later")]
+    Status { source_name: String, status: u16 },
+    #[error("{source_name}: body larger than {limit} bytes; that is not a range list")]
+    TooLarge { source_name: String, limit: usize },
+    #[error("{source_name}: cannot read the file: {error}")]
+    File {
+        source_name: String,
+        error: std::io::Error,
+    },
+    #[error("{source_name}: {error}")]
+    Parse {
+        source_name: String,
+        error: RangesError,
+    },
+    #[error("cannot build the HTTPS client: {0}")]
+    Client(String),
+    #[error("[ranges].sources is empty; list the Cloudflare API or the text lists")]
+    NoSources,
+}
+
+/// Fetches range sets with one HTTPS client (connections are reused).
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    options: FetchOptions,
+}
+
+impl Fetcher {
+    pub fn new(options: FetchOptions) -> Result<Fetcher, FetchError> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("shield/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.timeout)
+            // Ranges must come over TLS; a plain-HTTP redirect would be a
+            // downgrade an on-path attacker could use.
+            .https_only(true)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .tls_backend_rustls();
+        if let Some(roots) = &options.roots {
+            let roots = roots
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| FetchError::Client(e.to_string()))?;
+            builder = builder.tls_certs_only(roots);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| FetchError::Client(error_chain(&e)))?;
+        Ok(Fetcher { client, options })
+    }
+
+    pub fn options(&self) -> &FetchOptions {
+        &self.options
+    }
+
+    /// The first source that yields a parsed set wins. A JSON answer is a
+    /// whole set; text lists (`ips-v4`, `ips-v6`) each hold part of one, so
+    /// the text sources that answer are merged into one set, used when no
+    /// JSON source answered. Data that parses but is bad is not a reason to
+    /// fall back: validation refuses it loudly instead.
+    pub async fn fetch(&self, sources: &[String]) -> Result<RangeSet, FetchError> {
+        let mut first_error = None;
+        let mut text: Option<(Vec<String>, String)> = None;
+        for source in sources {
+            let body = match self.fetch_body(source).await {
+                Ok(body) => body,
+                Err(error) => {
+                    tracing::warn!(%error, "range source failed; trying the next one");
+                    first_error.get_or_insert(error);
+                    continue;
+                }
+            };
+            if body.trim_start().starts_with('{') {
+                match RangeSet::from_api_json(&body, RangeSource::Named(source.clone())) {
+                    Ok(set) => return Ok(set),
+                    Err(error) => {
+                        let error = FetchError::Parse {
+                            source_name: source.clone(),
+                            error,
+                        };
+                        tracing::warn!(%error, "range source failed; trying the next one");
+                        first_error.get_or_insert(error);
+                    }
+                }
+            } else {
+                let (names, joined) = text.get_or_insert_with(Default::default);
+                names.push(source.clone());
+                joined.push_str(&body);
+                // The lists are served without a trailing newline.
+                joined.push('\n');
+            }
+        }
+        if let Some((names, joined)) = text {
+            let source = RangeSource::Named(names.join(" + "));
+            return RangeSet::from_text(&joined, source).map_err(|error| FetchError::Parse {
+                source_name: names.join(" + "),
+                error,
+            });
+        }
+        Err(first_error.unwrap_or(FetchError::NoSources))
+    }
+
+    /// The body of one source, as text, within the size cap.
+    pub async fn fetch_body(&self, source: &str) -> Result<String, FetchError> {
+        if source.starts_with("http://") {
+            return Err(FetchError::Network {
+                source_name: source.to_owned(),
+                reason: "plain HTTP is refused (ranges must not be open to tampering on the path); use https://".into(),
+            });
+        }
+        if source.starts_with("https://") {
+            // The total timeout is enforced by reqwest too; this outer one
+            // also bounds a body trickled in small chunks.
+            match tokio::time::timeout(self.options.timeout, self.fetch_url(source)).await {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::Timeout {
+                    source_name: source.to_owned(),
+                    timeout: self.options.timeout,
+                }),
+            }
+        } else {
+            read_file(Path::new(source), self.options.max_body)
+        }
+    }
+
+    async fn fetch_url(&self, url: &str) -> Result<String, FetchError> {
+        let classify = |error: reqwest::Error| self.classify(url, error);
+        let mut response = self.client.get(url).send().await.map_err(classify)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                source_name: url.to_owned(),
+                status: status.as_u16(),
+            });
+        }
+        let too_large = || FetchError::TooLarge {
+            source_name: url.to_owned(),
+            limit: self.options.max_body,
+        };
+        if response
+            .content_length()
+            .is_some_and(|length| length > self.options.max_body as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(classify)? {
+            if body.len() + chunk.len() > self.options.max_body {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body).map_err(|_| FetchError::Parse {
+            source_name: url.to_owned(),
+            error: RangesError::InvalidCidr {
+                entry: "(body is not UTF-8)".into(),
+            },
+        })
+    }
+
+    fn classify(&self, url: &str, error: reqwest::Error) -> FetchError {
+        if error.is_timeout() {
+            return FetchError::Timeout {
+                source_name: url.to_owned(),
+                timeout: self.options.timeout,
+            };
+        }
+        if let Some(reason) = tls_cause(&error) {
+            return FetchError::Tls {
+                source_name: url.to_owned(),
+                reason,
+            };
+        }
+        FetchError::Network {
+            source_name: url.to_owned(),
+            reason: error_chain(&error),
+        }
+    }
+}
+
+/// The rustls error somewhere in the chain, if the failure was TLS. rustls
+/// errors reach us wrapped in `io::Error`, whose `source()` skips the
+/// wrapped error itself, so each `io::Error` is unwrapped by hand.
+fn tls_cause(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                    return Some(tls.to_string());
+                }
+            }
+        }
+        current = error.source();
+    }
+    None
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(error) = current {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        current = error.source();
+    }
+    text
+}
+
+fn read_file(path: &Path, max_body: usize) -> Result<String, FetchError> {
+    use std::io::Read as _;
+    let source_name = path.display().to_string();
+    let file_error = |error| FetchError::File {
+        source_name: source_name.clone(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(file_error)?;
+    let mut body = String::new();
+    // One byte past the cap tells "exactly at the cap" from "over it".
+    file.take(max_body as u64 + 1)
+        .read_to_string(&mut body)
+        .map_err(file_error)?;
+    if body.len() > max_body {
+        return Err(FetchError::TooLarge {
+            source_name,
+            limit: max_body,
+        });
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn files_json_and_text_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("ips.json");
+        std::fs::write(&json, include_str!("../../data/cloudflare-ips-api.json")).unwrap();
+        let v4 = dir.path().join("ips-v4");
+        std::fs::write(&v4, include_str!("../../data/cloudflare-ips-v4.txt")).unwrap();
+        let v6 = dir.path().join("ips-v6");
+        std::fs::write(&v6, include_str!("../../data/cloudflare-ips-v6.txt")).unwrap();
+        let name = |p: &std::path::Path| p.display().to_string();
+        let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
+
+        let set = fetcher.fetch(&[name(&json)]).await.unwrap();
+        assert!(set.same_prefixes(&RangeSet::snapshot()));
+        assert_eq!(set.etag, RangeSet::snapshot().etag);
+
+        // The JSON source is missing: the two text lists make one set.
+        let missing = dir.path().join("missing.json");
+        let set = fetcher
+            .fetch(&[name(&missing), name(&v4), name(&v6)])
+            .await
+            .unwrap();
+        assert!(set.same_prefixes(&RangeSet::snapshot()));
+        assert_eq!(
+            set.source.to_string(),
+            format!("{} + {}", name(&v4), name(&v6))
+        );
+
+        let error = fetcher.fetch(&[name(&missing)]).await.unwrap_err();
+        assert!(matches!(error, FetchError::File { .. }), "{error}");
+
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b' '; (1 << 20) + 1]).unwrap();
+        let error = fetcher.fetch(&[name(&big)]).await.unwrap_err();
+        assert!(matches!(error, FetchError::TooLarge { .. }), "{error}");
+    }
+}
