@@ -201,6 +201,38 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// VLAN tags walked (802.1Q and 802.1ad, in either order).
 pub const MAX_VLAN_TAGS: usize = 2;
 
+/// A sampled drop (or would-drop) reported to userspace through the
+/// `DROP_EVENTS` ring buffer, so the operator sees who is being dropped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    /// IPv4 in the first 4 bytes, or the whole IPv6 address.
+    pub source: [u8; 16],
+    pub ifindex: u32,
+    /// Destination port; 0 when unknown (malformed, fragments).
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol number; 0 when unknown.
+    pub protocol: u8,
+    /// A [`Reason`] discriminant.
+    pub reason: u32,
+    /// 1 when the packet was dropped, 0 in monitor mode.
+    pub enforced: u32,
+}
+
+/// Events each CPU may emit per second; the rest are only counted.
+pub const DROP_EVENTS_PER_CPU_PER_SECOND: u64 = 20;
+pub const DROP_EVENTS_BYTES: u32 = 1 << 16;
+
+/// Per-CPU state of the drop-event rate limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    pub window_start_ns: u64,
+    pub emitted: u64,
+}
+
 /// Map names, as `bpftool map` shows them.
 pub mod map_names {
     pub const SETTINGS: &str = "SETTINGS";
@@ -209,6 +241,7 @@ pub mod map_names {
     pub const ALLOW_V6: &str = "ALLOW_V6";
     pub const PREFILTER_V4: &str = "PREFILTER_V4";
     pub const PREFILTER_V6: &str = "PREFILTER_V6";
+    pub const DROP_EVENTS: &str = "DROP_EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
 }
 
@@ -259,6 +292,7 @@ mod user {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for InterfaceState {}
+    unsafe impl aya::Pod for DropEvent {}
 }
 
 #[cfg(test)]

@@ -11,14 +11,16 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use shield_common::{
-    counter_index, port_bit, port_word_index, prefilter_index, Counter, FragmentPolicy,
-    PortProtocol, Reason, Settings, COUNTER_SLOTS, MAX_IPV6_EXT_HEADERS, MAX_PREFIXES,
-    MAX_VLAN_TAGS, PORT_MAP_WORDS, PREFILTER_WORDS,
+    counter_index, port_bit, port_word_index, prefilter_index, Counter, DropEvent, EventBudget,
+    FragmentPolicy, PortProtocol, Reason, Settings, COUNTER_SLOTS, DROP_EVENTS_BYTES,
+    DROP_EVENTS_PER_CPU_PER_SECOND, MAX_IPV6_EXT_HEADERS, MAX_PREFIXES, MAX_VLAN_TAGS,
+    PORT_MAP_WORDS, PREFILTER_WORDS,
 };
 
 #[map]
@@ -38,6 +40,12 @@ static PREFILTER_V4: Array<u64> = Array::with_max_entries(PREFILTER_WORDS, 0);
 
 #[map]
 static PREFILTER_V6: Array<u64> = Array::with_max_entries(PREFILTER_WORDS, 0);
+
+#[map]
+static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(DROP_EVENTS_BYTES, 0);
+
+#[map]
+static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -75,7 +83,8 @@ pub fn shield(ctx: XdpContext) -> u32 {
         // kernel ever says otherwise.
         None => return xdp_action::XDP_PASS,
     }
-    let reason = classify(&ctx, fragments);
+    let walk = walk(&ctx);
+    let reason = classify(&walk, fragments);
     let verdict = reason.verdict(enforce);
     if let Some(counter) = COUNTERS.get_ptr_mut(counter_index(verdict, reason)) {
         // SAFETY: a per-CPU slot, so no other writer races with this one.
@@ -84,11 +93,64 @@ pub fn shield(ctx: XdpContext) -> u32 {
             (*counter).bytes += (ctx.data_end() - ctx.data()) as u64;
         }
     }
-    if reason.drops() && enforce {
+    if !reason.drops() {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(Some(walk)) = &walk {
+        report_drop(&ctx, walk, reason, enforce);
+    }
+    if enforce {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
     }
+}
+
+/// Sends a drop event to userspace, within this CPU's budget per second so
+/// a flood costs a counter bump and cannot flood the ring or the log.
+#[inline(always)]
+fn report_drop(ctx: &XdpContext, walk: &Walk, reason: Reason, enforce: bool) {
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the coarse clock helper has no preconditions; the budget is
+    // this CPU's own slot.
+    unsafe {
+        let now = bpf_ktime_get_coarse_ns();
+        if now.wrapping_sub((*budget).window_start_ns) >= 1_000_000_000 {
+            (*budget).window_start_ns = now;
+            (*budget).emitted = 0;
+        }
+        if (*budget).emitted >= DROP_EVENTS_PER_CPU_PER_SECOND {
+            return;
+        }
+        (*budget).emitted += 1;
+    }
+    let mut event = DropEvent {
+        ifindex: ctx.ingress_ifindex() as u32,
+        reason: reason as u32,
+        enforced: enforce as u32,
+        ..DropEvent::default()
+    };
+    match &walk.source {
+        Source::V4(address) => {
+            event.family = 4;
+            event.source[..4].copy_from_slice(address);
+        }
+        Source::V6(address) => {
+            event.family = 6;
+            event.source = *address;
+        }
+    }
+    if let Transport::Port(protocol, port) = walk.transport {
+        event.port = port;
+        event.protocol = match protocol {
+            PortProtocol::Tcp => IPPROTO_TCP,
+            PortProtocol::Udp => IPPROTO_UDP,
+        };
+    }
+    // A full ring drops the event; the counters still have the packet.
+    let _ = DROP_EVENTS.output::<DropEvent>(&event, 0);
 }
 
 /// A bounds-checked pointer into the packet, or `None` past its end.
@@ -139,8 +201,8 @@ struct Walk {
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext, fragments: u32) -> Reason {
-    let Some(walk) = walk(ctx) else {
+fn classify(walk: &Option<Option<Walk>>, fragments: u32) -> Reason {
+    let Some(walk) = walk else {
         return Reason::NonIp;
     };
     let Some(walk) = walk else {

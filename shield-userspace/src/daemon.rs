@@ -125,6 +125,21 @@ impl Daemon {
         let metrics_server = crate::metrics::serve(self.config.metrics.listen, registry)
             .await
             .context("metrics could not start")?;
+        // Who is being dropped, sampled and rate-limited in the kernel.
+        let drop_logger = match &self.dataplane {
+            Some(dataplane) => {
+                let names = dataplane
+                    .interfaces()
+                    .iter()
+                    .map(|i| (i.ifindex, i.name.clone()))
+                    .collect();
+                Some(
+                    dataplane::events::spawn_logger(dataplane.layout(), names)
+                        .context("cannot read drop events")?,
+                )
+            }
+            None => None,
+        };
         let mut hangup =
             signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
         let mut terminate =
@@ -142,6 +157,9 @@ impl Daemon {
             }
         }
         metrics_server.abort();
+        if let Some(logger) = drop_logger {
+            logger.abort();
+        }
         if let Some(frontend) = &self.frontend {
             frontend.shutdown();
         }

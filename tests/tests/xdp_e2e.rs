@@ -360,7 +360,7 @@ fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 fn metrics_endpoint_reports_drops_by_reason_read_at_scrape_time() {
     let Some(lab) = lab() else { return };
     let config = lab.write_config("shield.toml", "").unwrap();
-    let _shield = lab.start_shield(&config).unwrap();
+    let shield = lab.start_shield(&config).unwrap();
     let scrape = || {
         lab.origin
             .exec_check(&[
@@ -399,6 +399,24 @@ fn metrics_endpoint_reports_drops_by_reason_read_at_scrape_time() {
             "{metrics}"
         );
     }
+    // The drop log names the attacker, and the kernel's budget caps it:
+    // at most 20 events per CPU per second whatever the flood.
+    let started = std::time::Instant::now();
+    send_udp(&lab, ORIGIN_V4, 443, 3000);
+    thread::sleep(Duration::from_millis(300));
+    let seconds = started.elapsed().as_secs() + 2;
+    let log = shield.log_text();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("shield::drops") && l.contains("source=203.0.113.7"))
+        .count() as u64;
+    assert!(log.contains("outside_ranges"), "{log}");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert!(logged >= 1, "drop events must be logged: {log}");
+    assert!(
+        logged <= 20 * cpus * seconds,
+        "{logged} events in {seconds}s over the kernel's budget"
+    );
     assert!(
         metrics.contains("# TYPE shield_xdp_packets counter"),
         "{metrics}"

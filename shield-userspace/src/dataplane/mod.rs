@@ -8,6 +8,7 @@
 //! A first start fills every map before the program is attached.
 
 mod bpffs;
+pub mod events;
 mod maps;
 mod pins;
 pub mod testrun;
@@ -489,13 +490,14 @@ fn interface_index(name: &str) -> Result<u32, DataplaneError> {
 }
 
 /// Maps every interface's program shares, pinned in the root.
-const SHARED_MAPS: [&str; 6] = [
+const SHARED_MAPS: [&str; 7] = [
     map_names::SETTINGS,
     map_names::PORTS,
     map_names::ALLOW_V4,
     map_names::ALLOW_V6,
     map_names::PREFILTER_V4,
     map_names::PREFILTER_V6,
+    map_names::DROP_EVENTS,
 ];
 
 fn object_loader(layout: &PinLayout) -> EbpfLoader<'static> {
@@ -539,7 +541,7 @@ fn load_unattached(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
 /// Pins reused from an older shield must have the layout this one expects.
 fn check_pinned_layouts(layout: &PinLayout) -> Result<(), DataplaneError> {
     use std::mem::size_of;
-    let expected: [(&str, usize, usize, u32); 6] = [
+    let expected: [(&str, usize, usize, u32); 7] = [
         (
             map_names::SETTINGS,
             size_of::<u32>(),
@@ -565,6 +567,12 @@ fn check_pinned_layouts(layout: &PinLayout) -> Result<(), DataplaneError> {
             size_of::<u32>(),
             size_of::<u64>(),
             shield_common::PREFILTER_WORDS,
+        ),
+        (
+            map_names::DROP_EVENTS,
+            0,
+            0,
+            shield_common::DROP_EVENTS_BYTES,
         ),
     ];
     for (name, key_size, value_size, max_entries) in expected {
