@@ -5,13 +5,16 @@
 use std::{
     collections::BTreeSet,
     fmt::{self, Write as _},
-    time::Duration,
+    path::PathBuf,
+    time::{Duration, SystemTime},
 };
 
 use ipnetwork::IpNetwork;
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 
 use super::{
+    cache::{self, Cached},
+    metrics::RangeMetrics,
     source::{FetchError, Fetcher},
     validate::{self, Limits, Refusal},
     RangeSet, RangesError,
@@ -47,12 +50,15 @@ pub enum RefreshResult {
     TooManyPrefixes,
     /// More than half of the address space would go; needs `--accept-shrink`.
     Shrink,
-    /// Accepted, but the cache file could not be written.
+    /// Accepted, but the kernel maps could not be updated; the old set
+    /// stays in force.
+    ApplyError,
+    /// Accepted and applied, but the cache file could not be written.
     CacheError,
 }
 
 impl RefreshResult {
-    pub const ALL: [RefreshResult; 19] = [
+    pub const ALL: [RefreshResult; 20] = [
         RefreshResult::Updated,
         RefreshResult::Unchanged,
         RefreshResult::Timeout,
@@ -71,6 +77,7 @@ impl RefreshResult {
         RefreshResult::EmptyIpv6,
         RefreshResult::TooManyPrefixes,
         RefreshResult::Shrink,
+        RefreshResult::ApplyError,
         RefreshResult::CacheError,
     ];
 
@@ -95,6 +102,7 @@ impl RefreshResult {
             RefreshResult::EmptyIpv6 => "empty_ipv6",
             RefreshResult::TooManyPrefixes => "too_many_prefixes",
             RefreshResult::Shrink => "shrink",
+            RefreshResult::ApplyError => "apply_error",
             RefreshResult::CacheError => "cache_error",
         }
     }
@@ -199,8 +207,8 @@ impl fmt::Display for Diff {
 /// A refresh that keeps or replaces the set in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Same etag and prefixes as the set in force.
-    Unchanged,
+    /// Same etag and prefixes as the set in force, confirmed by `source`.
+    Unchanged { source: super::RangeSource },
     /// Valid and within the shrink guard: apply it, then cache it.
     Accepted { ranges: RangeSet, diff: Diff },
 }
@@ -208,7 +216,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn result(&self) -> RefreshResult {
         match self {
-            Outcome::Unchanged => RefreshResult::Unchanged,
+            Outcome::Unchanged { .. } => RefreshResult::Unchanged,
             Outcome::Accepted { .. } => RefreshResult::Updated,
         }
     }
@@ -236,7 +244,9 @@ pub fn judge(
     // An unchanged etag alone is not trusted to mean unchanged content: a
     // source that reuses etags must still have its new data validated.
     if fetched.etag.is_some() && fetched.etag == current.etag && fetched.same_prefixes(current) {
-        return Ok(Outcome::Unchanged);
+        return Ok(Outcome::Unchanged {
+            source: fetched.source,
+        });
     }
     validate::validate(&fetched, limits)?;
     if !accept_shrink {
@@ -247,6 +257,206 @@ pub fn judge(
         ranges: fetched,
         diff,
     })
+}
+
+/// What one refresh did, for logs and `shield ranges --refresh`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub result: RefreshResult,
+    /// What changed, when a new set was accepted.
+    pub diff: Option<Diff>,
+    /// Why the set in force was kept, when it was.
+    pub error: Option<String>,
+}
+
+/// The range set in force and what keeps it: the decision ([`check`]) runs
+/// wherever the caller likes (the daemon spawns it so signals are served
+/// meanwhile); [`Refresher::commit`] then applies, caches and counts.
+#[derive(Debug)]
+pub struct Refresher {
+    pub sources: Vec<String>,
+    pub limits: Limits,
+    pub cache: PathBuf,
+    fetcher: Fetcher,
+    metrics: RangeMetrics,
+    current: RangeSet,
+    fetched_at: Option<SystemTime>,
+}
+
+impl Refresher {
+    /// `current` is the set already enforced (from the cache or snapshot).
+    pub fn new(
+        config: &crate::config::RangesConfig,
+        fetcher: Fetcher,
+        metrics: RangeMetrics,
+        current: RangeSet,
+        fetched_at: Option<SystemTime>,
+    ) -> Refresher {
+        metrics.in_force(&current);
+        Refresher {
+            sources: config.sources.clone(),
+            limits: Limits::from_config(config),
+            cache: config.cache.clone(),
+            fetcher,
+            metrics,
+            current,
+            fetched_at,
+        }
+    }
+
+    pub fn current(&self) -> &RangeSet {
+        &self.current
+    }
+
+    /// When the set in force was fetched (`None`: the embedded snapshot).
+    pub fn fetched_at(&self) -> Option<SystemTime> {
+        self.fetched_at
+    }
+
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
+    }
+
+    pub fn metrics(&self) -> &RangeMetrics {
+        &self.metrics
+    }
+
+    /// Fetch, judge and commit in one go.
+    pub async fn refresh<E: fmt::Display>(
+        &mut self,
+        accept_shrink: bool,
+        apply: impl FnOnce(&RangeSet) -> Result<(), E>,
+    ) -> Report {
+        let decision = check(
+            &self.fetcher,
+            &self.sources,
+            &self.current,
+            &self.limits,
+            accept_shrink,
+        )
+        .await;
+        self.commit(decision, apply)
+    }
+
+    /// Acts on a decision: a refused or failed update keeps the set in
+    /// force and says why; an accepted one is applied first and cached
+    /// after, so the cache never holds a set the kernel refused.
+    pub fn commit<E: fmt::Display>(
+        &mut self,
+        decision: Result<Outcome, RefreshError>,
+        apply: impl FnOnce(&RangeSet) -> Result<(), E>,
+    ) -> Report {
+        let now = SystemTime::now();
+        let report = match decision {
+            Err(error) => {
+                let result = error.result();
+                tracing::warn!(%result, %error, "range refresh failed; keeping the last known good set");
+                Report {
+                    result,
+                    diff: None,
+                    error: Some(error.to_string()),
+                }
+            }
+            Ok(Outcome::Unchanged { source }) => {
+                self.current.source = source;
+                self.fetched_at = Some(now);
+                self.metrics.succeeded_at(now);
+                // Only the fetch time changes; the kernel is not touched.
+                if let Err(error) = self.write_cache() {
+                    tracing::warn!(%error, "ranges unchanged, but the cache could not be refreshed");
+                }
+                tracing::debug!(etag = ?self.current.etag, "ranges unchanged");
+                Report {
+                    result: RefreshResult::Unchanged,
+                    diff: None,
+                    error: None,
+                }
+            }
+            Ok(Outcome::Accepted { ranges, diff }) => {
+                if let Err(error) = apply(&ranges) {
+                    tracing::error!(%error, "accepted range update could not be applied; the previous set stays in force");
+                    let report = Report {
+                        result: RefreshResult::ApplyError,
+                        diff: Some(diff),
+                        error: Some(error.to_string()),
+                    };
+                    self.metrics.refreshed(report.result);
+                    return report;
+                }
+                tracing::info!(
+                    source = %ranges.source,
+                    etag = ?ranges.etag,
+                    added = diff.added.len(),
+                    removed = diff.removed.len(),
+                    "ranges updated"
+                );
+                self.current = ranges;
+                self.fetched_at = Some(now);
+                self.metrics.in_force(&self.current);
+                self.metrics.succeeded_at(now);
+                match self.write_cache() {
+                    Ok(()) => Report {
+                        result: RefreshResult::Updated,
+                        diff: Some(diff),
+                        error: None,
+                    },
+                    Err(error) => {
+                        tracing::error!(%error, "ranges applied, but a restart would fall back to the older cache or snapshot");
+                        Report {
+                            result: RefreshResult::CacheError,
+                            diff: Some(diff),
+                            error: Some(error.to_string()),
+                        }
+                    }
+                }
+            }
+        };
+        self.metrics.refreshed(report.result);
+        report
+    }
+
+    /// Adopts a cache written by someone else (`shield ranges --refresh`):
+    /// valid and different from the set in force means apply it. No shrink
+    /// guard here: the command that wrote it applied the guard, or the
+    /// operator overrode it with `--accept-shrink`.
+    pub fn adopt_cache<E: fmt::Display>(
+        &mut self,
+        apply: impl FnOnce(&RangeSet) -> Result<(), E>,
+    ) -> Option<Diff> {
+        let cached = match cache::read(&self.cache, &self.limits) {
+            Ok(Some(cached)) => cached,
+            Ok(None) => return None,
+            Err(error) => {
+                tracing::warn!(%error, "ignoring the range cache; the set in force stays");
+                return None;
+            }
+        };
+        if cached.ranges.same_prefixes(&self.current) && cached.ranges.etag == self.current.etag {
+            self.fetched_at = Some(cached.fetched_at).max(self.fetched_at);
+            return None;
+        }
+        let diff = Diff::between(&self.current, &cached.ranges);
+        if let Err(error) = apply(&cached.ranges) {
+            tracing::error!(%error, "the range cache could not be applied; the set in force stays");
+            return None;
+        }
+        tracing::info!(source = %cached.ranges.source, added = diff.added.len(), removed = diff.removed.len(), "adopted ranges from the cache");
+        self.current = cached.ranges;
+        self.fetched_at = Some(cached.fetched_at);
+        self.metrics.in_force(&self.current);
+        self.metrics.succeeded_at(cached.fetched_at);
+        Some(diff)
+    }
+
+    fn write_cache(&self) -> Result<(), cache::CacheError> {
+        cache::write(
+            &self.cache,
+            &Cached {
+                ranges: self.current.clone(),
+                fetched_at: self.fetched_at.unwrap_or_else(SystemTime::now),
+            },
+        )
+    }
 }
 
 /// When the next refresh is due: the period with ±10% jitter (so a fleet
@@ -348,7 +558,9 @@ mod tests {
         };
         assert_eq!(
             judge(same.clone(), &current, &limits, false).unwrap(),
-            Outcome::Unchanged
+            Outcome::Unchanged {
+                source: RangeSource::Named("x".into())
+            }
         );
         // Same etag, other content: judged as new data.
         let mut sneaky = same.clone();

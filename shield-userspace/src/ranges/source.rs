@@ -227,22 +227,22 @@ impl Fetcher {
 }
 
 /// The rustls error somewhere in the chain, if the failure was TLS. rustls
-/// errors reach us wrapped in `io::Error`, whose `source()` skips the
-/// wrapped error itself, so each `io::Error` is unwrapped by hand.
+/// errors reach us wrapped in (nested) `io::Error`s, whose `source()` skips
+/// the wrapped error itself, so each `io::Error` is unwrapped by hand.
 fn tls_cause(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(error) = current {
         if let Some(tls) = error.downcast_ref::<rustls::Error>() {
             return Some(tls.to_string());
         }
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-                    return Some(tls.to_string());
-                }
-            }
-        }
-        current = error.source();
+        current = match error.downcast_ref::<std::io::Error>() {
+            // io::Errors nest (hyper wraps the TLS stream's own io::Error).
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => None,
+            },
+            None => error.source(),
+        };
     }
     None
 }
