@@ -43,9 +43,14 @@ pub enum Command {
     },
     /// The ranges in force: source, age, etag and prefixes.
     Ranges {
-        /// Fetch, validate and show the difference (applied by the running daemon).
+        /// Fetch, validate, show the difference and write the cache; the
+        /// running daemon applies it within seconds (or at once on SIGHUP).
         #[arg(long)]
         refresh: bool,
+        /// Accept an update that removes more than half of the allowed
+        /// address space (only with --refresh).
+        #[arg(long, requires = "refresh")]
+        accept_shrink: bool,
         #[command(flatten)]
         config: ConfigArg,
     },

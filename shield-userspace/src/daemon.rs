@@ -2,7 +2,10 @@
 //! waits for signals. SIGHUP reloads; SIGTERM and SIGINT exit and leave the
 //! XDP program pinned, so enforcement outlives the process.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
@@ -10,14 +13,21 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     config::Config,
     dataplane::{self, Dataplane, DataplaneSettings, PinLayout},
-    ranges::{self, RangeSet},
+    ranges::{
+        self,
+        metrics::RangeMetrics,
+        refresh::{self, Refresher, Schedule},
+        source::{FetchOptions, Fetcher},
+        RangeSet,
+    },
     tls::{Frontend, TlsMetrics},
 };
 
 pub struct Daemon {
     config_path: PathBuf,
     config: Config,
-    ranges: RangeSet,
+    /// The range set in force and its refresh state.
+    ranges: Refresher,
     dataplane: Option<Dataplane>,
     frontend: Option<Frontend>,
     pub registry: prometheus_client::registry::Registry,
@@ -28,7 +38,12 @@ impl Daemon {
     /// here, before any network request.
     pub fn start(config_path: &Path) -> anyhow::Result<Daemon> {
         let config = Config::load(config_path).context("fix the config, then start again")?;
-        let ranges = RangeSet::snapshot();
+        // Last known good from the cache, else the embedded snapshot: no
+        // network request happens before enforcement starts.
+        let (ranges, fetched_at) = ranges::cache::load_or_snapshot(
+            &config.ranges.cache,
+            &ranges::validate::Limits::from_config(&config.ranges),
+        );
         let dataplane = if config.xdp_enabled() {
             let allowlist = ranges::tagged_allowlist(&ranges, &config.ranges.extra_allow);
             let dataplane = Dataplane::start(&config, PinLayout::from_env(), &allowlist)
@@ -53,6 +68,15 @@ impl Daemon {
             )));
         }
         let tls_metrics = TlsMetrics::register(&mut registry);
+        let fetcher = Fetcher::new(FetchOptions::default())
+            .context("cannot set up the HTTPS client for range refreshes")?;
+        let ranges = Refresher::new(
+            &config.ranges,
+            fetcher,
+            RangeMetrics::register(&mut registry),
+            ranges,
+            fetched_at,
+        );
         let frontend = if config.sites.is_empty() {
             tracing::info!("no [[site]]: no TLS listener (XDP-only)");
             None
@@ -63,9 +87,9 @@ impl Daemon {
             Some(frontend)
         };
         tracing::info!(
-            source = %ranges.source,
-            ipv4 = ranges.ipv4.len(),
-            ipv6 = ranges.ipv6.len(),
+            source = %ranges.current().source,
+            ipv4 = ranges.current().ipv4.len(),
+            ipv6 = ranges.current().ipv6.len(),
             extra = config.ranges.extra_allow.len(),
             enforce = config.xdp.enforce,
             "shield ready"
@@ -105,7 +129,8 @@ impl Daemon {
             }
         }
         if let Some(dataplane) = self.dataplane.as_mut() {
-            let allowlist = ranges::tagged_allowlist(&self.ranges, &config.ranges.extra_allow);
+            let allowlist =
+                ranges::tagged_allowlist(self.ranges.current(), &config.ranges.extra_allow);
             let settings = DataplaneSettings::from_config(&config);
             match dataplane::write_policy(dataplane.maps(), &settings, &allowlist) {
                 Ok(stats) => {
@@ -117,7 +142,55 @@ impl Daemon {
                 }
             }
         }
+        self.ranges.reconfigure(&config.ranges);
         self.config = config;
+        // `shield ranges --refresh` may have written a new cache.
+        self.adopt_range_cache();
+    }
+
+    /// Applies a range set through the single gapless apply path (add
+    /// before remove), with the running `extra_allow`.
+    fn apply_ranges(
+        dataplane: &mut Option<Dataplane>,
+        config: &Config,
+        set: &RangeSet,
+    ) -> Result<(), dataplane::DataplaneError> {
+        match dataplane {
+            Some(dataplane) => dataplane
+                .maps()
+                .apply_allowlist(&ranges::tagged_allowlist(set, &config.ranges.extra_allow))
+                .map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Picks up a cache written by `shield ranges --refresh`.
+    fn adopt_range_cache(&mut self) {
+        let Daemon {
+            ranges,
+            dataplane,
+            config,
+            ..
+        } = self;
+        ranges.adopt_cache(|set| Daemon::apply_ranges(dataplane, config, set));
+    }
+
+    /// Applies (or refuses) a finished refresh; returns when the next is due.
+    fn finish_refresh(
+        &mut self,
+        decision: Result<refresh::Outcome, refresh::RefreshError>,
+        schedule: &mut Schedule,
+    ) -> tokio::time::Instant {
+        let Daemon {
+            ranges,
+            dataplane,
+            config,
+            ..
+        } = self;
+        let report = ranges.commit(decision, |set| Daemon::apply_ranges(dataplane, config, set));
+        let delay = schedule.next(report.result, rand::random::<f64>());
+        tracing::debug!(result = %report.result, next_in = ?delay, "range refresh done");
+        tokio::time::Instant::now() + delay
     }
 
     pub async fn run(mut self) -> anyhow::Result<()> {
@@ -146,8 +219,52 @@ impl Daemon {
             signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
         let mut interrupt =
             signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        // Refreshes run in their own task so signals are served while a
+        // fetch waits on the network; the maps are only written here.
+        let period = match self.config.ranges.refresh {
+            crate::config::Refresh::Every(period) => Some(period),
+            crate::config::Refresh::Off => None,
+        };
+        let mut schedule = Schedule::new(period.unwrap_or(Duration::MAX));
+        // The first refresh soon after start (jittered), not at once: a
+        // fleet restarted together should not hit the API in lockstep.
+        let mut next_refresh =
+            tokio::time::Instant::now() + refresh::FIRST_RETRY.mul_f64(rand::random::<f64>());
+        let mut in_flight: Option<tokio::task::JoinHandle<_>> = None;
+        let mut cache_poll = tokio::time::interval(CACHE_POLL);
+        let mut cache_seen = ranges::cache::modified(&self.config.ranges.cache);
         loop {
             tokio::select! {
+                _ = tokio::time::sleep_until(next_refresh), if period.is_some() && in_flight.is_none() => {
+                    let fetcher = self.ranges.fetcher().clone();
+                    let sources = self.ranges.sources.clone();
+                    let current = self.ranges.current().clone();
+                    let limits = self.ranges.limits;
+                    in_flight = Some(tokio::spawn(async move {
+                        refresh::check(&fetcher, &sources, &current, &limits, false).await
+                    }));
+                }
+                joined = finished(&mut in_flight) => {
+                    in_flight = None;
+                    match joined {
+                        Ok(decision) => {
+                            next_refresh = self.finish_refresh(decision, &mut schedule);
+                            cache_seen = ranges::cache::modified(&self.config.ranges.cache);
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "range refresh task failed; retrying later");
+                            next_refresh = tokio::time::Instant::now()
+                                + schedule.next(refresh::RefreshResult::Network, 0.5);
+                        }
+                    }
+                }
+                _ = cache_poll.tick() => {
+                    let modified = ranges::cache::modified(&self.config.ranges.cache);
+                    if modified != cache_seen {
+                        cache_seen = modified;
+                        self.adopt_range_cache();
+                    }
+                }
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading {}", self.config_path.display());
                     self.reload();
@@ -155,6 +272,9 @@ impl Daemon {
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
             }
+        }
+        if let Some(task) = in_flight {
+            task.abort();
         }
         metrics_server.abort();
         if let Some(logger) = drop_logger {
@@ -167,5 +287,19 @@ impl Daemon {
             "exiting; the XDP program stays attached (pinned). `shield detach` removes it"
         );
         Ok(())
+    }
+}
+
+/// How often the daemon looks for a cache written by
+/// `shield ranges --refresh` (a metadata read, nothing more).
+const CACHE_POLL: Duration = Duration::from_secs(10);
+
+/// Waits for the task if there is one; never resolves otherwise.
+async fn finished<T>(
+    task: &mut Option<tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
     }
 }

@@ -8,7 +8,6 @@ use shield::{
     daemon::Daemon,
     dataplane::{self, PinLayout},
     policy::Policy,
-    ranges::RangeSet,
 };
 use shield_common::Verdict;
 
@@ -63,7 +62,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
         } => {
             let config = Config::load(&config.config).context("classify needs a valid config")?;
-            let ranges = RangeSet::snapshot();
+            // The ranges in force: the cache, else the embedded snapshot.
+            let (ranges, _) = shield::ranges::cache::load_or_snapshot(
+                &config.ranges.cache,
+                &shield::ranges::validate::Limits::from_config(&config.ranges),
+            );
             let decision =
                 Policy::from_config(&config, &ranges).classify_flow(address, proto.into(), port);
             println!("{decision}");
@@ -73,26 +76,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Ranges { refresh, config } => {
-            let config = Config::load(&config.config).context("ranges needs a valid config")?;
-            anyhow::ensure!(!refresh, "`shield ranges --refresh` is not available in this build yet; ranges come from the embedded snapshot");
-            let ranges = RangeSet::snapshot();
-            println!("source: {}", ranges.source);
-            println!("etag: {}", ranges.etag.as_deref().unwrap_or("-"));
-            println!(
-                "ipv4: {} prefixes, ipv6: {} prefixes, extra_allow: {}",
-                ranges.ipv4.len(),
-                ranges.ipv6.len(),
-                config.ranges.extra_allow.len()
-            );
-            for prefix in ranges.prefixes() {
-                println!("  {prefix}");
-            }
-            for prefix in &config.ranges.extra_allow {
-                println!("  {prefix} (extra_allow)");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Ranges {
+            refresh,
+            accept_shrink,
+            config,
+        } => ranges_command(&config.config, refresh, accept_shrink),
         Command::Status { json } => {
             let layout = PinLayout::from_env();
             let interfaces = dataplane::status(&layout).context("cannot read the pinned state")?;
@@ -112,6 +100,75 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `shield ranges [--refresh [--accept-shrink]]`.
+fn ranges_command(
+    config_path: &std::path::Path,
+    refresh: bool,
+    accept_shrink: bool,
+) -> anyhow::Result<ExitCode> {
+    use shield::ranges::{
+        cache,
+        metrics::RangeMetrics,
+        refresh::{format_age, Refresher},
+        source::{FetchOptions, Fetcher},
+        validate::Limits,
+    };
+    let config = Config::load(config_path).context("ranges needs a valid config")?;
+    let limits = Limits::from_config(&config.ranges);
+    let (ranges, fetched_at) = cache::load_or_snapshot(&config.ranges.cache, &limits);
+    if refresh {
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        let fetcher = Fetcher::new(FetchOptions::default())?;
+        let mut refresher = Refresher::new(
+            &config.ranges,
+            fetcher,
+            RangeMetrics::default(),
+            ranges,
+            fetched_at,
+        );
+        // This command only writes the cache; the daemon owns the maps and
+        // adopts the new cache on its next poll or on SIGHUP.
+        let report = runtime
+            .block_on(refresher.refresh(accept_shrink, |_| Ok::<(), std::convert::Infallible>(())));
+        println!("result: {}", report.result);
+        if let Some(diff) = &report.diff {
+            print!("{diff}");
+        }
+        if let Some(error) = &report.error {
+            eprintln!("{error}");
+        }
+        if !report.result.is_success() {
+            return Ok(ExitCode::from(1));
+        }
+        println!(
+            "cache: {} (a running daemon applies it within 10 s, or at once on SIGHUP)",
+            config.ranges.cache.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let age = fetched_at
+        .and_then(|at| std::time::SystemTime::now().duration_since(at).ok())
+        .map(|age| format!("{} ago", format_age(age)))
+        .unwrap_or_else(|| "never fetched (embedded snapshot)".to_owned());
+    println!("source: {}", ranges.source);
+    println!("cache: {}", config.ranges.cache.display());
+    println!("age: {age}");
+    println!("etag: {}", ranges.etag.as_deref().unwrap_or("-"));
+    println!(
+        "ipv4: {} prefixes, ipv6: {} prefixes, extra_allow: {}",
+        ranges.ipv4.len(),
+        ranges.ipv6.len(),
+        config.ranges.extra_allow.len()
+    );
+    for prefix in ranges.prefixes() {
+        println!("  {prefix}");
+    }
+    for prefix in &config.ranges.extra_allow {
+        println!("  {prefix} (extra_allow)");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status_json(interfaces: &[dataplane::InterfaceStatus]) -> serde_json::Value {

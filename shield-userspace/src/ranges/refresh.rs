@@ -308,6 +308,13 @@ impl Refresher {
         &self.current
     }
 
+    /// Takes new `[ranges]` settings (SIGHUP); the set in force stays.
+    pub fn reconfigure(&mut self, config: &crate::config::RangesConfig) {
+        self.sources = config.sources.clone();
+        self.limits = Limits::from_config(config);
+        self.cache = config.cache.clone();
+    }
+
     /// When the set in force was fetched (`None`: the embedded snapshot).
     pub fn fetched_at(&self) -> Option<SystemTime> {
         self.fetched_at

@@ -1,0 +1,70 @@
+//! `shield ranges` and `shield ranges --refresh` from a file source: the
+//! diff is shown, a shrink is refused unless accepted, the cache is written.
+
+use std::process::Command;
+
+fn shield(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_shield"))
+        .args(args)
+        .env("SHIELD_LOG", "error")
+        .output()
+        .expect("run shield");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn refresh_shows_the_diff_and_guards_shrinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("ips.json");
+    let cache = dir.path().join("state/ranges.json");
+    let config = dir.path().join("shield.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ranges]\nsources = [{:?}]\ncache = {:?}\n",
+            source.display().to_string(),
+            cache.display().to_string()
+        ),
+    )
+    .unwrap();
+    let api = include_str!("../data/cloudflare-ips-api.json");
+    let config = config.to_str().unwrap();
+
+    let (code, out) = shield(&["ranges", "-c", config]);
+    assert_eq!(code, 0);
+    assert!(out.contains("source: embedded snapshot"), "{out}");
+    assert!(out.contains("ipv4: 15 prefixes, ipv6: 7 prefixes"), "{out}");
+
+    let grown = api
+        .replace("\"131.0.72.0/22\"", "\"131.0.72.0/22\", \"198.51.99.0/24\"")
+        .replace("38f79d050aa027e3be3865e495dcc9bc", "etag-2");
+    std::fs::write(&source, grown).unwrap();
+    let (code, out) = shield(&["ranges", "--refresh", "-c", config]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("result: updated"), "{out}");
+    assert!(out.contains("+ 198.51.99.0/24"), "{out}");
+    assert!(std::fs::read_to_string(&cache).unwrap().contains("etag-2"));
+
+    let (code, out) = shield(&["ranges", "-c", config]);
+    assert_eq!(code, 0);
+    assert!(out.contains("etag: etag-2"), "{out}");
+    assert!(out.contains("age: "), "{out}");
+    assert!(out.contains("ipv4: 16 prefixes"), "{out}");
+
+    // Only 173.245.48.0/20 left: a shrink of over 99%.
+    let mut small: serde_json::Value = serde_json::from_str(api).unwrap();
+    small["result"]["ipv4_cidrs"] = serde_json::json!(["173.245.48.0/20"]);
+    small["result"]["etag"] = serde_json::json!("small");
+    std::fs::write(&source, small.to_string()).unwrap();
+    let (code, out) = shield(&["ranges", "--refresh", "-c", config]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("result: shrink"), "{out}");
+    assert!(std::fs::read_to_string(&cache).unwrap().contains("etag-2"));
+    let (code, out) = shield(&["ranges", "--refresh", "--accept-shrink", "-c", config]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("- 104.16.0.0/13"), "{out}");
+    assert!(!out.contains("+ "), "{out}");
+}
