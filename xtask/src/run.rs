@@ -1,13 +1,16 @@
-//! `cargo xtask run`: with arguments, `shield ARGS`.
+//! `cargo xtask run`: without arguments the lab; with `-- ARGS`, `shield ARGS`.
 
-use anyhow::bail;
+#[path = "lab.rs"]
+mod lab;
+
+use std::path::PathBuf;
 
 use crate::{build, shell};
 
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     build::all(false)?;
     if args.is_empty() {
-        bail!("the lab (`cargo xtask run` without arguments) is not built yet; use `cargo xtask run -- ARGS` to run shield");
+        return lab::run(&shield_binary());
     }
     let mut cargo_args = vec![
         "run",
@@ -20,4 +23,17 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     ];
     cargo_args.extend(args.iter().map(String::as_str));
     shell::cargo(&cargo_args)
+}
+
+fn shield_binary() -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    let target = if target.is_absolute() {
+        target
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(target)
+    };
+    target.join("debug").join("shield")
 }
