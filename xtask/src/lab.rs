@@ -191,7 +191,7 @@ upstream = "http://127.0.0.1:8080"
         )
     };
     println!("shield lab is up. metrics: http://{METRICS}/metrics   logs: {d}/   Ctrl-C stops and removes everything");
-    println!("  edge {} (Cloudflare) with the zone AOP certificate, and a second edge client with another customer's certificate", "173.245.48.10");
+    println!("  edge 173.245.48.10 (Cloudflare) with the zone AOP certificate, and a second edge client with another customer's certificate");
     println!(
         "  attacker 203.0.113.7: curl, SYN and UDP floods to 443, curl to 22 (which passes)\n"
     );
