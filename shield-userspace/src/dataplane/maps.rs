@@ -82,7 +82,7 @@ impl SharedMaps {
         )
     }
 
-    fn from_maps(
+    pub(super) fn from_maps(
         settings: Map,
         ports: Map,
         allow_v4: Map,

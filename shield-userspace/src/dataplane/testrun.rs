@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use aya::{
-    maps::{MapData, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -72,6 +72,48 @@ impl TestProgram {
 
     pub fn maps(&mut self) -> &mut SharedMaps {
         &mut self.maps
+    }
+
+    /// A second handle on this program's shared maps (the same kernel
+    /// objects, found through the program's map ids), so a test can write
+    /// them from one thread while another test-runs packets.
+    pub fn shared_maps_handle(&self) -> Result<SharedMaps, DataplaneError> {
+        let map_error = |source| DataplaneError::Map {
+            context: "cannot open the test program's maps by id".into(),
+            source,
+        };
+        let ids = self
+            .program()?
+            .info()
+            .and_then(|info| info.map_ids())
+            .map_err(run_error)?
+            .unwrap_or_default();
+        let mut by_name = std::collections::BTreeMap::new();
+        for id in ids {
+            let data = MapData::from_id(id).map_err(map_error)?;
+            let name = data
+                .info()
+                .map_err(map_error)?
+                .name_as_str()
+                .unwrap_or_default()
+                .to_owned();
+            by_name.insert(name, data);
+        }
+        let mut take = |name: &str| {
+            by_name
+                .remove(name)
+                .ok_or_else(|| DataplaneError::MissingMap { name: name.into() })
+        };
+        SharedMaps::from_maps(
+            Map::Array(take(map_names::SETTINGS)?),
+            Map::Array(take(map_names::PORTS)?),
+            Map::LpmTrie(take(map_names::ALLOW_V4)?),
+            Map::LpmTrie(take(map_names::ALLOW_V6)?),
+            [
+                Map::Array(take(map_names::PREFILTER_V4)?),
+                Map::Array(take(map_names::PREFILTER_V6)?),
+            ],
+        )
     }
 
     fn program(&self) -> Result<&Xdp, DataplaneError> {
