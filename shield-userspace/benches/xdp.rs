@@ -160,6 +160,9 @@ impl XdpFilter {
 
 impl Drop for XdpFilter {
     fn drop(&mut self) {
+        // Unload first: libxdp keeps pins under /sys/fs/bpf otherwise.
+        let ns = format!("--net=/run/netns/{NETNS}");
+        let _ = sh(&["nsenter", &ns, "xdp-filter", "unload", "v0", "--all"]);
         let _ = sh(&["ip", "netns", "del", NETNS]);
         let _ = std::fs::remove_file(&self.packet_file);
     }

@@ -60,6 +60,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print shell completions (for packaging).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page in roff (for packaging).
+    #[command(hide = true)]
+    Manpage,
     /// Remove the XDP program and its pins (all interfaces, or one).
     Detach {
         #[arg(long)]

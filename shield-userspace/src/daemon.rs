@@ -219,6 +219,11 @@ impl Daemon {
             signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
         let mut interrupt =
             signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        // systemd (Type=notify): ready only now that XDP is attached, TLS
+        // listens and metrics are served. Outside systemd this does nothing.
+        if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(%error, "could not tell systemd that shield is ready");
+        }
         // Refreshes run in their own task so signals are served while a
         // fetch waits on the network; the maps are only written here.
         let period = match self.config.ranges.refresh {
@@ -273,6 +278,7 @@ impl Daemon {
                 _ = interrupt.recv() => break,
             }
         }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         if let Some(task) = in_flight {
             task.abort();
         }

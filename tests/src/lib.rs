@@ -340,20 +340,27 @@ impl Lab {
 
     /// Starts `shield run --config CONFIG` and waits until it is ready.
     pub fn start_shield(&self, config: &Path) -> anyhow::Result<ShieldDaemon> {
+        self.start_shield_with(config, &[])
+    }
+
+    /// Like [`Lab::start_shield`], with `wrapper` (e.g. `setpriv ...`) in front.
+    pub fn start_shield_with(
+        &self,
+        config: &Path,
+        wrapper: &[&str],
+    ) -> anyhow::Result<ShieldDaemon> {
         let bin = shield_binary()?;
         let log = self.work_dir.join(format!(
             "shield-{}.log",
             NEXT_ID.fetch_add(1, Ordering::SeqCst)
         ));
         let log_file = std::fs::File::create(&log)?;
+        let mut command_line: Vec<&str> = wrapper.to_vec();
+        command_line.push(bin.to_str().context("binary path is not UTF-8")?);
+        command_line.extend(["run", "--config", config.to_str().context("config path")?]);
         let child = self
             .origin
-            .command(&[
-                bin.to_str().context("binary path is not UTF-8")?,
-                "run",
-                "--config",
-                config.to_str().context("config path")?,
-            ])
+            .command(&command_line)
             .env("SHIELD_PIN_ROOT", &self.pin_root)
             .stdout(Stdio::null())
             .stderr(log_file)

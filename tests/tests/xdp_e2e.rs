@@ -487,3 +487,50 @@ fn generic_mode_and_auto_fallback_on_a_bridge_without_native_xdp() {
         .unwrap();
     assert!(!links.contains("xdp"), "{links}");
 }
+
+#[test]
+fn runs_with_only_the_capabilities_of_the_systemd_unit() {
+    let Some(lab) = lab() else { return };
+    require_tool("setpriv");
+    let unit = include_str!("../../deploy/systemd/shield.service");
+    let caps = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit bounds its capabilities");
+    let mut bounding = String::from("-all");
+    for cap in caps.split_whitespace() {
+        bounding.push_str(&format!(
+            ",+{}",
+            cap.trim_start_matches("CAP_").to_lowercase()
+        ));
+    }
+    // Root with only the unit's capabilities, and NoNewPrivileges.
+    let wrapper = [
+        "setpriv",
+        "--bounding-set",
+        &bounding,
+        "--no-new-privs",
+        "--",
+    ];
+    let config = lab.write_config("shield.toml", "").unwrap();
+    let shield = lab.start_shield_with(&config, &wrapper).unwrap();
+    assert!(lab.curl(&lab.edge, &url(ORIGIN_V4, 443)).unwrap());
+    assert!(
+        !lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap(),
+        "must enforce with the unit's capabilities"
+    );
+    let status = lab.status().unwrap();
+    assert_eq!(status["interfaces"][0]["attached"], true, "{status}");
+    // It really ran without the others (CapBnd is a hex mask in /proc).
+    let proc_status =
+        std::fs::read_to_string(format!("/proc/{}/status", shield.pid())).unwrap_or_default();
+    let bnd = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(str::trim)
+        .unwrap_or("");
+    assert_ne!(
+        bnd, "000001ffffffffff",
+        "the bounding set was not applied: {proc_status}"
+    );
+}

@@ -5,6 +5,7 @@
 
 mod bench;
 mod build;
+mod dist;
 mod run;
 mod setup;
 mod shell;
@@ -33,6 +34,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the .deb into target/dist (and check what it holds).
+    Dist,
     /// Every test, privileged ones included (needs root); what CI runs.
     Test,
     /// The benchmarks of docs/BENCHMARKS.md (needs root).
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::all(),
         Task::Build { release } => build::all(release),
         Task::Run { args } => run::run(args),
+        Task::Dist => dist::build().and_then(|deb| dist::check(&deb)),
         Task::Test => test::all(),
         Task::Bench { which } => bench::run(which.as_deref()),
     }

@@ -5,7 +5,7 @@
 
 use anyhow::bail;
 
-use crate::{setup, shell};
+use crate::{dist, setup, shell};
 
 /// Prefix of what the end-to-end tests create (see tests/src/lib.rs).
 const TEST_PREFIX: &str = "shtest-";
@@ -21,7 +21,9 @@ pub fn all() -> anyhow::Result<()> {
     shell::cargo(&["build"])?;
     let result = shell::cargo(&["test", "--", "--test-threads=2"]);
     sweep_leftovers()?;
-    result
+    result?;
+    // The package: built in release and checked (contents, conffile, unit).
+    dist::check(&dist::build()?)
 }
 
 /// Removes namespaces and pins left by a killed test run.
