@@ -9,10 +9,23 @@ pub fn run(which: Option<&str>) -> anyhow::Result<()> {
         bail!("benchmarks load XDP programs: run as root");
     }
     setup::all()?;
+    let xdp = || shell::cargo(&["bench", "--package", "shield-userspace", "--bench", "xdp"]);
+    let ranges = || {
+        shell::cargo(&[
+            "bench",
+            "--package",
+            "shield-userspace",
+            "--bench",
+            "ranges",
+        ])
+    };
     match which {
-        None | Some("xdp") => {
-            shell::cargo(&["bench", "--package", "shield-userspace", "--bench", "xdp"])
+        None => {
+            xdp()?;
+            ranges()
         }
-        Some(other) => bail!("unknown benchmark {other:?}; known: xdp"),
+        Some("xdp") => xdp(),
+        Some("ranges") => ranges(),
+        Some(other) => bail!("unknown benchmark {other:?}; known: xdp, ranges"),
     }
 }
