@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 
-use crate::{setup, shell};
+use crate::{bench_tls, setup, shell};
 
 pub fn run(which: Option<&str>) -> anyhow::Result<()> {
     if !shell::is_root() {
@@ -22,10 +22,12 @@ pub fn run(which: Option<&str>) -> anyhow::Result<()> {
     match which {
         None => {
             xdp()?;
-            ranges()
+            ranges()?;
+            bench_tls::run()
         }
         Some("xdp") => xdp(),
         Some("ranges") => ranges(),
-        Some(other) => bail!("unknown benchmark {other:?}; known: xdp, ranges"),
+        Some("tls") => bench_tls::run(),
+        Some(other) => bail!("unknown benchmark {other:?}; known: xdp, ranges, tls"),
     }
 }

@@ -4,6 +4,7 @@
 //! manual step (`cargo xtask test` on a new Debian 12 host just works).
 
 mod bench;
+mod bench_tls;
 mod build;
 mod dist;
 mod run;
@@ -40,7 +41,7 @@ enum Task {
     Test,
     /// The benchmarks of docs/BENCHMARKS.md (needs root).
     Bench {
-        /// `xdp`, or all when omitted.
+        /// `xdp` or `tls`; all when omitted.
         which: Option<String>,
     },
 }
