@@ -43,7 +43,11 @@ pub fn build() -> anyhow::Result<PathBuf> {
     shell::cargo(&["build", "--release", "--package", "shield-userspace"])?;
     let target = target_dir();
     let shield = target.join("release/shield");
+    // Generated assets live under target/release/ because cargo-deb maps
+    // exactly that prefix to the real target dir (CARGO_TARGET_DIR included).
+    let generated = target.join("release/dist");
     let dist = target.join("dist");
+    std::fs::create_dir_all(&generated)?;
     std::fs::create_dir_all(&dist)?;
     let shield = shield.to_str().context("target path is not UTF-8")?;
     for (shell_name, file) in [
@@ -52,15 +56,18 @@ pub fn build() -> anyhow::Result<PathBuf> {
         ("fish", "shield.fish"),
     ] {
         std::fs::write(
-            dist.join(file),
+            generated.join(file),
             shell::output(shield, &["completions", shell_name])?,
         )?;
     }
-    std::fs::write(dist.join("shield.1"), shell::output(shield, &["manpage"])?)?;
-    let _ = std::fs::remove_file(dist.join("shield.1.gz"));
+    std::fs::write(
+        generated.join("shield.1"),
+        shell::output(shield, &["manpage"])?,
+    )?;
+    let _ = std::fs::remove_file(generated.join("shield.1.gz"));
     shell::status(
         "gzip",
-        &["-9n", dist.join("shield.1").to_str().context("path")?],
+        &["-9n", generated.join("shield.1").to_str().context("path")?],
     )?;
     let out = shell::output(
         env!("CARGO"),

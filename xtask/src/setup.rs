@@ -23,6 +23,8 @@ const PACKAGES: &[&str] = &[
     "openssl",
     "iputils-ping",
     "tcpdump",
+    // The monitoring tests: a real Prometheus scrape and `promtool test rules`.
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

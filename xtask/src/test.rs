@@ -18,6 +18,17 @@ pub fn all() -> anyhow::Result<()> {
     sweep_leftovers()?;
     shell::cargo(&["fmt", "--all", "--", "--check"])?;
     shell::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    shell::status(
+        "promtool",
+        &[
+            "test",
+            "rules",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../deploy/prometheus/shield-alerts.test.yml"
+            ),
+        ],
+    )?;
     shell::cargo(&["build"])?;
     let result = shell::cargo(&["test", "--", "--test-threads=2"]);
     sweep_leftovers()?;
