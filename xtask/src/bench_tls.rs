@@ -44,8 +44,10 @@ const CONCURRENCY: usize = 64;
 const IDLE_CONNECTIONS: usize = 10_000;
 /// SNI, Host and certificate name; resolves to loopback without any setup.
 const NAME: &str = "localhost";
-/// Descriptors for the servers and clients (10,000 sockets and more).
-const NOFILE: u32 = 65_536;
+/// Descriptors wanted for the servers and clients (10,000 sockets and
+/// more); less when the hard limit is lower (it cannot be raised in every
+/// container).
+const NOFILE: u64 = 65_536;
 
 /// nginx-light from Debian, oha from crates.io; skipped when present.
 pub fn bench_tools() -> anyhow::Result<()> {
@@ -102,6 +104,10 @@ pub fn run() -> anyhow::Result<()> {
     copy(&release.join("shield"), &work.join("shield-aws-lc-rs"))?;
     let load = release.join("examples").join("tls_load");
 
+    let nofile = nofile_limit();
+    if nofile < IDLE_CONNECTIONS as u64 + 500 {
+        bail!("the descriptor hard limit ({nofile}) is too low for {IDLE_CONNECTIONS} connections; raise it (ulimit -Hn)");
+    }
     let pki = Pki::make(&work)?;
     let upstream_port = free_port()?;
     let _upstream = Server::start(
@@ -327,10 +333,10 @@ http {{
 fn nginx_conf(work: &Path, pki: &Pki, port: u16, upstream: &str) -> String {
     format!(
         "worker_processes 2;
-worker_rlimit_nofile {NOFILE};
+worker_rlimit_nofile {nofile};
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log;
-events {{ worker_connections 20000; }}
+events {{ worker_connections 16000; }}
 http {{
     access_log off;
     upstream app {{
@@ -357,6 +363,7 @@ http {{
 }}
 ",
         work = work.display(),
+        nofile = nofile_limit(),
         upstream_addr = upstream.trim_start_matches("http://"),
         cert = pki.server_cert.display(),
         key = pki.server_key.display(),
@@ -502,7 +509,10 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stderr(Stdio::null())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -515,16 +525,29 @@ impl Drop for Server {
     }
 }
 
-/// `program args` under `ulimit -n NOFILE`: a shell in front that execs
-/// it, so the pid stays the program's.
+/// `program args` with the soft descriptor limit raised to
+/// [`nofile_limit`]: a shell in front that execs it, so the pid stays the
+/// program's.
 fn with_nofile<S: AsRef<OsStr>>(program: impl AsRef<OsStr>, args: &[S]) -> Command {
     let mut command = Command::new("sh");
     command
         .arg("-c")
-        .arg(format!("ulimit -n {NOFILE} && exec \"$0\" \"$@\""))
+        .arg(format!(
+            "ulimit -n {} && exec \"$0\" \"$@\"",
+            nofile_limit()
+        ))
         .arg(program)
         .args(args);
     command
+}
+
+/// [`NOFILE`], or the hard limit if that is lower.
+fn nofile_limit() -> u64 {
+    let hard = shell::output("sh", &["-c", "ulimit -Hn"]).unwrap_or_default();
+    match hard.trim() {
+        "unlimited" => NOFILE,
+        n => n.parse().map_or(NOFILE, |n: u64| n.min(NOFILE)),
+    }
 }
 
 fn children(parent: u32) -> Vec<u32> {

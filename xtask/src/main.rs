@@ -41,7 +41,7 @@ enum Task {
     Test,
     /// The benchmarks of docs/BENCHMARKS.md (needs root).
     Bench {
-        /// `xdp` or `tls`; all when omitted.
+        /// `xdp`, `ranges` or `tls`; all when omitted.
         which: Option<String>,
     },
 }

@@ -53,13 +53,28 @@ pub enum TlsError {
 
 /// The rustls crypto provider for every site and for tests' clients.
 ///
-/// aws-lc-rs, rustls' default: it offers the X25519MLKEM768 hybrid key
-/// exchange that Cloudflare prefers towards origins. Measuring it against
-/// ring in the handshake benchmark (`cargo xtask bench tls`) is still to
-/// do; this is the one place to change if ring wins.
+/// aws-lc-rs, rustls' default. Measured against ring (`--features ring`)
+/// with `cargo xtask bench tls` on the 2-core bench host, full mTLS
+/// handshakes (ECDSA P-256, X25519, no resumption), 2026-11-23: the two are
+/// within the host's noise. Six interleaved 5 s pairs: aws-lc-rs median
+/// 996/s, ring 1,025/s, ring/aws-lc-rs per pair 0.73 to 1.59, median 1.03;
+/// in the bench run ring led (1,040 vs 896/s), in an earlier one aws-lc-rs
+/// did (747 vs 648/s); ring also led keep-alive requests/s in the bench
+/// run (7,219 vs 6,317/s), within the same noise.
+/// With speed a tie, aws-lc-rs stays for what ring lacks: the
+/// X25519MLKEM768 hybrid key exchange that Cloudflare prefers towards
+/// origins, and a FIPS build. Building with `--features ring` switches.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .clone()
+    PROVIDER.get_or_init(|| Arc::new(build_provider())).clone()
+}
+
+#[cfg(not(feature = "ring"))]
+fn build_provider() -> CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+#[cfg(feature = "ring")]
+fn build_provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
