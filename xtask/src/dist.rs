@@ -113,6 +113,10 @@ pub fn check(deb: &Path) -> anyhow::Result<()> {
             bail!("{path} missing from {}:\n{contents}", deb.display());
         }
     }
+    let prerm = shell::output("dpkg-deb", &["--info", deb_str, "prerm"])?;
+    if !prerm.contains("shield detach") {
+        bail!("the package must detach XDP when removed; prerm:\n{prerm}");
+    }
     let conffiles = shell::output("dpkg-deb", &["--info", deb_str, "conffiles"])?;
     if !conffiles
         .lines()
