@@ -231,6 +231,8 @@ pub const DROP_EVENTS_BYTES: u32 = 1 << 16;
 pub struct EventBudget {
     pub window_start_ns: u64,
     pub emitted: u64,
+    /// Drops not reported since the budget ran out in this window.
+    pub suppressed: u64,
 }
 
 /// Map names, as `bpftool map` shows them.

@@ -70,6 +70,10 @@ const IPV6_HEADER_LEN: usize = 40;
 const TCP_MIN_HEADER_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
 
+/// With the event budget spent, how many drops pass between clock reads. A
+/// trickle after a flood is reported within this many drops.
+const CLOCK_CHECK_EVERY: u64 = 64;
+
 #[xdp]
 pub fn shield(ctx: XdpContext) -> u32 {
     let enforce;
@@ -83,8 +87,7 @@ pub fn shield(ctx: XdpContext) -> u32 {
         // kernel ever says otherwise.
         None => return xdp_action::XDP_PASS,
     }
-    let walk = walk(&ctx);
-    let reason = classify(&walk, fragments);
+    let reason = classify(&ctx, fragments);
     let verdict = reason.verdict(enforce);
     if let Some(counter) = COUNTERS.get_ptr_mut(counter_index(verdict, reason)) {
         // SAFETY: a per-CPU slot, so no other writer races with this one.
@@ -96,9 +99,7 @@ pub fn shield(ctx: XdpContext) -> u32 {
     if !reason.drops() {
         return xdp_action::XDP_PASS;
     }
-    if let Some(Some(walk)) = &walk {
-        report_drop(&ctx, walk, reason, enforce);
-    }
+    report_drop(&ctx, reason, enforce);
     if enforce {
         xdp_action::XDP_DROP
     } else {
@@ -107,25 +108,37 @@ pub fn shield(ctx: XdpContext) -> u32 {
 }
 
 /// Sends a drop event to userspace, within this CPU's budget per second so
-/// a flood costs a counter bump and cannot flood the ring or the log.
+/// a flood cannot flood the ring or the log. Once the budget is spent only
+/// every [`CLOCK_CHECK_EVERY`]th drop reads the clock, and the headers are
+/// walked again only for an event that will be sent, so the flood's drop
+/// path pays a counter bump.
 #[inline(always)]
-fn report_drop(ctx: &XdpContext, walk: &Walk, reason: Reason, enforce: bool) {
+fn report_drop(ctx: &XdpContext, reason: Reason, enforce: bool) {
     let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: the coarse clock helper has no preconditions; the budget is
-    // this CPU's own slot.
+    // SAFETY: this CPU's own slot; the coarse clock has no preconditions.
     unsafe {
+        if (*budget).emitted >= DROP_EVENTS_PER_CPU_PER_SECOND {
+            (*budget).suppressed += 1;
+            if (*budget).suppressed % CLOCK_CHECK_EVERY != 0 {
+                return;
+            }
+        }
         let now = bpf_ktime_get_coarse_ns();
         if now.wrapping_sub((*budget).window_start_ns) >= 1_000_000_000 {
             (*budget).window_start_ns = now;
             (*budget).emitted = 0;
+            (*budget).suppressed = 0;
         }
         if (*budget).emitted >= DROP_EVENTS_PER_CPU_PER_SECOND {
             return;
         }
         (*budget).emitted += 1;
     }
+    let Some(Some(walk)) = walk(ctx) else {
+        return;
+    };
     let mut event = DropEvent {
         ifindex: ctx.ingress_ifindex() as u32,
         reason: reason as u32,
@@ -201,8 +214,8 @@ struct Walk {
 }
 
 #[inline(always)]
-fn classify(walk: &Option<Option<Walk>>, fragments: u32) -> Reason {
-    let Some(walk) = walk else {
+fn classify(ctx: &XdpContext, fragments: u32) -> Reason {
+    let Some(walk) = walk(ctx) else {
         return Reason::NonIp;
     };
     let Some(walk) = walk else {
