@@ -64,6 +64,8 @@ pub enum DataplaneError {
     IncompatiblePin { path: String, reason: String },
     #[error("the XDP object has no map {name}")]
     MissingMap { name: String },
+    #[error("the XDP object has no XDP program {name}")]
+    MissingProgram { name: String },
     #[error("map {name} holds an invalid entry: {reason}")]
     CorruptMap { name: &'static str, reason: String },
     #[error("{context}: {source}")]
@@ -299,16 +301,7 @@ impl Starting<'_> {
         let link_path = self.layout.link(&target.name);
         let state_path = self.layout.state(&target.name);
         let previous = read_state(&state_path).ok();
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or_else(|| DataplaneError::MissingMap {
-                name: PROGRAM_NAME.into(),
-            })?
-            .try_into()
-            .map_err(|source| DataplaneError::Load {
-                interface: target.name.clone(),
-                source,
-            })?;
+        let program = xdp_program(ebpf, PROGRAM_NAME, &target.name)?;
 
         let mut adopted = None;
         if link_path.exists() {
@@ -514,21 +507,30 @@ fn load_program(layout: &PinLayout, interface: &str) -> Result<Ebpf, DataplaneEr
     let mut ebpf = loader
         .load(PROGRAM_OBJECT)
         .map_err(DataplaneError::Object)?;
-    let program: &mut Xdp = ebpf
-        .program_mut(PROGRAM_NAME)
-        .ok_or_else(|| DataplaneError::MissingMap {
-            name: PROGRAM_NAME.into(),
-        })?
-        .try_into()
-        .map_err(|source| DataplaneError::Load {
-            interface: interface.to_owned(),
-            source,
-        })?;
+    let program = xdp_program(&mut ebpf, PROGRAM_NAME, interface)?;
     program.load().map_err(|source| DataplaneError::Load {
         interface: interface.to_owned(),
         source,
     })?;
     Ok(ebpf)
+}
+
+/// The XDP program `name` in a loaded object; `interface` names where it
+/// was headed, for the error.
+pub(crate) fn xdp_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    interface: &str,
+) -> Result<&'a mut Xdp, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| DataplaneError::MissingProgram {
+            name: name.to_owned(),
+        })?
+        .try_into()
+        .map_err(|source| DataplaneError::Load {
+            interface: interface.to_owned(),
+            source,
+        })
 }
 
 /// Creates the shared pins without loading a program into the kernel.

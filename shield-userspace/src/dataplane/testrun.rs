@@ -26,9 +26,12 @@ pub struct RunResult {
     pub per_run: Duration,
 }
 
+/// Where a test-run program is "attached", for error messages.
+const TEST_RUN: &str = "(test run)";
+
 fn run_error(source: ProgramError) -> DataplaneError {
     DataplaneError::Load {
-        interface: "(test run)".into(),
+        interface: TEST_RUN.into(),
         source,
     }
 }
@@ -45,14 +48,9 @@ impl TestProgram {
         let mut ebpf = EbpfLoader::new()
             .load(object)
             .map_err(DataplaneError::Object)?;
-        let xdp: &mut Xdp = ebpf
-            .program_mut(program)
-            .ok_or_else(|| DataplaneError::MissingMap {
-                name: program.into(),
-            })?
-            .try_into()
+        super::xdp_program(&mut ebpf, program, TEST_RUN)?
+            .load()
             .map_err(run_error)?;
-        xdp.load().map_err(run_error)?;
         let maps = SharedMaps::take_from(&mut ebpf)?;
         let counters =
             ebpf.take_map(map_names::COUNTERS)
@@ -119,7 +117,7 @@ impl TestProgram {
     fn program(&self) -> Result<&Xdp, DataplaneError> {
         self.ebpf
             .program(PROGRAM_NAME)
-            .ok_or_else(|| DataplaneError::MissingMap {
+            .ok_or_else(|| DataplaneError::MissingProgram {
                 name: PROGRAM_NAME.into(),
             })?
             .try_into()
