@@ -534,3 +534,44 @@ fn runs_with_only_the_capabilities_of_the_systemd_unit() {
         "the bounding set was not applied: {proc_status}"
     );
 }
+
+#[test]
+fn systemd_readiness_is_sent_only_after_xdp_is_attached() {
+    let Some(lab) = lab() else { return };
+    let socket_path = lab.work_dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let config = lab.write_config("shield.toml", "").unwrap();
+    let bin = shield_tests::shield_binary().unwrap();
+    let mut child = lab
+        .origin
+        .command(&[
+            bin.to_str().unwrap(),
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env("SHIELD_PIN_ROOT", &lab.pin_root)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buffer = [0u8; 256];
+    let received = socket.recv(&mut buffer);
+    // What systemd would see at the moment shield says it is ready.
+    let status = lab.status();
+    let _ = child.kill();
+    let _ = child.wait();
+    let message = String::from_utf8_lossy(&buffer[..received.expect("shield must notify systemd")])
+        .into_owned();
+    assert!(message.contains("READY=1"), "{message}");
+    let status = status.unwrap();
+    let interfaces = status["interfaces"].as_array().unwrap();
+    assert_eq!(interfaces.len(), 2, "{status}");
+    assert!(
+        interfaces.iter().all(|i| i["attached"] == true),
+        "ready before attach: {status}"
+    );
+}
