@@ -575,3 +575,71 @@ fn systemd_readiness_is_sent_only_after_xdp_is_attached() {
         "ready before attach: {status}"
     );
 }
+
+#[test]
+fn the_daemon_refreshes_applies_and_caches_a_new_range_list_without_dropping_the_edge() {
+    let Some(lab) = lab() else { return };
+    // Cloudflare's list without 131.0.72.0/22, under a new etag.
+    let snapshot = include_str!("../../shield-userspace/data/cloudflare-ips-api.json");
+    let mut feed: serde_json::Value = serde_json::from_str(snapshot).unwrap();
+    let v4 = feed["result"]["ipv4_cidrs"].as_array_mut().unwrap();
+    v4.retain(|p| p != "131.0.72.0/22");
+    assert_eq!(v4.len(), 14);
+    feed["result"]["etag"] = "e2e-etag-2".into();
+    let feed_path = lab.work_dir.join("feed.json");
+    std::fs::write(&feed_path, feed.to_string()).unwrap();
+    let cache = lab.work_dir.join("ranges.json");
+    let config = lab.work_dir.join("refresh.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[xdp]\ninterfaces = [\"eth0\", \"eth1\"]\n[ranges]\nsources = [\"{}\"]\nrefresh = \"1m\"\ncache = \"{}\"\n",
+            feed_path.display(),
+            cache.display()
+        ),
+    )
+    .unwrap();
+    let _shield = lab.start_shield(&config).unwrap();
+    let scrape = || {
+        lab.origin
+            .exec_check(&[
+                "curl",
+                "-sS",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:9469/metrics",
+            ])
+            .unwrap_or_default()
+    };
+    assert!(
+        scrape().contains("shield_ranges_prefixes{family=\"ipv4\"} 15"),
+        "starts from the snapshot"
+    );
+    // The first refresh comes within 30 s of start (jittered); the edge is
+    // served all along.
+    let mut metrics = String::new();
+    let refreshed = wait_for(Duration::from_secs(45), || {
+        assert!(
+            lab.curl(&lab.edge, &url(ORIGIN_V4, 443)).unwrap(),
+            "the edge must stay served"
+        );
+        metrics = scrape();
+        metrics.contains("shield_ranges_refresh_total{result=\"updated\"} 1")
+    });
+    assert!(refreshed.is_ok(), "no refresh applied: {metrics}");
+    assert!(
+        metrics.contains("shield_ranges_prefixes{family=\"ipv4\"} 14"),
+        "{metrics}"
+    );
+    let cached = std::fs::read_to_string(&cache).expect("the cache is written");
+    assert!(
+        cached.contains("e2e-etag-2") && !cached.contains("131.0.72.0/22"),
+        "{cached}"
+    );
+    let output = lab.shield(&["status"]).unwrap();
+    let status = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        status.contains("allowed prefixes: 21"),
+        "the kernel holds the new set: {status}"
+    );
+}
