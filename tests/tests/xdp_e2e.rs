@@ -643,3 +643,50 @@ fn the_daemon_refreshes_applies_and_caches_a_new_range_list_without_dropping_the
         "the kernel holds the new set: {status}"
     );
 }
+
+#[test]
+fn sighup_reapplies_extra_allow_and_a_bad_config_changes_nothing() {
+    let Some(lab) = lab() else { return };
+    let config = lab.write_config("shield.toml", "").unwrap();
+    let shield = lab.start_shield(&config).unwrap();
+    assert!(!lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap());
+    let base = std::fs::read_to_string(&config).unwrap();
+    let reload = |text: &str, expect_log: &str| {
+        std::fs::write(&config, text).unwrap();
+        let before = shield.log_text().matches(expect_log).count();
+        shield.signal(libc::SIGHUP);
+        wait_for(Duration::from_secs(10), || {
+            shield.log_text().matches(expect_log).count() > before
+        })
+        .unwrap_or_else(|_| panic!("no '{expect_log}' after SIGHUP: {}", shield.log_text()));
+    };
+
+    // The attacker's address in extra_allow: it passes after SIGHUP.
+    let allowed = base.replace(
+        "[ranges]\n",
+        "[ranges]\nextra_allow = [\"203.0.113.7/32\"]\n",
+    );
+    reload(&allowed, "reloaded");
+    assert!(
+        lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap(),
+        "extra_allow must apply on SIGHUP"
+    );
+
+    // A broken config is refused whole: the running state stays.
+    reload(
+        "[xdp]\ninterfaces = [\"eth0\"]\nenforce = maybe\n",
+        "reload refused",
+    );
+    assert!(
+        lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap(),
+        "a bad config must change nothing"
+    );
+
+    // Back without it: dropped again once the reload completes.
+    reload(&base, "reloaded");
+    assert!(
+        !lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap(),
+        "removal must apply on SIGHUP"
+    );
+    assert!(lab.curl(&lab.edge, &url(ORIGIN_V4, 443)).unwrap());
+}

@@ -79,7 +79,32 @@ pub fn clean() {
     let _ = shell::output("ip", &["link", "del", HOST_LINK]);
 }
 
+/// The interactive lab: runs until Ctrl-C.
 pub fn run(shield: &Path) -> anyhow::Result<()> {
+    run_for(shield, None).map(drop)
+}
+
+/// What `cargo xtask test` checks: the lab for a while, unattended. The
+/// edge must be served, the other customer refused, the attacker dropped,
+/// and nothing may be left behind.
+pub fn smoke(shield: &Path) -> anyhow::Result<()> {
+    let rates = run_for(shield, Some(Duration::from_secs(25)))?;
+    let rate = |key: &str| rates.get(key).copied().unwrap_or(0.0);
+    if rate("requests_ok") <= 0.0
+        || rate("handshakes_refused") <= 0.0
+        || rate("drop:outside_ranges") <= 0.0
+    {
+        bail!("the lab's traffic did not do what it should: {rates:?}");
+    }
+    let namespaces = shell::output("ip", &["netns", "list"])?;
+    if namespaces.contains("shield-lab") || Path::new(PIN_ROOT).exists() {
+        bail!("the lab left namespaces or pins behind:\n{namespaces}");
+    }
+    println!("lab: smoke test passed: {rates:?}");
+    Ok(())
+}
+
+fn run_for(shield: &Path, duration: Option<Duration>) -> anyhow::Result<BTreeMap<String, f64>> {
     if !shell::is_root() {
         bail!("the lab creates network namespaces and attaches XDP: run `cargo xtask run` as root");
     }
@@ -87,13 +112,17 @@ pub fn run(shield: &Path) -> anyhow::Result<()> {
     let dir = work_dir();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("www"))?;
-    let result = build_and_watch(shield, &dir);
+    let result = build_and_watch(shield, &dir, duration);
     println!("\nlab: cleaning up");
     clean();
     result
 }
 
-fn build_and_watch(shield: &Path, dir: &Path) -> anyhow::Result<()> {
+fn build_and_watch(
+    shield: &Path,
+    dir: &Path,
+    duration: Option<Duration>,
+) -> anyhow::Result<BTreeMap<String, f64>> {
     make_pki(dir)?;
     make_network()?;
     std::fs::write(
@@ -195,7 +224,7 @@ upstream = "http://127.0.0.1:8080"
     println!(
         "  attacker 203.0.113.7: curl, SYN and UDP floods to 443, curl to 22 (which passes)\n"
     );
-    let result = watch(&mut daemon);
+    let result = watch(&mut daemon, duration.map(|d| Instant::now() + d));
     let _ = daemon.kill();
     let _ = daemon.wait();
     for mut child in children {
@@ -205,10 +234,13 @@ upstream = "http://127.0.0.1:8080"
     result
 }
 
-fn watch(daemon: &mut Child) -> anyhow::Result<()> {
+/// Prints the live table until Ctrl-C (or `deadline`); returns the last
+/// row's rates.
+fn watch(daemon: &mut Child, deadline: Option<Instant>) -> anyhow::Result<BTreeMap<String, f64>> {
     let mut previous: Option<(Instant, BTreeMap<String, f64>)> = None;
+    let mut last_rates = BTreeMap::new();
     let mut rows = 0;
-    while !STOP.load(Ordering::SeqCst) {
+    while !STOP.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
         if let Some(status) = daemon.try_wait()? {
             bail!("shield exited ({status}); see its log");
         }
@@ -229,6 +261,7 @@ fn watch(daemon: &mut Child) -> anyhow::Result<()> {
             let rate = |key: &str| {
                 (current.get(key).unwrap_or(&0.0) - before.get(key).unwrap_or(&0.0)) / seconds
             };
+            last_rates = current.keys().map(|key| (key.clone(), rate(key))).collect();
             if rows % 15 == 0 {
                 println!(
                     "{:>10} {:>12} {:>16} {:>16} {:>12} {:>12}",
@@ -259,7 +292,7 @@ fn watch(daemon: &mut Child) -> anyhow::Result<()> {
             thread::sleep(Duration::from_millis(100));
         }
     }
-    Ok(())
+    Ok(last_rates)
 }
 
 /// Sums of the samples the table shows, from OpenMetrics text.

@@ -7,6 +7,7 @@ mod bench;
 mod bench_tls;
 mod build;
 mod dist;
+mod lab;
 mod run;
 mod setup;
 mod shell;

@@ -1,11 +1,8 @@
 //! `cargo xtask run`: without arguments the lab; with `-- ARGS`, `shield ARGS`.
 
-#[path = "lab.rs"]
-mod lab;
-
 use std::path::PathBuf;
 
-use crate::{build, shell};
+use crate::{build, lab, shell};
 
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     build::all(false)?;
@@ -25,7 +22,7 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     shell::cargo(&cargo_args)
 }
 
-fn shield_binary() -> PathBuf {
+pub fn shield_binary() -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
     let target = if target.is_absolute() {
