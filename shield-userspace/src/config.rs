@@ -385,11 +385,11 @@ pub fn validate_interface_name(name: &str) -> Result<(), String> {
 
 fn validate_ranges(ranges: &RangesConfig) -> Result<(), InvalidKey> {
     for source in &ranges.sources {
-        let is_url = source.starts_with("https://") || source.starts_with("http://");
-        if !is_url && !source.starts_with('/') {
+        // Plain http would let anyone on the path rewrite the allowlist.
+        if !source.starts_with("https://") && !source.starts_with('/') {
             return Err(InvalidKey::new(
                 "ranges.sources",
-                format!("{source:?} is neither an http(s) URL nor an absolute file path"),
+                format!("{source:?} is neither an https:// URL nor an absolute file path"),
             ));
         }
     }
@@ -597,6 +597,10 @@ upstream = "http://127.0.0.1:8080"
             (
                 "ranges.sources",
                 "[ranges]\nsources = [\"relative/path\"]".into(),
+            ),
+            (
+                "ranges.sources",
+                "[ranges]\nsources = [\"http://api.cloudflare.com/client/v4/ips\"]".into(),
             ),
             ("ranges.cache", "[ranges]\ncache = \"ranges.json\"".into()),
             (
