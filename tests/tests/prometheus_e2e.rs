@@ -102,11 +102,20 @@ fn prometheus_scrapes_drops_by_reason_and_loads_the_alert_rules() {
         "PromQL drops by reason must show the 40 datagrams: {last}"
     );
 
-    let rules_state = lab
-        .origin
-        .exec_check(&["curl", "-sS", &format!("http://{PROMETHEUS}/api/v1/rules")])
-        .unwrap();
-    let rules_state: serde_json::Value = serde_json::from_str(&rules_state).unwrap();
+    // The rule manager may publish its groups a moment after the first
+    // scrape; wait for them rather than racing it.
+    let mut rules_state = serde_json::Value::Null;
+    let _ = wait_for(Duration::from_secs(20), || {
+        rules_state = lab
+            .origin
+            .exec_check(&["curl", "-sS", &format!("http://{PROMETHEUS}/api/v1/rules")])
+            .ok()
+            .and_then(|out| serde_json::from_str(&out).ok())
+            .unwrap_or(serde_json::Value::Null);
+        rules_state["data"]["groups"]
+            .as_array()
+            .is_some_and(|groups| !groups.is_empty())
+    });
     let loaded: Vec<_> = rules_state["data"]["groups"][0]["rules"]
         .as_array()
         .cloned()

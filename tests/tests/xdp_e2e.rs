@@ -690,3 +690,33 @@ fn sighup_reapplies_extra_allow_and_a_bad_config_changes_nothing() {
     );
     assert!(lab.curl(&lab.edge, &url(ORIGIN_V4, 443)).unwrap());
 }
+
+#[test]
+fn shield_mounts_bpffs_when_the_host_has_not() {
+    let Some(lab) = lab() else { return };
+    require_tool("unshare");
+    // A private mount namespace without bpffs at /sys/fs/bpf; its pins go
+    // away with it when shield exits.
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        "umount /sys/fs/bpf && exec \"$0\" \"$@\"",
+    ];
+    let config = lab.write_config("shield.toml", "").unwrap();
+    let shield = lab.start_shield_with(&config, &wrapper).unwrap();
+    assert!(
+        shield.log_text().contains("mounted bpffs"),
+        "{}",
+        shield.log_text()
+    );
+    assert!(
+        !lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap(),
+        "enforcing"
+    );
+    assert!(lab.curl(&lab.edge, &url(ORIGIN_V4, 443)).unwrap());
+}

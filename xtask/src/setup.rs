@@ -33,6 +33,7 @@ pub fn all() -> anyhow::Result<()> {
     packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    bpffs()?;
     println!("setup: everything is installed");
     Ok(())
 }
@@ -42,6 +43,18 @@ pub fn build_tools() -> anyhow::Result<()> {
     packages()?;
     nightly_rust_src()?;
     bpf_linker()
+}
+
+/// Mounts bpffs at /sys/fs/bpf when a fresh host has not. shield mounts it
+/// itself when missing, but tests start several shields at once, and two
+/// racing mounts would stack a second bpffs over the first one's pins.
+fn bpffs() -> anyhow::Result<()> {
+    let fs_type = shell::output("stat", &["-f", "-c", "%T", "/sys/fs/bpf"]).unwrap_or_default();
+    if fs_type.trim() == "bpf_fs" || !shell::is_root() {
+        return Ok(());
+    }
+    println!("setup: mounting bpffs at /sys/fs/bpf");
+    shell::status("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])
 }
 
 fn installed(package: &str) -> bool {
