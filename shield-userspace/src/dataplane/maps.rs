@@ -381,8 +381,4 @@ impl Counters {
             .filter(|((verdict, reason), _)| (*verdict == Verdict::Pass) != reason.drops())
             .map(|(&(verdict, reason), &counter)| (verdict, reason, counter))
     }
-
-    pub fn total_packets(&self) -> u64 {
-        self.slots.values().map(|c| c.packets).sum()
-    }
 }

@@ -72,6 +72,8 @@ pub enum DataplaneError {
     Map { context: String, source: MapError },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+    #[error("[xdp].interfaces is empty: there is nothing to attach to")]
+    NoInterfaces,
     #[error("no shield pins at {0}: nothing is attached")]
     NotPinned(String),
 }
@@ -162,6 +164,9 @@ impl Dataplane {
         layout: PinLayout,
         allowlist: &[TaggedPrefix],
     ) -> Result<Dataplane, DataplaneError> {
+        if config.xdp.interfaces.is_empty() {
+            return Err(DataplaneError::NoInterfaces);
+        }
         let targets = config
             .xdp
             .interfaces
@@ -270,15 +275,8 @@ impl Starting<'_> {
             let attached = self.attach(&mut ebpf, target, config.xdp.mode)?;
             interfaces.push(attached);
         }
-        let maps = match shared {
-            Some(maps) => maps,
-            // TLS-only config: still open (or create) the shared maps so
-            // `shield status` has something consistent to read.
-            None => SharedMaps::open_pinned(self.layout).or_else(|_| {
-                let mut ebpf = load_unattached(self.layout)?;
-                SharedMaps::take_from(&mut ebpf)
-            })?,
-        };
+        // `start` refuses an empty interface list, so the loop ran.
+        let maps = shared.ok_or(DataplaneError::NoInterfaces)?;
         Ok((maps, interfaces))
     }
 
@@ -531,13 +529,6 @@ pub(crate) fn xdp_program<'a>(
             interface: interface.to_owned(),
             source,
         })
-}
-
-/// Creates the shared pins without loading a program into the kernel.
-fn load_unattached(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
-    object_loader(layout)
-        .load(PROGRAM_OBJECT)
-        .map_err(DataplaneError::Object)
 }
 
 /// Pins reused from an older shield must have the layout this one expects.
