@@ -22,8 +22,8 @@ use shield::{
 };
 use shield_common::FragmentPolicy;
 
-const REPEAT: u32 = 2_000_000;
-const ROUNDS: usize = 9;
+const REPEAT: u32 = 500_000;
+const ROUNDS: usize = 41;
 const INSIDE: &str = "173.245.48.10";
 const OUTSIDE: &str = "203.0.113.7";
 const NETNS: &str = "shbench-xdpfilter";
@@ -41,7 +41,11 @@ fn extra_prefixes() -> Vec<IpNetwork> {
 }
 
 fn shield_program(extra: &[IpNetwork]) -> anyhow::Result<TestProgram> {
-    let mut program = TestProgram::load()?;
+    shield_program_from(shield::dataplane::PROGRAM_OBJECT, extra)
+}
+
+fn shield_program_from(object: &[u8], extra: &[IpNetwork]) -> anyhow::Result<TestProgram> {
+    let mut program = TestProgram::load_object(object, shield_common::PROGRAM_NAME)?;
     let settings = DataplaneSettings {
         enforce: true,
         fragments: FragmentPolicy::JudgeFirst,
@@ -168,6 +172,22 @@ impl Drop for XdpFilter {
     }
 }
 
+/// test-run executes on the calling CPU; one CPU for every sample keeps
+/// caches and frequency the same for shield and its anchors.
+fn pin_to_one_cpu() -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
+    // inside it; sched_setaffinity(0) applies to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("cannot pin the benchmark to CPU 0");
+        }
+    }
+    Ok(())
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -202,81 +222,113 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    pin_to_one_cpu()?;
+    // A/B runs: SHIELD_BENCH_COMPARE lists other builds of shield-xdp
+    // (object files, colon-separated), timed in the same rounds as this one.
+    let mut compare = Vec::new();
+    for path in std::env::var("SHIELD_BENCH_COMPARE")
+        .unwrap_or_default()
+        .split(':')
+    {
+        if path.is_empty() {
+            continue;
+        }
+        let object = std::fs::read(path)
+            .with_context(|| format!("cannot read {path:?} from SHIELD_BENCH_COMPARE"))?;
+        compare.push((path.to_string(), shield_program_from(&object, &[])?));
+    }
+    let mut programs = vec![
+        ("cloudflare", &cloudflare),
+        ("cloudflare+1000", &with_extra),
+    ];
+    for (path, program) in &compare {
+        programs.push((path.as_str(), program));
+    }
+    let paths: [(&str, &[u8]); 5] = [
+        ("drop", &dropped),
+        ("allowed", &allowed),
+        ("unprotected", &unprotected),
+        ("drop v6", &dropped_v6),
+        ("allowed v6", &allowed_v6),
+    ];
+    // Each shield sample sits between two trivial-anchor samples, and its
+    // ratio is taken against their mean: the host's speed drifts by tens of
+    // percent between seconds, much less within one pair.
+    let mut ns: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut x_trivial: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut x_filter: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for _ in 0..ROUNDS {
-        let mut sample = |name, value: f64| samples.entry(name).or_default().push(value);
-        sample("anchor: trivial XDP_DROP", anchor.ns_per_packet(&dropped)?);
-        sample("anchor: xdp-filter drop", xdp_filter.ns_per_packet()?);
-        for (name, program) in [
-            ("cloudflare", &cloudflare),
-            ("cloudflare+1000", &with_extra),
-        ] {
-            let time = |frame: &[u8]| program.run_repeat(frame, REPEAT).map(|r| nanos(r.per_run));
-            sample(
-                if name == "cloudflare" {
-                    "shield cloudflare: drop"
-                } else {
-                    "shield cloudflare+1000: drop"
-                },
-                time(&dropped)?,
-            );
-            sample(
-                if name == "cloudflare" {
-                    "shield cloudflare: allowed"
-                } else {
-                    "shield cloudflare+1000: allowed"
-                },
-                time(&allowed)?,
-            );
-            sample(
-                if name == "cloudflare" {
-                    "shield cloudflare: unprotected"
-                } else {
-                    "shield cloudflare+1000: unprotected"
-                },
-                time(&unprotected)?,
-            );
-            sample(
-                if name == "cloudflare" {
-                    "shield cloudflare: drop v6"
-                } else {
-                    "shield cloudflare+1000: drop v6"
-                },
-                time(&dropped_v6)?,
-            );
-            sample(
-                if name == "cloudflare" {
-                    "shield cloudflare: allowed v6"
-                } else {
-                    "shield cloudflare+1000: allowed v6"
-                },
-                time(&allowed_v6)?,
-            );
+        let filter = xdp_filter.ns_per_packet()?;
+        let mut trivial = anchor.ns_per_packet(&dropped)?;
+        ns.entry("anchor: xdp-filter drop".into())
+            .or_default()
+            .push(filter);
+        for &(list, program) in &programs {
+            for (path, frame) in paths {
+                let shield = nanos(program.run_repeat(frame, REPEAT)?.per_run);
+                let trivial_after = anchor.ns_per_packet(&dropped)?;
+                let anchor_ns = (trivial + trivial_after) / 2.0;
+                trivial = trivial_after;
+                let name = format!("shield {list}: {path}");
+                ns.entry(name.clone()).or_default().push(shield);
+                x_trivial
+                    .entry(name.clone())
+                    .or_default()
+                    .push(shield / anchor_ns);
+                x_filter.entry(name).or_default().push(shield / filter);
+                ns.entry("anchor: trivial XDP_DROP".into())
+                    .or_default()
+                    .push(anchor_ns);
+            }
         }
     }
-    let medians: BTreeMap<&str, f64> = samples.iter_mut().map(|(k, v)| (*k, median(v))).collect();
-    let trivial = medians["anchor: trivial XDP_DROP"];
-    let filter = medians["anchor: xdp-filter drop"];
+    let trivial = median(
+        ns.get_mut("anchor: trivial XDP_DROP")
+            .context("anchor samples")?,
+    );
+    let filter = median(
+        ns.get_mut("anchor: xdp-filter drop")
+            .context("anchor samples")?,
+    );
     println!(
-        "XDP test-run, {REPEAT} repeats x {ROUNDS} rounds, median ns/packet (kernel {})",
+        "XDP test-run, {REPEAT} repeats x {ROUNDS} rounds on one CPU; ns/packet is the median, \
+         ratios are medians of per-sample ratios to the neighbouring anchor runs (kernel {})",
         sh(&["uname", "-r"])?.trim()
     );
     println!(
         "{:<36} {:>8} {:>12} {:>14}",
         "path", "ns/pkt", "x trivial", "x xdp-filter"
     );
-    for (name, ns) in &medians {
+    println!(
+        "{:<36} {trivial:>8.1} {:>12.2} {:>14.2}",
+        "anchor: trivial XDP_DROP",
+        1.0,
+        trivial / filter
+    );
+    println!(
+        "{:<36} {filter:>8.1} {:>12.2} {:>14.2}",
+        "anchor: xdp-filter drop",
+        filter / trivial,
+        1.0
+    );
+    let mut drop = (0.0, 0.0);
+    for (name, samples) in &mut ns {
+        let (Some(by_trivial), Some(by_filter)) = (x_trivial.get_mut(name), x_filter.get_mut(name))
+        else {
+            continue;
+        };
+        let (by_trivial, by_filter) = (median(by_trivial), median(by_filter));
+        if name == "shield cloudflare: drop" {
+            drop = (by_trivial, by_filter);
+        }
         println!(
-            "{name:<36} {ns:>8.1} {:>12.2} {:>14.2}",
-            ns / trivial,
-            ns / filter
+            "{name:<36} {:>8.1} {by_trivial:>12.2} {by_filter:>14.2}",
+            median(samples)
         );
     }
-    let drop = medians["shield cloudflare: drop"];
     println!(
         "targets: drop path {:.2}x trivial (target <= 1.5), {:.2}x xdp-filter (target <= 0.4)",
-        drop / trivial,
-        drop / filter
+        drop.0, drop.1
     );
     Ok(())
 }
