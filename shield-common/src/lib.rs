@@ -115,7 +115,7 @@ pub const fn counter_index(verdict: Verdict, reason: Reason) -> u32 {
     verdict as u32 * Reason::COUNT as u32 + reason as u32
 }
 
-/// One counter slot, per CPU; userspace sums the CPUs at read time.
+/// One counter slot; userspace sums the CPUs at read time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counter {
@@ -134,7 +134,7 @@ pub enum FragmentPolicy {
     DropOutside = 1,
 }
 
-/// The single entry of the `SETTINGS` array map.
+/// The enforcement switches, part of [`Policy`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -153,10 +153,46 @@ impl Settings {
     }
 }
 
-/// Protected ports are a bitmap per protocol in one `u64` array map: the
-/// word for `port` of protocol slot `p` is `p * PORT_WORDS + port / 64`.
+/// Protected ports are a bitmap per protocol, [`Policy::ports`]: the word
+/// for `port` of protocol slot `p` is `p * PORT_WORDS + port / 64`.
 pub const PORT_WORDS: u32 = 65536 / 64;
 pub const PORT_MAP_WORDS: u32 = 2 * PORT_WORDS;
+
+/// The single entry of the `POLICY` array map: the settings and the
+/// protected ports together, so every packet makes one lookup for both
+/// (each lookup is a measurable share of the drop path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub settings: Settings,
+    /// Bit `port % 64` of word [`port_word_index`].
+    pub ports: [u64; PORT_MAP_WORDS as usize],
+}
+
+impl Policy {
+    /// These settings and no protected port.
+    pub const fn new(settings: Settings) -> Self {
+        Policy {
+            settings,
+            ports: [0; PORT_MAP_WORDS as usize],
+        }
+    }
+
+    /// Used by the XDP program on every TCP and UDP packet. The index is in
+    /// range by construction; `get` keeps the check free of a panic path,
+    /// which the verifier would refuse.
+    #[inline(always)]
+    pub fn protects(&self, protocol: PortProtocol, port: u16) -> bool {
+        match self.ports.get(port_word_index(protocol, port) as usize) {
+            Some(word) => *word & port_bit(port) != 0,
+            None => false,
+        }
+    }
+
+    pub const fn protect(&mut self, protocol: PortProtocol, port: u16) {
+        self.ports[port_word_index(protocol, port) as usize] |= port_bit(port);
+    }
+}
 
 /// The protocols whose destination ports can be protected.
 #[repr(u32)]
@@ -185,8 +221,11 @@ pub const PREFIX_FROM_EXTRA: u8 = 2;
 pub const PREFILTER_BITS: u32 = 1 << 24;
 pub const PREFILTER_WORDS: u32 = PREFILTER_BITS / 64;
 
-pub const fn prefilter_index(top: [u8; 3]) -> u32 {
-    ((top[0] as u32) << 16) | ((top[1] as u32) << 8) | top[2] as u32
+/// The prefilter bit for an address, from its first four bytes (the
+/// fourth is ignored). One big-endian load and a shift: the XDP program
+/// computes this for every flood packet.
+pub const fn prefilter_index(first_four: [u8; 4]) -> u32 {
+    u32::from_be_bytes(first_four) >> 8
 }
 
 /// Capacity of each allowlist trie; far above Cloudflare's ~20 prefixes so
@@ -221,6 +260,17 @@ pub struct DropEvent {
     pub enforced: u32,
 }
 
+/// The single entry of the per-CPU `COUNTERS` map: this CPU's counter
+/// slots and its drop-event budget. One value for both, so a dropped packet
+/// costs one per-CPU map lookup, not two.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuCounters {
+    /// Indexed by [`counter_index`].
+    pub slots: [Counter; COUNTER_SLOTS as usize],
+    pub event_budget: EventBudget,
+}
+
 /// Events each CPU may emit per second; the rest are only counted.
 pub const DROP_EVENTS_PER_CPU_PER_SECOND: u64 = 20;
 pub const DROP_EVENTS_BYTES: u32 = 1 << 16;
@@ -231,14 +281,11 @@ pub const DROP_EVENTS_BYTES: u32 = 1 << 16;
 pub struct EventBudget {
     pub window_start_ns: u64,
     pub emitted: u64,
-    /// Drops not reported since the budget ran out in this window.
-    pub suppressed: u64,
 }
 
 /// Map names, as `bpftool map` shows them.
 pub mod map_names {
-    pub const SETTINGS: &str = "SETTINGS";
-    pub const PORTS: &str = "PORTS";
+    pub const POLICY: &str = "POLICY";
     pub const ALLOW_V4: &str = "ALLOW_V4";
     pub const ALLOW_V6: &str = "ALLOW_V6";
     pub const PREFILTER_V4: &str = "PREFILTER_V4";
@@ -292,7 +339,9 @@ mod user {
     // SAFETY: all are #[repr(C)] structs of integers without padding holes
     // that the kernel could read as uninitialised.
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for CpuCounters {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for Policy {}
     unsafe impl aya::Pod for InterfaceState {}
     unsafe impl aya::Pod for DropEvent {}
 }
@@ -320,6 +369,28 @@ mod tests {
             assert_eq!(Reason::from_u32(reason as u32), Some(reason));
         }
         assert_eq!(Reason::from_u32(Reason::COUNT as u32), None);
+    }
+
+    #[test]
+    fn ports_are_per_protocol() {
+        let mut policy = Policy::new(Settings::new(true, FragmentPolicy::JudgeFirst));
+        for port in [0, 63, 64, 443, 65535] {
+            policy.protect(PortProtocol::Tcp, port);
+        }
+        for port in [0, 63, 64, 443, 65535] {
+            assert!(policy.protects(PortProtocol::Tcp, port), "tcp {port}");
+            assert!(!policy.protects(PortProtocol::Udp, port), "udp {port}");
+        }
+        assert!(!policy.protects(PortProtocol::Tcp, 444));
+    }
+
+    #[test]
+    fn prefilter_index_is_the_top_24_bits() {
+        assert_eq!(prefilter_index([0x01, 0x02, 0x03, 0xff]), 0x01_02_03);
+        assert_eq!(
+            prefilter_index([0xff, 0xff, 0xff, 0x00]),
+            PREFILTER_BITS - 1
+        );
     }
 
     #[test]

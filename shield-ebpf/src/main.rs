@@ -17,17 +17,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use shield_common::{
-    counter_index, port_bit, port_word_index, prefilter_index, Counter, DropEvent, EventBudget,
-    FragmentPolicy, PortProtocol, Reason, Settings, COUNTER_SLOTS, DROP_EVENTS_BYTES,
-    DROP_EVENTS_PER_CPU_PER_SECOND, MAX_IPV6_EXT_HEADERS, MAX_PREFIXES, MAX_VLAN_TAGS,
-    PORT_MAP_WORDS, PREFILTER_WORDS,
+    counter_index, prefilter_index, CpuCounters, DropEvent, EventBudget, FragmentPolicy, Policy,
+    PortProtocol, Reason, DROP_EVENTS_BYTES, DROP_EVENTS_PER_CPU_PER_SECOND, MAX_IPV6_EXT_HEADERS,
+    MAX_PREFIXES, MAX_VLAN_TAGS, PREFILTER_WORDS,
 };
 
 #[map]
-static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
-
-#[map]
-static PORTS: Array<u64> = Array::with_max_entries(PORT_MAP_WORDS, 0);
+static POLICY: Array<Policy> = Array::with_max_entries(1, 0);
 
 #[map]
 static ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
@@ -45,10 +41,7 @@ static PREFILTER_V6: Array<u64> = Array::with_max_entries(PREFILTER_WORDS, 0);
 static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(DROP_EVENTS_BYTES, 0);
 
 #[map]
-static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
-
-#[map]
-static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+static COUNTERS: PerCpuArray<CpuCounters> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_HEADER_LEN: usize = 14;
 const VLAN_TAG_LEN: usize = 4;
@@ -76,85 +69,103 @@ const CLOCK_CHECK_EVERY: u64 = 64;
 
 #[xdp]
 pub fn shield(ctx: XdpContext) -> u32 {
-    let enforce;
-    let fragments;
-    match SETTINGS.get(0) {
-        Some(settings) => {
-            enforce = settings.enforce != 0;
-            fragments = settings.fragments;
-        }
-        // The array always has its entry; passing is the safe answer if the
-        // kernel ever says otherwise.
-        None => return xdp_action::XDP_PASS,
+    match try_shield(&ctx) {
+        Ok(action) => action,
+        // Arrays always have their entries; passing is the safe answer if
+        // the kernel ever says otherwise.
+        Err(MissingEntry) => xdp_action::XDP_PASS,
     }
-    let reason = classify(&ctx, fragments);
+}
+
+/// A map lookup that found nothing.
+struct MissingEntry;
+
+#[inline(always)]
+fn try_shield(ctx: &XdpContext) -> Result<u32, MissingEntry> {
+    let policy = POLICY.get(0).ok_or(MissingEntry)?;
+    let enforce = policy.settings.enforce != 0;
+    // Each family gets its own copy of the judging code (generic over the
+    // address), so the fast path never builds or matches a family enum.
+    let reason = match ethernet(ctx) {
+        Some((ETH_P_IPV4, l3)) => judge(walk_ipv4(ctx, l3), policy),
+        Some((ETH_P_IPV6, l3)) => judge(walk_ipv6(ctx, l3), policy),
+        _ => Reason::NonIp,
+    };
     let verdict = reason.verdict(enforce);
-    if let Some(counter) = COUNTERS.get_ptr_mut(counter_index(verdict, reason)) {
-        // SAFETY: a per-CPU slot, so no other writer races with this one.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += (ctx.data_end() - ctx.data()) as u64;
-        }
-    }
+    // SAFETY: this CPU's own value, so no other writer races with this one.
+    let cpu = unsafe { &mut *COUNTERS.get_ptr_mut(0).ok_or(MissingEntry)? };
+    let counter = cpu
+        .slots
+        .get_mut(counter_index(verdict, reason) as usize)
+        .ok_or(MissingEntry)?;
+    counter.packets += 1;
+    counter.bytes += (ctx.data_end() - ctx.data()) as u64;
     if !reason.drops() {
-        return xdp_action::XDP_PASS;
+        return Ok(xdp_action::XDP_PASS);
     }
-    report_drop(&ctx, reason, enforce);
-    if enforce {
+    let drops_in_slot = counter.packets;
+    report_drop(ctx, &mut cpu.event_budget, drops_in_slot, reason, enforce);
+    Ok(if enforce {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
-    }
+    })
 }
 
 /// Sends a drop event to userspace, within this CPU's budget per second so
 /// a flood cannot flood the ring or the log. Once the budget is spent only
 /// every [`CLOCK_CHECK_EVERY`]th drop reads the clock, and the headers are
 /// walked again only for an event that will be sent, so the flood's drop
-/// path pays a counter bump.
+/// path pays one load and a compare.
 #[inline(always)]
-fn report_drop(ctx: &XdpContext, reason: Reason, enforce: bool) {
-    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+fn report_drop(
+    ctx: &XdpContext,
+    budget: &mut EventBudget,
+    drops_in_slot: u64,
+    reason: Reason,
+    enforce: bool,
+) {
+    // A spent budget is rechecked against the clock only every
+    // CLOCK_CHECK_EVERY-th drop, counted by the slot this drop was counted
+    // in: no extra state to update on the flood's path.
+    if budget.emitted >= DROP_EVENTS_PER_CPU_PER_SECOND && drops_in_slot % CLOCK_CHECK_EVERY != 0 {
         return;
-    };
-    // SAFETY: this CPU's own slot; the coarse clock has no preconditions.
-    unsafe {
-        if (*budget).emitted >= DROP_EVENTS_PER_CPU_PER_SECOND {
-            (*budget).suppressed += 1;
-            if (*budget).suppressed % CLOCK_CHECK_EVERY != 0 {
-                return;
-            }
-        }
-        let now = bpf_ktime_get_coarse_ns();
-        if now.wrapping_sub((*budget).window_start_ns) >= 1_000_000_000 {
-            (*budget).window_start_ns = now;
-            (*budget).emitted = 0;
-            (*budget).suppressed = 0;
-        }
-        if (*budget).emitted >= DROP_EVENTS_PER_CPU_PER_SECOND {
-            return;
-        }
-        (*budget).emitted += 1;
     }
-    let Some(Some(walk)) = walk(ctx) else {
+    // SAFETY: the coarse clock has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now.wrapping_sub(budget.window_start_ns) >= 1_000_000_000 {
+        budget.window_start_ns = now;
+        budget.emitted = 0;
+    }
+    if budget.emitted >= DROP_EVENTS_PER_CPU_PER_SECOND {
         return;
-    };
+    }
+    budget.emitted += 1;
     let mut event = DropEvent {
         ifindex: ctx.ingress_ifindex() as u32,
         reason: reason as u32,
         enforced: enforce as u32,
         ..DropEvent::default()
     };
-    match &walk.source {
-        Source::V4(address) => {
-            event.family = 4;
-            event.source[..4].copy_from_slice(address);
-        }
-        Source::V6(address) => {
-            event.family = 6;
-            event.source = *address;
-        }
+    let described = match ethernet(ctx) {
+        Some((ETH_P_IPV4, l3)) => describe(walk_ipv4(ctx, l3), &mut event),
+        Some((ETH_P_IPV6, l3)) => describe(walk_ipv6(ctx, l3), &mut event),
+        _ => false,
+    };
+    if described {
+        // A full ring drops the event; the counters still have the packet.
+        let _ = DROP_EVENTS.output::<DropEvent>(&event, 0);
     }
+}
+
+/// Fills the event's source and port from the walk; false when the packet
+/// has no readable source, which leaves nothing worth reporting.
+#[inline(always)]
+fn describe<A: Address>(walk: Option<Walk<A>>, event: &mut DropEvent) -> bool {
+    let Some(walk) = walk else {
+        return false;
+    };
+    walk.source.describe(event);
     if let Transport::Port(protocol, port) = walk.transport {
         event.port = port;
         event.protocol = match protocol {
@@ -162,39 +173,112 @@ fn report_drop(ctx: &XdpContext, reason: Reason, enforce: bool) {
             PortProtocol::Udp => IPPROTO_UDP,
         };
     }
-    // A full ring drops the event; the counters still have the packet.
-    let _ = DROP_EVENTS.output::<DropEvent>(&event, 0);
+    true
 }
 
-/// A bounds-checked pointer into the packet, or `None` past its end.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return None;
+/// `LEN` bytes of the packet from some offset, checked once against the
+/// packet's end; fields inside are then read without another check.
+#[derive(Clone, Copy)]
+struct Header<const LEN: usize> {
+    start: usize,
+}
+
+impl<const LEN: usize> Header<LEN> {
+    #[inline(always)]
+    fn at(ctx: &XdpContext, offset: usize) -> Option<Self> {
+        let start = ctx.data() + offset;
+        if start + LEN > ctx.data_end() {
+            return None;
+        }
+        Some(Header { start })
     }
-    Some((start + offset) as *const T)
+
+    /// The field of type `T` at byte `AT`; a field past `LEN` does not
+    /// compile.
+    #[inline(always)]
+    fn field<T: Copy, const AT: usize>(self) -> T {
+        const { assert!(AT + size_of::<T>() <= LEN) };
+        // SAFETY: `at` checked that LEN bytes from `start` are inside the
+        // packet, and the assertion keeps the field within them. Packet
+        // fields sit at any alignment, hence the unaligned read (one load:
+        // see build.rs).
+        unsafe { core::ptr::read_unaligned((self.start + AT) as *const T) }
+    }
+
+    #[inline(always)]
+    fn be16<const AT: usize>(self) -> u16 {
+        u16::from_be(self.field::<u16, AT>())
+    }
 }
 
+/// The ethertype after at most [`MAX_VLAN_TAGS`] tags, and where the L3
+/// header starts; `None` when the frame ends first.
 #[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
-    // SAFETY: ptr_at checked the bounds; packet data may be unaligned.
-    ptr_at::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
+fn ethernet(ctx: &XdpContext) -> Option<(u16, usize)> {
+    let mut ethertype = Header::<ETH_HEADER_LEN>::at(ctx, 0)?.be16::<12>();
+    let mut offset = ETH_HEADER_LEN;
+    // Untagged IP first: it is nearly every packet, floods included.
+    if ethertype == ETH_P_IPV4 || ethertype == ETH_P_IPV6 {
+        return Some((ethertype, offset));
+    }
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = Header::<VLAN_TAG_LEN>::at(ctx, offset)?.be16::<2>();
+        offset += VLAN_TAG_LEN;
+    }
+    Some((ethertype, offset))
 }
 
-#[inline(always)]
-fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
-    read::<[u8; 2]>(ctx, offset).map(u16::from_be_bytes)
+/// A source address of one family, and how to judge it.
+trait Address: Copy {
+    /// Whether an allowed prefix holds this address.
+    fn is_allowed(&self) -> bool;
+    fn describe(&self, event: &mut DropEvent);
 }
 
-/// The source address, once the IP header is found.
-enum Source {
-    V4([u8; 4]),
-    V6([u8; 16]),
+#[derive(Clone, Copy)]
+struct V4([u8; 4]);
+
+/// The IPv6 header, whose source is read where it is needed: the
+/// prefilter wants only its first bytes.
+#[derive(Clone, Copy)]
+struct V6(Header<IPV6_HEADER_LEN>);
+
+const IPV6_SOURCE_AT: usize = 8;
+
+impl Address for V4 {
+    #[inline(always)]
+    fn is_allowed(&self) -> bool {
+        may_be_allowed(&PREFILTER_V4, self.0) && ALLOW_V4.get(Key::new(32, self.0)).is_some()
+    }
+
+    #[inline(always)]
+    fn describe(&self, event: &mut DropEvent) {
+        event.family = 4;
+        event.source[..4].copy_from_slice(&self.0);
+    }
+}
+
+impl Address for V6 {
+    #[inline(always)]
+    fn is_allowed(&self) -> bool {
+        may_be_allowed(&PREFILTER_V6, self.0.field::<[u8; 4], IPV6_SOURCE_AT>())
+            && ALLOW_V6
+                .get(Key::new(128, self.0.field::<[u8; 16], IPV6_SOURCE_AT>()))
+                .is_some()
+    }
+
+    #[inline(always)]
+    fn describe(&self, event: &mut DropEvent) {
+        event.family = 6;
+        event.source = self.0.field::<[u8; 16], IPV6_SOURCE_AT>();
+    }
 }
 
 /// What the L3/L4 walk learned about the packet, before the source is judged.
+#[derive(Clone, Copy)]
 enum Transport {
     /// TCP or UDP to this destination port.
     Port(PortProtocol, u16),
@@ -207,51 +291,49 @@ enum Transport {
     Malformed,
 }
 
-struct Walk {
-    source: Source,
+struct Walk<A> {
+    source: A,
     transport: Transport,
     fragment: bool,
 }
 
+impl<A> Walk<A> {
+    #[inline(always)]
+    fn malformed(source: A, fragment: bool) -> Option<Walk<A>> {
+        Some(Walk {
+            source,
+            transport: Transport::Malformed,
+            fragment,
+        })
+    }
+}
+
+/// The policy, given the walk (`None`: IP, but too short to hold a source).
 #[inline(always)]
-fn classify(ctx: &XdpContext, fragments: u32) -> Reason {
-    let Some(walk) = walk(ctx) else {
-        return Reason::NonIp;
-    };
+fn judge<A: Address>(walk: Option<Walk<A>>, policy: &Policy) -> Reason {
     let Some(walk) = walk else {
-        // IP ethertype, but too short to hold a source address.
         return Reason::Malformed;
     };
-    if walk.fragment && fragments == FragmentPolicy::DropOutside as u32 {
-        return judge_source(&walk.source, Reason::Fragment);
+    if walk.fragment && policy.settings.fragments == FragmentPolicy::DropOutside as u32 {
+        return judge_source(walk.source, Reason::Fragment);
     }
     match walk.transport {
         Transport::Port(protocol, port) => {
-            if is_protected(protocol, port) {
-                judge_source(&walk.source, Reason::OutsideRanges)
+            if policy.protects(protocol, port) {
+                judge_source(walk.source, Reason::OutsideRanges)
             } else {
                 Reason::Unprotected
             }
         }
         Transport::Other => Reason::Unprotected,
         Transport::NonFirstFragment => Reason::NonFirstFragment,
-        Transport::Malformed => judge_source(&walk.source, Reason::Malformed),
+        Transport::Malformed => judge_source(walk.source, Reason::Malformed),
     }
 }
 
 #[inline(always)]
-fn judge_source(source: &Source, otherwise: Reason) -> Reason {
-    let allowed = match source {
-        Source::V4(a) => {
-            may_be_allowed(&PREFILTER_V4, [a[0], a[1], a[2]])
-                && ALLOW_V4.get(Key::new(32, *a)).is_some()
-        }
-        Source::V6(a) => {
-            may_be_allowed(&PREFILTER_V6, [a[0], a[1], a[2]])
-                && ALLOW_V6.get(Key::new(128, *a)).is_some()
-        }
-    };
-    if allowed {
+fn judge_source<A: Address>(source: A, otherwise: Reason) -> Reason {
+    if source.is_allowed() {
         Reason::Allowed
     } else {
         otherwise
@@ -261,8 +343,8 @@ fn judge_source(source: &Source, otherwise: Reason) -> Reason {
 /// The prefilter bit of the source's /24: clear means no allowed prefix
 /// can hold it, so the trie walk is skipped.
 #[inline(always)]
-fn may_be_allowed(prefilter: &Array<u64>, top: [u8; 3]) -> bool {
-    let index = prefilter_index(top);
+fn may_be_allowed(prefilter: &Array<u64>, first_four: [u8; 4]) -> bool {
+    let index = prefilter_index(first_four);
     match prefilter.get(index >> 6) {
         Some(word) => *word & (1u64 << (index & 63)) != 0,
         None => false,
@@ -270,136 +352,81 @@ fn may_be_allowed(prefilter: &Array<u64>, top: [u8; 3]) -> bool {
 }
 
 #[inline(always)]
-fn is_protected(protocol: PortProtocol, port: u16) -> bool {
-    match PORTS.get(port_word_index(protocol, port)) {
-        Some(word) => *word & port_bit(port) != 0,
-        None => false,
-    }
-}
-
-/// `None`: not IP. `Some(None)`: IP but no readable source. Otherwise the walk.
-#[inline(always)]
-fn walk(ctx: &XdpContext) -> Option<Option<Walk>> {
-    let mut ethertype = read_be16(ctx, 12)?;
-    let mut offset = ETH_HEADER_LEN;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
-        }
-        ethertype = read_be16(ctx, offset + 2)?;
-        offset += VLAN_TAG_LEN;
-    }
-    match ethertype {
-        ETH_P_IPV4 => Some(walk_ipv4(ctx, offset)),
-        ETH_P_IPV6 => Some(walk_ipv6(ctx, offset)),
-        _ => None,
-    }
-}
-
-#[inline(always)]
-fn walk_ipv4(ctx: &XdpContext, offset: usize) -> Option<Walk> {
-    let header: [u8; IPV4_MIN_HEADER_LEN] = read(ctx, offset)?;
-    let source = Source::V4([header[12], header[13], header[14], header[15]]);
-    let version = header[0] >> 4;
-    let header_len = ((header[0] & 0x0f) as usize) * 4;
-    if version != 4
+fn walk_ipv4(ctx: &XdpContext, offset: usize) -> Option<Walk<V4>> {
+    let header = Header::<IPV4_MIN_HEADER_LEN>::at(ctx, offset)?;
+    let source = V4(header.field::<[u8; 4], 12>());
+    let version_ihl = header.field::<u8, 0>();
+    let header_len = ((version_ihl & 0x0f) as usize) * 4;
+    if version_ihl >> 4 != 4
         || header_len < IPV4_MIN_HEADER_LEN
-        || ptr_at::<u8>(ctx, offset + header_len - 1).is_none()
+        || Header::<1>::at(ctx, offset + header_len - 1).is_none()
     {
-        return Some(Walk {
-            source,
-            transport: Transport::Malformed,
-            fragment: false,
-        });
+        return Walk::malformed(source, false);
     }
-    let fragment_field = u16::from_be_bytes([header[6], header[7]]);
+    let fragment_field = header.be16::<6>();
     let fragment_offset = fragment_field & 0x1fff;
     let more_fragments = fragment_field & 0x2000 != 0;
-    let fragment = fragment_offset != 0 || more_fragments;
     let transport = if fragment_offset != 0 {
         Transport::NonFirstFragment
     } else {
-        transport_at(ctx, header[9], offset + header_len)
+        transport_at(ctx, header.field::<u8, 9>(), offset + header_len)
     };
     Some(Walk {
         source,
         transport,
-        fragment,
+        fragment: fragment_offset != 0 || more_fragments,
     })
 }
 
 #[inline(always)]
-fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk> {
-    let version: u8 = read(ctx, offset)?;
-    let source = Source::V6(read(ctx, offset + 8)?);
+fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk<V6>> {
     // The whole fixed header must be there, not just the source.
-    ptr_at::<[u8; IPV6_HEADER_LEN]>(ctx, offset)?;
-    if version >> 4 != 6 {
-        return Some(Walk {
-            source,
-            transport: Transport::Malformed,
-            fragment: false,
-        });
+    let header = Header::<IPV6_HEADER_LEN>::at(ctx, offset)?;
+    let source = V6(header);
+    if header.field::<u8, 0>() >> 4 != 6 {
+        return Walk::malformed(source, false);
     }
-    let mut next_header: u8 = read(ctx, offset + 6)?;
+    let mut next_header = header.field::<u8, 6>();
     let mut offset = offset + IPV6_HEADER_LEN;
     let mut fragment = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let header_len = match next_header {
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => match read::<[u8; 2]>(ctx, offset) {
-                Some([next, len]) => {
-                    next_header = next;
-                    (len as usize + 1) * 8
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                let Some(ext) = Header::<2>::at(ctx, offset) else {
+                    return Walk::malformed(source, fragment);
+                };
+                next_header = ext.field::<u8, 0>();
+                (ext.field::<u8, 1>() as usize + 1) * 8
+            }
+            IPV6_AH => {
+                let Some(ext) = Header::<2>::at(ctx, offset) else {
+                    return Walk::malformed(source, fragment);
+                };
+                next_header = ext.field::<u8, 0>();
+                (ext.field::<u8, 1>() as usize + 2) * 4
+            }
+            IPV6_FRAGMENT => {
+                let Some(ext) = Header::<8>::at(ctx, offset) else {
+                    return Walk::malformed(source, fragment);
+                };
+                let field = ext.be16::<2>();
+                let fragment_offset = field >> 3;
+                let more_fragments = field & 1 != 0;
+                // An atomic fragment (offset 0, no M flag, RFC 6946) is a
+                // whole packet and is judged like one.
+                if fragment_offset != 0 || more_fragments {
+                    fragment = true;
                 }
-                None => {
+                if fragment_offset != 0 {
                     return Some(Walk {
                         source,
-                        transport: Transport::Malformed,
+                        transport: Transport::NonFirstFragment,
                         fragment,
-                    })
+                    });
                 }
-            },
-            IPV6_AH => match read::<[u8; 2]>(ctx, offset) {
-                Some([next, len]) => {
-                    next_header = next;
-                    (len as usize + 2) * 4
-                }
-                None => {
-                    return Some(Walk {
-                        source,
-                        transport: Transport::Malformed,
-                        fragment,
-                    })
-                }
-            },
-            IPV6_FRAGMENT => match read::<[u8; 8]>(ctx, offset) {
-                Some(header) => {
-                    let field = u16::from_be_bytes([header[2], header[3]]);
-                    let fragment_offset = field >> 3;
-                    let more_fragments = field & 1 != 0;
-                    // An atomic fragment (offset 0, no M flag, RFC 6946) is a
-                    // whole packet and is judged like one.
-                    if fragment_offset != 0 || more_fragments {
-                        fragment = true;
-                    }
-                    if fragment_offset != 0 {
-                        return Some(Walk {
-                            source,
-                            transport: Transport::NonFirstFragment,
-                            fragment,
-                        });
-                    }
-                    next_header = header[0];
-                    8
-                }
-                None => {
-                    return Some(Walk {
-                        source,
-                        transport: Transport::Malformed,
-                        fragment,
-                    })
-                }
-            },
+                next_header = ext.field::<u8, 0>();
+                8
+            }
             _ => {
                 return Some(Walk {
                     source,
@@ -426,15 +453,18 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk> {
 
 #[inline(always)]
 fn transport_at(ctx: &XdpContext, protocol: u8, offset: usize) -> Transport {
-    let (protocol, min_len) = match protocol {
-        IPPROTO_TCP => (PortProtocol::Tcp, TCP_MIN_HEADER_LEN),
-        IPPROTO_UDP => (PortProtocol::Udp, UDP_HEADER_LEN),
+    // The whole minimal header must be there, not just the port.
+    let port = match protocol {
+        IPPROTO_TCP => Header::<TCP_MIN_HEADER_LEN>::at(ctx, offset).map(|h| h.be16::<2>()),
+        IPPROTO_UDP => Header::<UDP_HEADER_LEN>::at(ctx, offset).map(|h| h.be16::<2>()),
         _ => return Transport::Other,
     };
-    if ptr_at::<u8>(ctx, offset + min_len - 1).is_none() {
-        return Transport::Malformed;
-    }
-    match read_be16(ctx, offset + 2) {
+    let protocol = if protocol == IPPROTO_TCP {
+        PortProtocol::Tcp
+    } else {
+        PortProtocol::Udp
+    };
+    match port {
         Some(port) => Transport::Port(protocol, port),
         None => Transport::Malformed,
     }

@@ -8,16 +8,15 @@ use std::{
 use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use ipnetwork::IpNetwork;
 use shield_common::{
-    counter_index, map_names, port_bit, port_word_index, prefilter_index, Counter, PortProtocol,
-    Reason, Settings, Verdict, PORT_MAP_WORDS,
+    counter_index, map_names, prefilter_index, Counter, CpuCounters, Policy, PortProtocol, Reason,
+    Settings, Verdict,
 };
 
 use super::DataplaneError;
 
 /// The maps every interface's program shares.
 pub struct SharedMaps {
-    settings: Array<MapData, Settings>,
-    ports: Array<MapData, u64>,
+    policy: Array<MapData, Policy>,
     allow_v4: LpmTrie<MapData, [u8; 4], u8>,
     allow_v6: LpmTrie<MapData, [u8; 16], u8>,
     prefilter_v4: Array<MapData, u64>,
@@ -49,15 +48,14 @@ impl SharedMaps {
                     name: name.to_owned(),
                 })
         };
-        let settings = take(map_names::SETTINGS)?;
-        let ports = take(map_names::PORTS)?;
+        let policy = take(map_names::POLICY)?;
         let allow_v4 = take(map_names::ALLOW_V4)?;
         let allow_v6 = take(map_names::ALLOW_V6)?;
         let prefilter = [
             take(map_names::PREFILTER_V4)?,
             take(map_names::PREFILTER_V6)?,
         ];
-        SharedMaps::from_maps(settings, ports, allow_v4, allow_v6, prefilter)
+        SharedMaps::from_maps(policy, allow_v4, allow_v6, prefilter)
     }
 
     /// Opens the pinned shared maps (for status and classify while the
@@ -71,8 +69,7 @@ impl SharedMaps {
             )))
         };
         SharedMaps::from_maps(
-            Map::Array(open(map_names::SETTINGS)?),
-            Map::Array(open(map_names::PORTS)?),
+            Map::Array(open(map_names::POLICY)?),
             Map::LpmTrie(open(map_names::ALLOW_V4)?),
             Map::LpmTrie(open(map_names::ALLOW_V6)?),
             [
@@ -83,8 +80,7 @@ impl SharedMaps {
     }
 
     pub(super) fn from_maps(
-        settings: Map,
-        ports: Map,
+        policy: Map,
         allow_v4: Map,
         allow_v6: Map,
         prefilter: [Map; 2],
@@ -93,76 +89,53 @@ impl SharedMaps {
         Ok(SharedMaps {
             prefilter_v4: Array::try_from(prefilter_v4).map_err(map_error("PREFILTER_V4"))?,
             prefilter_v6: Array::try_from(prefilter_v6).map_err(map_error("PREFILTER_V6"))?,
-            settings: Array::try_from(settings).map_err(map_error("SETTINGS"))?,
-            ports: Array::try_from(ports).map_err(map_error("PORTS"))?,
+            policy: Array::try_from(policy).map_err(map_error("POLICY"))?,
             allow_v4: LpmTrie::try_from(allow_v4).map_err(map_error("ALLOW_V4"))?,
             allow_v6: LpmTrie::try_from(allow_v6).map_err(map_error("ALLOW_V6"))?,
         })
     }
 
-    pub fn settings(&self) -> Result<Settings, DataplaneError> {
-        self.settings
+    fn policy(&self) -> Result<Policy, DataplaneError> {
+        self.policy
             .get(&0, 0)
-            .map_err(map_error("cannot read SETTINGS"))
+            .map_err(map_error("cannot read POLICY"))
     }
 
-    pub fn write_settings(&mut self, settings: Settings) -> Result<(), DataplaneError> {
-        if self.settings().ok() == Some(settings) {
-            return Ok(());
-        }
-        self.settings
-            .set(0, settings, 0)
-            .map_err(map_error("cannot write SETTINGS"))
+    pub fn settings(&self) -> Result<Settings, DataplaneError> {
+        Ok(self.policy()?.settings)
     }
 
-    /// Makes the protected-port bitmaps equal to these sets, writing only the
-    /// words that change.
-    pub fn write_ports(
+    /// Makes the settings and the protected-port bitmaps these, in one map
+    /// update (none when they already are).
+    pub fn write_settings_and_ports(
         &mut self,
+        settings: Settings,
         tcp: &BTreeSet<u16>,
         udp: &BTreeSet<u16>,
     ) -> Result<(), DataplaneError> {
-        let mut desired = vec![0u64; PORT_MAP_WORDS as usize];
+        let mut desired = Policy::new(settings);
         for (protocol, ports) in [(PortProtocol::Tcp, tcp), (PortProtocol::Udp, udp)] {
             for &port in ports {
-                desired[port_word_index(protocol, port) as usize] |= port_bit(port);
+                desired.protect(protocol, port);
             }
         }
-        for (index, want) in (0u32..).zip(desired) {
-            let have = self
-                .ports
-                .get(&index, 0)
-                .map_err(map_error("cannot read PORTS"))?;
-            if have != want {
-                self.ports
-                    .set(index, want, 0)
-                    .map_err(map_error("cannot write PORTS"))?;
-            }
+        if self.policy().ok() == Some(desired) {
+            return Ok(());
         }
-        Ok(())
+        self.policy
+            .set(0, desired, 0)
+            .map_err(map_error("cannot write POLICY"))
     }
 
     /// Protected ports as (tcp, udp) sets.
     pub fn ports(&self) -> Result<(BTreeSet<u16>, BTreeSet<u16>), DataplaneError> {
-        let mut tcp = BTreeSet::new();
-        let mut udp = BTreeSet::new();
-        for (index, word) in (0u32..).zip(self.ports.iter()) {
-            let word = word.map_err(map_error("cannot read PORTS"))?;
-            if word == 0 {
-                continue;
-            }
-            let (set, base) = if index < PORT_MAP_WORDS / 2 {
-                (&mut tcp, index * 64)
-            } else {
-                (&mut udp, (index - PORT_MAP_WORDS / 2) * 64)
-            };
-            for bit in 0..64 {
-                if word & (1 << bit) != 0 {
-                    set.insert((base + bit) as u16);
-                }
-            }
-        }
-        Ok((tcp, udp))
+        let policy = self.policy()?;
+        let protected = |protocol| {
+            (0..=u16::MAX)
+                .filter(|&port| policy.protects(protocol, port))
+                .collect::<BTreeSet<u16>>()
+        };
+        Ok((protected(PortProtocol::Tcp), protected(PortProtocol::Udp)))
     }
 
     /// The allowed prefixes in the kernel now, with their origin tags.
@@ -327,7 +300,7 @@ fn prefilter_words<'a>(
             IpNetwork::V4(p) => (Family::V4, p.network().octets().to_vec(), p.prefix()),
             IpNetwork::V6(p) => (Family::V6, p.network().octets().to_vec(), p.prefix()),
         };
-        let first = prefilter_index([octets[0], octets[1], octets[2]]);
+        let first = prefilter_index([octets[0], octets[1], octets[2], octets[3]]);
         // A prefix shorter than /24 spans 2^(24 - len) consecutive bits.
         let span = 1u32 << 24u8.saturating_sub(len);
         for index in first..first + span {
@@ -348,17 +321,16 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn read(map: &PerCpuArray<MapData, Counter>) -> Result<Counters, DataplaneError> {
+    pub fn read(map: &PerCpuArray<MapData, CpuCounters>) -> Result<Counters, DataplaneError> {
+        let per_cpu = map.get(&0, 0).map_err(map_error("cannot read COUNTERS"))?;
         let mut slots = BTreeMap::new();
         for verdict in Verdict::ALL {
             for reason in Reason::ALL {
-                let per_cpu = map
-                    .get(&counter_index(verdict, reason), 0)
-                    .map_err(map_error("cannot read COUNTERS"))?;
+                let index = counter_index(verdict, reason) as usize;
                 let mut total = Counter::default();
-                for value in per_cpu.iter() {
-                    total.packets += value.packets;
-                    total.bytes += value.bytes;
+                for cpu in per_cpu.iter() {
+                    total.packets += cpu.slots[index].packets;
+                    total.bytes += cpu.slots[index].bytes;
                 }
                 slots.insert((verdict, reason), total);
             }

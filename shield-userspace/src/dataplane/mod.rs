@@ -26,7 +26,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use shield_common::{
-    map_names, AttachMode, Counter, FragmentPolicy, InterfaceState, Settings, PROGRAM_NAME,
+    map_names, AttachMode, CpuCounters, FragmentPolicy, InterfaceState, Policy, Settings,
+    PROGRAM_NAME,
 };
 
 pub use maps::{ApplyStats, Counters, SharedMaps, TaggedPrefix};
@@ -114,8 +115,11 @@ pub fn write_policy(
     settings: &DataplaneSettings,
     allowlist: &[TaggedPrefix],
 ) -> Result<ApplyStats, DataplaneError> {
-    maps.write_settings(settings.kernel_settings())?;
-    maps.write_ports(&settings.protected_tcp_ports, &settings.protected_udp_ports)?;
+    maps.write_settings_and_ports(
+        settings.kernel_settings(),
+        &settings.protected_tcp_ports,
+        &settings.protected_udp_ports,
+    )?;
     maps.apply_allowlist(allowlist)
 }
 
@@ -133,7 +137,7 @@ pub struct AttachedInterface {
     pub ifindex: u32,
     pub mode: AttachMode,
     pub attachment: Attachment,
-    counters: PerCpuArray<MapData, Counter>,
+    counters: PerCpuArray<MapData, CpuCounters>,
 }
 
 impl AttachedInterface {
@@ -253,6 +257,7 @@ impl Starting<'_> {
         self.create_dir(self.layout.root().to_owned())?;
         self.create_dir(self.layout.interfaces_dir())?;
         let settings = DataplaneSettings::from_config(config);
+        check_pinned_layouts(self.layout, targets)?;
         let mut shared: Option<SharedMaps> = None;
         let mut interfaces = Vec::new();
         for target in targets {
@@ -262,7 +267,6 @@ impl Starting<'_> {
                 // The first load created or re-opened the shared pins; fill
                 // them before any program can run against them.
                 let mut maps = SharedMaps::take_from(&mut ebpf)?;
-                check_pinned_layouts(self.layout)?;
                 let stats = write_policy(&mut maps, &settings, allowlist)?;
                 tracing::info!(
                     added = stats.added,
@@ -481,9 +485,8 @@ fn interface_index(name: &str) -> Result<u32, DataplaneError> {
 }
 
 /// Maps every interface's program shares, pinned in the root.
-const SHARED_MAPS: [&str; 7] = [
-    map_names::SETTINGS,
-    map_names::PORTS,
+const SHARED_MAPS: [&str; 6] = [
+    map_names::POLICY,
     map_names::ALLOW_V4,
     map_names::ALLOW_V6,
     map_names::PREFILTER_V4,
@@ -531,22 +534,14 @@ pub(crate) fn xdp_program<'a>(
         })
 }
 
-/// Pins reused from an older shield must have the layout this one expects.
-fn check_pinned_layouts(layout: &PinLayout) -> Result<(), DataplaneError> {
+/// Pins reused from an older shield must have the layout this one expects,
+/// checked before a program is loaded against them (the verifier's
+/// complaint about a value size would not say what to do). Missing pins
+/// are fine: the load creates them.
+fn check_pinned_layouts(layout: &PinLayout, interfaces: &[Target]) -> Result<(), DataplaneError> {
     use std::mem::size_of;
-    let expected: [(&str, usize, usize, u32); 7] = [
-        (
-            map_names::SETTINGS,
-            size_of::<u32>(),
-            size_of::<Settings>(),
-            1,
-        ),
-        (
-            map_names::PORTS,
-            size_of::<u32>(),
-            size_of::<u64>(),
-            shield_common::PORT_MAP_WORDS,
-        ),
+    let shared: [(&str, usize, usize, u32); 6] = [
+        (map_names::POLICY, size_of::<u32>(), size_of::<Policy>(), 1),
         (map_names::ALLOW_V4, 4 + 4, 1, shield_common::MAX_PREFIXES),
         (map_names::ALLOW_V6, 4 + 16, 1, shield_common::MAX_PREFIXES),
         (
@@ -568,8 +563,21 @@ fn check_pinned_layouts(layout: &PinLayout) -> Result<(), DataplaneError> {
             shield_common::DROP_EVENTS_BYTES,
         ),
     ];
-    for (name, key_size, value_size, max_entries) in expected {
-        let path = layout.shared_map(name);
+    let shared = shared
+        .into_iter()
+        .map(|(name, key, value, entries)| (layout.shared_map(name), key, value, entries));
+    let counters = interfaces.iter().map(|target| {
+        (
+            layout.counters(&target.name),
+            size_of::<u32>(),
+            size_of::<CpuCounters>(),
+            1,
+        )
+    });
+    for (path, key_size, value_size, max_entries) in shared.chain(counters) {
+        if !path.exists() {
+            continue;
+        }
         let info = MapData::from_pin(&path)
             .and_then(|map| map.info())
             .map_err(|source| DataplaneError::Map {
@@ -597,7 +605,7 @@ fn check_pinned_layouts(layout: &PinLayout) -> Result<(), DataplaneError> {
 fn open_counters(
     layout: &PinLayout,
     interface: &str,
-) -> Result<PerCpuArray<MapData, Counter>, DataplaneError> {
+) -> Result<PerCpuArray<MapData, CpuCounters>, DataplaneError> {
     let path = layout.counters(interface);
     let map = MapData::from_pin(&path).map_err(|source| DataplaneError::Map {
         context: format!("cannot open {}", path.display()),

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! /sys/fs/bpf/shield/            shared by every interface
-//!   SETTINGS PORTS ALLOW_V4 ALLOW_V6
+//!   POLICY ALLOW_V4 ALLOW_V6 PREFILTER_V4 PREFILTER_V6 DROP_EVENTS
 //!   ifaces/<name>/               one per attached interface
 //!     link  prog  COUNTERS  state
 //! ```

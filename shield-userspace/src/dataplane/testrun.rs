@@ -8,14 +8,14 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
-use shield_common::{map_names, Counter, Reason, Verdict, PROGRAM_NAME};
+use shield_common::{map_names, Counter, CpuCounters, Reason, Verdict, PROGRAM_NAME};
 
 use super::{Counters, DataplaneError, SharedMaps, PROGRAM_OBJECT};
 
 pub struct TestProgram {
     ebpf: Ebpf,
     maps: SharedMaps,
-    counters: PerCpuArray<MapData, Counter>,
+    counters: PerCpuArray<MapData, CpuCounters>,
 }
 
 /// One test run: the XDP action and the kernel's timing.
@@ -103,8 +103,7 @@ impl TestProgram {
                 .ok_or_else(|| DataplaneError::MissingMap { name: name.into() })
         };
         SharedMaps::from_maps(
-            Map::Array(take(map_names::SETTINGS)?),
-            Map::Array(take(map_names::PORTS)?),
+            Map::Array(take(map_names::POLICY)?),
             Map::LpmTrie(take(map_names::ALLOW_V4)?),
             Map::LpmTrie(take(map_names::ALLOW_V6)?),
             [
@@ -147,18 +146,8 @@ impl TestProgram {
         Counters::read(&self.counters)
     }
 
-    /// One slot, summed over CPUs (cheaper than all of them).
+    /// One slot, summed over CPUs.
     pub fn counter(&self, verdict: Verdict, reason: Reason) -> Result<Counter, DataplaneError> {
-        let values = self
-            .counters
-            .get(&shield_common::counter_index(verdict, reason), 0)
-            .map_err(|source| DataplaneError::Map {
-                context: "COUNTERS".into(),
-                source,
-            })?;
-        Ok(values.iter().fold(Counter::default(), |sum, c| Counter {
-            packets: sum.packets + c.packets,
-            bytes: sum.bytes + c.bytes,
-        }))
+        Ok(self.counters()?.get(verdict, reason))
     }
 }
