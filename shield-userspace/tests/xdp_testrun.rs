@@ -579,3 +579,24 @@ fn allowlist_longest_match_and_extra_prefixes() {
     h.expect(&ipv4_tcp("198.51.100.7", 443), Reason::OutsideRanges);
     assert_eq!(h.program.maps().allowlist().unwrap().len(), 2);
 }
+
+/// A program the kernel refuses: the error names where it was headed and
+/// carries the verifier's own explanation, which is what the operator
+/// needs to act on.
+#[test]
+fn a_refused_program_reports_the_verifier_log() {
+    if !require_root() {
+        return;
+    }
+    static REFUSED: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/refused-by-verifier"));
+    let error = match TestProgram::load_object(REFUSED, "refused_by_verifier") {
+        Ok(_) => panic!("the verifier accepted a program that reads past the packet bounds"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("the kernel refused the XDP program for (test run)"),
+        "{error}"
+    );
+    assert!(error.contains("invalid access to packet"), "{error}");
+}

@@ -320,6 +320,47 @@ fn missing_interface_or_bad_config_attaches_nothing() {
                 .is_empty()
     );
 
+    // Pins left by a shield with another map layout: refused before any
+    // program is loaded against them, naming the pin and the way out.
+    std::fs::create_dir_all(&lab.pin_root).unwrap();
+    let stale = lab.pin_root.join("POLICY");
+    shield_tests::check(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            stale.to_str().unwrap(),
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "1",
+            "name",
+            "POLICY",
+        ],
+    )
+    .unwrap();
+    std::fs::write(
+        &path,
+        "[xdp]\ninterfaces = [\"eth0\"]\n[ranges]\nrefresh = \"off\"\n",
+    )
+    .unwrap();
+    let output = lab
+        .shield(&["run", "--config", path.to_str().unwrap()])
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(stale.to_str().unwrap()) && stderr.contains("shield detach"),
+        "the error must name the pin and the fix: {stderr}"
+    );
+    let links = lab.origin.exec_check(&["ip", "link", "show"]).unwrap();
+    assert!(!links.contains("xdp"), "nothing may stay attached: {links}");
+    std::fs::remove_dir_all(&lab.pin_root).unwrap();
+
     // A failure on the second interface rolls back the first, fresh one.
     std::fs::write(
         &path,
