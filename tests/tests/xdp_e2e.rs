@@ -280,34 +280,43 @@ fn sigterm_leaves_enforcement_and_detach_removes_it() {
     assert!(!links.contains("xdp"), "no XDP left: {links}");
 }
 
-#[test]
-fn missing_interface_or_bad_config_attaches_nothing() {
-    let Some(lab) = lab() else { return };
-    let path = lab.work_dir.join("missing.toml");
-    std::fs::write(
-        &path,
-        "[xdp]\ninterfaces = [\"eth0\", \"nope0\"]\n[ranges]\nrefresh = \"off\"\n",
-    )
-    .unwrap();
+/// Runs `shield run` with this config text; the run's stderr, and whether
+/// it succeeded.
+fn run_with(lab: &Lab, config: &str) -> (bool, String) {
+    let path = lab.work_dir.join("one-shot.toml");
+    std::fs::write(&path, config).unwrap();
     let output = lab
         .shield(&["run", "--config", path.to_str().unwrap()])
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn assert_nothing_attached(lab: &Lab) {
+    let links = lab.origin.exec_check(&["ip", "link", "show"]).unwrap();
+    assert!(!links.contains("xdp"), "nothing may stay attached: {links}");
+}
+
+#[test]
+fn missing_interface_or_bad_config_attaches_nothing() {
+    let Some(lab) = lab() else { return };
+    let (ok, stderr) = run_with(
+        &lab,
+        "[xdp]\ninterfaces = [\"eth0\", \"nope0\"]\n[ranges]\nrefresh = \"off\"\n",
+    );
+    assert!(!ok);
     assert!(
         stderr.contains("nope0"),
         "the error must name the interface: {stderr}"
     );
-    let links = lab.origin.exec_check(&["ip", "link", "show"]).unwrap();
-    assert!(!links.contains("xdp"), "nothing may stay attached: {links}");
+    assert_nothing_attached(&lab);
     assert!(lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap());
 
-    std::fs::write(&path, "[xdp]\ninterfaces = [\"eth0\"]\nmode = \"turbo\"\n").unwrap();
-    let output = lab
-        .shield(&["run", "--config", path.to_str().unwrap()])
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let (ok, stderr) = run_with(&lab, "[xdp]\ninterfaces = [\"eth0\"]\nmode = \"turbo\"\n");
+    assert!(!ok);
     assert!(
         stderr.contains("mode") && stderr.contains("turbo"),
         "the error must name the key: {stderr}"
@@ -343,38 +352,26 @@ fn missing_interface_or_bad_config_attaches_nothing() {
         ],
     )
     .unwrap();
-    std::fs::write(
-        &path,
+    let (ok, stderr) = run_with(
+        &lab,
         "[xdp]\ninterfaces = [\"eth0\"]\n[ranges]\nrefresh = \"off\"\n",
-    )
-    .unwrap();
-    let output = lab
-        .shield(&["run", "--config", path.to_str().unwrap()])
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    );
+    assert!(!ok);
     assert!(
         stderr.contains(stale.to_str().unwrap()) && stderr.contains("shield detach"),
         "the error must name the pin and the fix: {stderr}"
     );
-    let links = lab.origin.exec_check(&["ip", "link", "show"]).unwrap();
-    assert!(!links.contains("xdp"), "nothing may stay attached: {links}");
+    assert_nothing_attached(&lab);
     std::fs::remove_dir_all(&lab.pin_root).unwrap();
 
     // A failure on the second interface rolls back the first, fresh one.
-    std::fs::write(
-        &path,
+    let (ok, stderr) = run_with(
+        &lab,
         "[xdp]\ninterfaces = [\"eth0\", \"lo\"]\nmode = \"native\"\n",
-    )
-    .unwrap();
-    let output = lab
-        .shield(&["run", "--config", path.to_str().unwrap()])
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
+    );
+    if !ok {
         assert!(stderr.contains("lo"), "{stderr}");
-        let links = lab.origin.exec_check(&["ip", "link", "show"]).unwrap();
-        assert!(!links.contains("xdp"), "rollback must detach eth0: {links}");
+        assert_nothing_attached(&lab);
         assert!(
             !lab.pin_root.exists(),
             "rollback must remove the pins it made"
