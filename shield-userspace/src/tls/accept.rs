@@ -182,6 +182,7 @@ async fn connection(
             activity,
             upstream,
             metrics: conn_metrics,
+            ok_requests: std::sync::OnceLock::new(),
         },
         shared.shutdown.clone(),
     )
