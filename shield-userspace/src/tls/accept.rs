@@ -16,11 +16,11 @@ use tokio::{
     sync::{watch, OwnedSemaphorePermit, Semaphore},
     time::{timeout_at, Instant},
 };
-use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::{server::TlsStream, LazyConfigAcceptor};
 
 use super::{
     metrics::{HandshakeResult, NO_SITE},
-    verify, SiteTable, TlsMetrics,
+    verify, Site, SiteTable, TlsMetrics,
 };
 use crate::proxy::{self, Connection, Protocol, UpstreamClient};
 
@@ -103,60 +103,11 @@ async fn connection(
     permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
 ) {
-    let started = Instant::now();
-    let metrics = &shared.metrics;
-    let hello = timeout_at(
-        started + table.hello_timeout,
-        LazyConfigAcceptor::new(Acceptor::default(), tcp),
-    )
-    .await;
-    let start = match hello {
-        Ok(Ok(start)) => start,
-        Ok(Err(error)) => {
-            metrics.handshake(NO_SITE, verify::classify(&error));
-            return;
-        }
-        Err(_) => {
-            metrics.handshake(NO_SITE, HandshakeResult::Timeout);
-            return;
-        }
-    };
-    let sni = start
-        .client_hello()
-        .server_name()
-        .map(|name| name.trim_end_matches('.').to_ascii_lowercase());
-    let Some(site) = table.lookup(sni.as_deref()).cloned() else {
-        metrics.handshake(NO_SITE, HandshakeResult::UnknownSni);
-        tracing::debug!(%peer, sni = ?sni, "refused: no site for this SNI");
-        let _ = timeout_at(
-            started + table.hello_timeout,
-            start.into_stream(shared.refuse.clone()),
-        )
-        .await;
+    // Boxed: the handshake's state is several times the size of a served
+    // connection's, and the task would keep that size while idle.
+    let Some((tls, site, sni)) = Box::pin(handshake(tcp, peer, table, &shared)).await else {
         return;
     };
-    let label = site.label();
-    let handshake = timeout_at(
-        started + site.handshake_timeout,
-        start.into_stream(site.tls.clone()),
-    )
-    .await;
-    let tls = match handshake {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => {
-            let result = verify::classify(&error);
-            metrics.handshake(label, result);
-            tracing::info!(site = label, %peer, %result, %error, "handshake refused");
-            return;
-        }
-        Err(_) => {
-            metrics.handshake(label, HandshakeResult::Timeout);
-            tracing::info!(site = label, %peer, "handshake timed out");
-            return;
-        }
-    };
-    metrics.handshake(label, HandshakeResult::Ok);
-
     let (_, session) = tls.get_ref();
     let protocol = match session.alpn_protocol() {
         Some(b"h2") => Protocol::Http2,
@@ -167,8 +118,8 @@ async fn connection(
         .and_then(|chain| chain.first())
         .map(|leaf| hex(&Sha256::digest(leaf.as_ref())))
         .unwrap_or_default();
-    let sni = sni.unwrap_or_default();
     let route = site.route.clone();
+    drop(site);
     let upstream = shared.upstream.clone();
     let conn_metrics = shared.metrics.clone();
     proxy::serve(
@@ -188,6 +139,72 @@ async fn connection(
     )
     .await;
     drop(permit);
+}
+
+/// The verified TLS stream, its site and its SNI (lowercase), or `None`
+/// when the handshake failed (counted and logged here).
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    table: Arc<SiteTable>,
+    shared: &Shared,
+) -> Option<(Box<TlsStream<TcpStream>>, Arc<Site>, String)> {
+    let started = Instant::now();
+    let metrics = &shared.metrics;
+    let hello = timeout_at(
+        started + table.hello_timeout,
+        LazyConfigAcceptor::new(Acceptor::default(), tcp),
+    )
+    .await;
+    let start = match hello {
+        Ok(Ok(start)) => start,
+        Ok(Err(error)) => {
+            metrics.handshake(NO_SITE, verify::classify(&error));
+            return None;
+        }
+        Err(_) => {
+            metrics.handshake(NO_SITE, HandshakeResult::Timeout);
+            return None;
+        }
+    };
+    let sni = start
+        .client_hello()
+        .server_name()
+        .map(|name| name.trim_end_matches('.').to_ascii_lowercase());
+    let Some(site) = table.lookup(sni.as_deref()).cloned() else {
+        metrics.handshake(NO_SITE, HandshakeResult::UnknownSni);
+        tracing::debug!(%peer, sni = ?sni, "refused: no site for this SNI");
+        let _ = timeout_at(
+            started + table.hello_timeout,
+            start.into_stream(shared.refuse.clone()),
+        )
+        .await;
+        return None;
+    };
+    let label = site.label();
+    let handshake = timeout_at(
+        started + site.handshake_timeout,
+        start.into_stream(site.tls.clone()),
+    )
+    .await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            let result = verify::classify(&error);
+            metrics.handshake(label, result);
+            tracing::info!(site = label, %peer, %result, %error, "handshake refused");
+            return None;
+        }
+        Err(_) => {
+            metrics.handshake(label, HandshakeResult::Timeout);
+            tracing::info!(site = label, %peer, "handshake timed out");
+            return None;
+        }
+    };
+    metrics.handshake(label, HandshakeResult::Ok);
+    // Boxed: the stream is moved through several futures on its way to
+    // hyper, each of which would otherwise keep a copy's worth of space.
+    Some((Box::new(tls), site, sni.unwrap_or_default()))
 }
 
 fn hex(bytes: &[u8]) -> String {
