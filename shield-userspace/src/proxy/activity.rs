@@ -10,13 +10,14 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
     task::{Context, Poll},
     time::Duration,
 };
 
+use bytes::{Buf, Bytes};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::Instant,
@@ -32,6 +33,8 @@ pub struct Activity {
     /// When the first byte of a request head arrived, or [`NOT_WAITING`].
     head_since: AtomicU64,
     inflight: AtomicUsize,
+    /// The last write or flush could not finish (the socket is full).
+    write_blocked: AtomicBool,
     /// h1: every request head is timed from its first byte. h2 multiplexes
     /// control frames with requests, so only the first request is timed.
     time_every_head: bool,
@@ -46,6 +49,9 @@ pub enum Check {
     HeaderTimeout,
     /// No request in flight and no bytes for `idle_timeout`.
     Idle,
+    /// Nothing in flight, nothing of a next request read, nothing left to
+    /// write, for the `park_after` given to [`Activity::check`].
+    Park,
 }
 
 impl Activity {
@@ -57,6 +63,7 @@ impl Activity {
             last_io: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
+            write_blocked: AtomicBool::new(false),
             time_every_head,
         }
     }
@@ -87,7 +94,12 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
-    pub fn check(&self, header_timeout: Duration, idle_timeout: Duration) -> Check {
+    pub fn check(
+        &self,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+        park_after: Option<Duration>,
+    ) -> Check {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4);
         let now = self.now();
         let mut next = now.saturating_add(ms(idle_timeout));
@@ -104,6 +116,23 @@ impl Activity {
             if now >= due {
                 return Check::Idle;
             }
+            next = next.min(due);
+        }
+        if let Some(park_after) = park_after {
+            // Nothing tells the connection's driver when a request ends, so
+            // a connection that cannot park yet looks again later.
+            let due = if self.inflight.load(Relaxed) == 0
+                && head == NOT_WAITING
+                && !self.write_blocked.load(Relaxed)
+            {
+                let due = self.last_io.load(Relaxed).saturating_add(ms(park_after));
+                if now >= due {
+                    return Check::Park;
+                }
+                due
+            } else {
+                now.saturating_add(ms(park_after))
+            };
             next = next.min(due);
         }
         Check::WaitUntil(self.epoch + Duration::from_millis(next))
@@ -126,11 +155,36 @@ impl Drop for RequestGuard {
 pub struct Tracked<IO> {
     io: IO,
     activity: Arc<Activity>,
+    /// Read from `io` already, to be read again first.
+    unread: Bytes,
 }
 
 impl<IO> Tracked<IO> {
     pub fn new(io: IO, activity: Arc<Activity>) -> Self {
-        Tracked { io, activity }
+        Tracked {
+            io,
+            activity,
+            unread: Bytes::new(),
+        }
+    }
+
+    /// Puts `bytes` back in front of what is still to be read.
+    pub fn unread(&mut self, bytes: Bytes) {
+        if self.unread.is_empty() {
+            self.unread = bytes;
+        } else {
+            let mut joined = Vec::with_capacity(bytes.len() + self.unread.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.unread);
+            self.unread = joined.into();
+        }
+    }
+
+    fn record_write<T>(&self, result: &Poll<io::Result<T>>) {
+        let blocked = result.is_pending();
+        if self.activity.write_blocked.load(Relaxed) != blocked {
+            self.activity.write_blocked.store(blocked, Relaxed);
+        }
     }
 }
 
@@ -140,6 +194,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            self.activity.on_read();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -156,6 +217,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.io).poll_write(cx, data);
+        self.record_write(&result);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.on_write();
         }
@@ -168,6 +230,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.record_write(&result);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.on_write();
         }
@@ -179,7 +242,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let result = Pin::new(&mut self.io).poll_flush(cx);
+        self.record_write(&result);
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -195,9 +260,9 @@ mod tests {
     async fn first_head_is_timed_from_the_handshake() {
         let activity = Arc::new(Activity::new(true));
         let (h, i) = (Duration::from_secs(10), Duration::from_secs(900));
-        assert!(matches!(activity.check(h, i), Check::WaitUntil(_)));
+        assert!(matches!(activity.check(h, i, None), Check::WaitUntil(_)));
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(activity.check(h, i), Check::HeaderTimeout);
+        assert_eq!(activity.check(h, i, None), Check::HeaderTimeout);
     }
 
     #[tokio::test(start_paused = true)]
@@ -206,12 +271,12 @@ mod tests {
         let (h, i) = (Duration::from_secs(10), Duration::from_secs(900));
         let guard = activity.begin_request();
         tokio::time::advance(Duration::from_secs(1000)).await;
-        assert!(matches!(activity.check(h, i), Check::WaitUntil(_)));
+        assert!(matches!(activity.check(h, i, None), Check::WaitUntil(_)));
         drop(guard);
         tokio::time::advance(Duration::from_secs(899)).await;
-        assert!(matches!(activity.check(h, i), Check::WaitUntil(_)));
+        assert!(matches!(activity.check(h, i, None), Check::WaitUntil(_)));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(activity.check(h, i), Check::Idle);
+        assert_eq!(activity.check(h, i, None), Check::Idle);
     }
 
     #[tokio::test(start_paused = true)]
@@ -224,6 +289,31 @@ mod tests {
         activity.on_read();
         tokio::time::advance(Duration::from_secs(6)).await;
         activity.on_read();
-        assert_eq!(activity.check(h, i), Check::HeaderTimeout);
+        assert_eq!(activity.check(h, i, None), Check::HeaderTimeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parks_only_when_nothing_is_pending() {
+        let activity = Arc::new(Activity::new(true));
+        let (h, i, p) = (
+            Duration::from_secs(10),
+            Duration::from_secs(900),
+            Some(Duration::from_millis(250)),
+        );
+        // Before the first request head: not parked, looked at again soon.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(activity.check(h, i, p), Check::WaitUntil(_)));
+        let guard = activity.begin_request();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(activity.check(h, i, p), Check::WaitUntil(_)));
+        drop(guard);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(matches!(activity.check(h, i, p), Check::WaitUntil(_)));
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(activity.check(h, i, p), Check::Park);
+        // Part of a next head arrived: it is timed instead.
+        activity.on_read();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(activity.check(h, i, p), Check::WaitUntil(_)));
     }
 }

@@ -5,7 +5,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
 };
 
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use prometheus_client::metrics::counter::Counter;
 
 use super::{
     activity::{Activity, RequestGuard},
@@ -36,6 +37,8 @@ pub struct Connection {
     pub activity: Arc<Activity>,
     pub upstream: UpstreamClient,
     pub metrics: TlsMetrics,
+    /// This site's count of 200 responses, looked up on the first one.
+    pub ok_requests: OnceLock<Counter>,
 }
 
 impl Connection {
@@ -44,10 +47,16 @@ impl Connection {
         request: Request<Incoming>,
     ) -> Result<Response<GuardedBody>, Infallible> {
         let guard = self.activity.begin_request();
-        let request_id = format!("{:016x}", rand::random::<u64>());
-        let response = self.respond(request, &request_id).await;
-        self.metrics
-            .request(&self.route.label, response.status().as_u16());
+        let request_id = RequestId::random();
+        let response = self.respond(request, request_id.as_str()).await;
+        match response.status() {
+            StatusCode::OK => {
+                self.ok_requests
+                    .get_or_init(|| self.metrics.request_counter(&self.route.label, 200))
+                    .inc();
+            }
+            status => self.metrics.request(&self.route.label, status.as_u16()),
+        }
         Ok(response.map(|body| GuardedBody {
             body,
             _guard: guard,
@@ -116,6 +125,26 @@ impl Connection {
     }
 }
 
+/// 16 lowercase hex digits of a random number; `format!` costs more than
+/// the rest of the id.
+struct RequestId([u8; 16]);
+
+impl RequestId {
+    fn random() -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = rand::random::<u64>();
+        let mut id = [0; 16];
+        for (i, digit) in id.iter_mut().enumerate() {
+            *digit = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        RequestId(id)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -166,5 +195,21 @@ impl Body for GuardedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_16_hex_digits() {
+        let id = RequestId::random();
+        assert_eq!(id.as_str().len(), 16);
+        assert!(id
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(id.as_str(), RequestId::random().as_str());
     }
 }

@@ -42,6 +42,11 @@ const REWRITTEN: [HeaderName; 4] = [
 
 /// Removes the hop-by-hop fields, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names instead of a hashed lookup per field: most
+    // messages carry none of them, and any list is in `Connection`.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -76,17 +81,20 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<IpAddr>().ok())
         .unwrap_or(fwd.peer);
-    strip_hop_by_hop(headers);
-    for name in REWRITTEN {
-        headers.remove(name);
-    }
-    let ours: Vec<HeaderName> = headers
+    // The removals below hash every name they look up; a typical request
+    // has none of these fields, which one pass over its names shows.
+    if headers
         .keys()
-        .filter(|name| name.as_str().starts_with("x-shield-"))
-        .cloned()
-        .collect();
-    for name in ours {
-        headers.remove(name);
+        .any(|name| HOP_BY_HOP.contains(name) || REWRITTEN.contains(name) || is_ours(name))
+    {
+        strip_hop_by_hop(headers);
+        for name in REWRITTEN {
+            headers.remove(name);
+        }
+        let ours: Vec<HeaderName> = headers.keys().filter(|n| is_ours(n)).cloned().collect();
+        for name in ours {
+            headers.remove(name);
+        }
     }
     if let Ok(visitor) = HeaderValue::from_str(&visitor.to_string()) {
         headers.insert(X_FORWARDED_FOR, visitor.clone());
@@ -102,6 +110,10 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     if let Ok(value) = HeaderValue::from_str(fwd.request_id) {
         headers.insert(REQUEST_ID, value);
     }
+}
+
+fn is_ours(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-shield-")
 }
 
 /// The host a request is for, lowercase and without port: the URI authority

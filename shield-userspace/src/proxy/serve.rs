@@ -1,24 +1,26 @@
 //! Serving HTTP/1.1 or HTTP/2 (by ALPN) on a verified TLS connection.
 
-use std::{future::Future, pin::pin, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use hyper::{
+    body::Incoming,
     server::conn::{http1, http2},
-    service::service_fn,
+    service::{service_fn, HttpService},
 };
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::graceful::GracefulConnection,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     sync::watch,
-    time::sleep_until,
+    time::{sleep_until, timeout},
 };
 
 use super::{
     activity::{Activity, Check, Tracked},
-    handler::Connection,
+    handler::{Connection, GuardedBody},
 };
 
 /// Request head cap (start line and header fields). Cloudflare forwards at
@@ -32,6 +34,10 @@ pub const H2_MAX_STREAMS: u32 = 128;
 /// After an idle or shutdown close is asked for, how long in-flight work
 /// may take before the connection is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(30);
+/// An h1 connection with nothing to do for this long sets hyper aside (its
+/// read and write buffers, 16 KiB, are most of an idle connection's memory)
+/// and waits for the next request's first byte with the TLS stream alone.
+const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// The protocol ALPN chose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +61,7 @@ pub async fn serve<IO>(
     let (header_timeout, idle_timeout) = (conn.route.header_timeout, conn.route.idle_timeout);
     let label = conn.route.label.clone();
     let service = service_fn(move |request| conn.clone().handle(request));
-    let io = TokioIo::new(Tracked::new(io, activity.clone()));
+    let io = Tracked::new(io, activity.clone());
     let limits = Limits {
         header_timeout,
         idle_timeout,
@@ -63,39 +69,160 @@ pub async fn serve<IO>(
     };
     match protocol {
         Protocol::Http1 => {
-            let connection = http1::Builder::new()
+            let mut builder = http1::Builder::new();
+            builder
                 .timer(TokioTimer::new())
                 // Replaced by Activity (see there): hyper's timer would also
                 // cut idle keep-alive connections.
                 .header_read_timeout(None)
                 .max_header_size(MAX_HEADER_BYTES)
-                .max_headers(MAX_HEADERS)
-                .serve_connection(io, service);
-            drive(connection, &activity, limits, &mut shutdown).await;
+                .max_headers(MAX_HEADERS);
+            serve_http1(&builder, io, service, &activity, &limits, &mut shutdown).await;
         }
         Protocol::Http2 => {
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(H2_MAX_STREAMS)
                 .max_header_list_size(MAX_HEADER_BYTES as u32)
-                .serve_connection(io, service);
-            drive(connection, &activity, limits, &mut shutdown).await;
+                .serve_connection(TokioIo::new(io), service);
+            // Boxed: h2's state would otherwise size every h1 connection's
+            // task too.
+            drive(
+                Box::pin(connection).as_mut(),
+                &activity,
+                &limits,
+                None,
+                &mut shutdown,
+            )
+            .await;
         }
     }
 }
 
+/// hyper serves the connection while it is in use; when it has been idle
+/// for [`PARK_AFTER`] hyper hands back the stream and is dropped, and a new
+/// hyper connection takes over at the next request.
+async fn serve_http1<IO, S>(
+    builder: &http1::Builder,
+    mut io: Tracked<IO>,
+    mut service: S,
+    activity: &Activity,
+    limits: &Limits<'_>,
+    shutdown: &mut watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = GuardedBody, Error = Infallible> + Unpin,
+{
+    loop {
+        // Boxed, so that parking frees it.
+        let mut connection = Box::new(builder.serve_connection(TokioIo::new(io), service));
+        match drive(
+            Pin::new(&mut *connection),
+            activity,
+            limits,
+            Some(PARK_AFTER),
+            shutdown,
+        )
+        .await
+        {
+            Driven::Ended => return,
+            Driven::Park => {}
+        }
+        // Parking is only asked for with no request in flight, nothing of a
+        // next one read and the last write finished, so hyper holds nothing
+        // but a possibly read-ahead start of the next request.
+        let parts = connection.into_parts();
+        io = parts.io.into_inner();
+        service = parts.service;
+        // Even empty, it holds hyper's whole read buffer.
+        let read_ahead = parts.read_buf;
+        if !read_ahead.is_empty() {
+            io.unread(read_ahead);
+            continue;
+        }
+        drop(read_ahead);
+        if !park(&mut io, activity, limits, shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Waits for the first byte of the next request; false when the connection
+/// is done (closed by the client, idle, or shutting down).
+async fn park<IO>(
+    io: &mut Tracked<IO>,
+    activity: &Activity,
+    limits: &Limits<'_>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut first = [0; 1];
+    loop {
+        let wake = match activity.check(limits.header_timeout, limits.idle_timeout, None) {
+            Check::WaitUntil(at) => at,
+            Check::HeaderTimeout | Check::Idle | Check::Park => {
+                tracing::debug!(site = %limits.label, "closing idle connection");
+                close(io).await;
+                return false;
+            }
+        };
+        tokio::select! {
+            read = io.read(&mut first) => {
+                return match read {
+                    Ok(0) => {
+                        close(io).await;
+                        false
+                    }
+                    Ok(_) => {
+                        io.unread(Bytes::copy_from_slice(&first));
+                        true
+                    }
+                    Err(error) => {
+                        tracing::debug!(site = %limits.label, %error, "connection ended with an error");
+                        false
+                    }
+                };
+            }
+            _ = sleep_until(wake) => {}
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    close(io).await;
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// What hyper does when it ends an idle connection: TLS close_notify, then
+/// the TCP write side.
+async fn close<IO: AsyncWrite + Unpin>(io: &mut IO) {
+    let _ = timeout(CLOSE_GRACE, io.shutdown()).await;
+}
+
+#[derive(Clone, Copy)]
 struct Limits<'a> {
     header_timeout: Duration,
     idle_timeout: Duration,
     label: &'a str,
 }
 
+enum Driven {
+    Ended,
+    /// Idle for the `park_after` given: the caller may take the IO back.
+    Park,
+}
+
 async fn drive<C>(
-    connection: C,
+    mut connection: Pin<&mut C>,
     activity: &Activity,
-    limits: Limits<'_>,
+    limits: &Limits<'_>,
+    park_after: Option<Duration>,
     shutdown: &mut watch::Receiver<bool>,
-) where
+) -> Driven
+where
     C: GracefulConnection + Future<Output = Result<(), <C as GracefulConnection>::Error>>,
     <C as GracefulConnection>::Error: std::fmt::Display,
 {
@@ -103,18 +230,18 @@ async fn drive<C>(
         header_timeout,
         idle_timeout,
         label,
-    } = limits;
-    let mut connection = pin!(connection);
+    } = *limits;
     let mut closing_since = None;
     loop {
         let wake = match closing_since {
             Some(since) => since + CLOSE_GRACE,
-            None => match activity.check(header_timeout, idle_timeout) {
+            None => match activity.check(header_timeout, idle_timeout, park_after) {
                 Check::WaitUntil(at) => at,
                 Check::HeaderTimeout => {
                     tracing::debug!(site = %label, "closing: request head not complete within header_timeout");
-                    return;
+                    return Driven::Ended;
                 }
+                Check::Park => return Driven::Park,
                 Check::Idle => {
                     tracing::debug!(site = %label, "closing idle connection");
                     connection.as_mut().graceful_shutdown();
@@ -128,11 +255,11 @@ async fn drive<C>(
                 if let Err(error) = result {
                     tracing::debug!(site = %label, %error, "connection ended with an error");
                 }
-                return;
+                return Driven::Ended;
             }
             _ = sleep_until(wake) => {
                 if closing_since.is_some() {
-                    return;
+                    return Driven::Ended;
                 }
             }
             changed = shutdown.changed(), if closing_since.is_none() => {

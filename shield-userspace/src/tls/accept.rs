@@ -16,11 +16,11 @@ use tokio::{
     sync::{watch, OwnedSemaphorePermit, Semaphore},
     time::{timeout_at, Instant},
 };
-use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::{server::TlsStream, LazyConfigAcceptor};
 
 use super::{
     metrics::{HandshakeResult, NO_SITE},
-    verify, SiteTable, TlsMetrics,
+    verify, Site, SiteTable, TlsMetrics,
 };
 use crate::proxy::{self, Connection, Protocol, UpstreamClient};
 
@@ -103,6 +103,52 @@ async fn connection(
     permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
 ) {
+    // Boxed: the handshake's state is several times the size of a served
+    // connection's, and the task would keep that size while idle.
+    let Some((tls, site, sni)) = Box::pin(handshake(tcp, peer, table, &shared)).await else {
+        return;
+    };
+    let (_, session) = tls.get_ref();
+    let protocol = match session.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    let client_cert_sha256 = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| hex(&Sha256::digest(leaf.as_ref())))
+        .unwrap_or_default();
+    let route = site.route.clone();
+    drop(site);
+    let upstream = shared.upstream.clone();
+    let conn_metrics = shared.metrics.clone();
+    proxy::serve(
+        tls,
+        protocol,
+        move |activity| Connection {
+            route,
+            sni,
+            peer,
+            client_cert_sha256,
+            activity,
+            upstream,
+            metrics: conn_metrics,
+            ok_requests: std::sync::OnceLock::new(),
+        },
+        shared.shutdown.clone(),
+    )
+    .await;
+    drop(permit);
+}
+
+/// The verified TLS stream, its site and its SNI (lowercase), or `None`
+/// when the handshake failed (counted and logged here).
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    table: Arc<SiteTable>,
+    shared: &Shared,
+) -> Option<(Box<TlsStream<TcpStream>>, Arc<Site>, String)> {
     let started = Instant::now();
     let metrics = &shared.metrics;
     let hello = timeout_at(
@@ -114,11 +160,11 @@ async fn connection(
         Ok(Ok(start)) => start,
         Ok(Err(error)) => {
             metrics.handshake(NO_SITE, verify::classify(&error));
-            return;
+            return None;
         }
         Err(_) => {
             metrics.handshake(NO_SITE, HandshakeResult::Timeout);
-            return;
+            return None;
         }
     };
     let sni = start
@@ -133,7 +179,7 @@ async fn connection(
             start.into_stream(shared.refuse.clone()),
         )
         .await;
-        return;
+        return None;
     };
     let label = site.label();
     let handshake = timeout_at(
@@ -147,46 +193,18 @@ async fn connection(
             let result = verify::classify(&error);
             metrics.handshake(label, result);
             tracing::info!(site = label, %peer, %result, %error, "handshake refused");
-            return;
+            return None;
         }
         Err(_) => {
             metrics.handshake(label, HandshakeResult::Timeout);
             tracing::info!(site = label, %peer, "handshake timed out");
-            return;
+            return None;
         }
     };
     metrics.handshake(label, HandshakeResult::Ok);
-
-    let (_, session) = tls.get_ref();
-    let protocol = match session.alpn_protocol() {
-        Some(b"h2") => Protocol::Http2,
-        _ => Protocol::Http1,
-    };
-    let client_cert_sha256 = session
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| hex(&Sha256::digest(leaf.as_ref())))
-        .unwrap_or_default();
-    let sni = sni.unwrap_or_default();
-    let route = site.route.clone();
-    let upstream = shared.upstream.clone();
-    let conn_metrics = shared.metrics.clone();
-    proxy::serve(
-        tls,
-        protocol,
-        move |activity| Connection {
-            route,
-            sni,
-            peer,
-            client_cert_sha256,
-            activity,
-            upstream,
-            metrics: conn_metrics,
-        },
-        shared.shutdown.clone(),
-    )
-    .await;
-    drop(permit);
+    // Boxed: the stream is moved through several futures on its way to
+    // hyper, each of which would otherwise keep a copy's worth of space.
+    Some((Box::new(tls), site, sni.unwrap_or_default()))
 }
 
 fn hex(bytes: &[u8]) -> String {

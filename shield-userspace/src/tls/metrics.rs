@@ -180,6 +180,17 @@ impl TlsMetrics {
             .inc();
     }
 
+    /// The series of `site` and `code` itself, for a caller that counts
+    /// often: the lookup allocates the label and hashes it under a lock.
+    pub fn request_counter(&self, site: &str, code: u16) -> Counter {
+        self.http_requests
+            .get_or_create(&RequestLabels {
+                site: site.to_owned(),
+                code,
+            })
+            .clone()
+    }
+
     pub fn requests(&self, site: &str, code: u16) -> u64 {
         self.http_requests
             .get_or_create(&RequestLabels {
