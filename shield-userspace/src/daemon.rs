@@ -120,32 +120,52 @@ impl Daemon {
                 "[xdp].interfaces and [xdp].mode apply on restart; other changes apply now"
             );
         }
-        // TLS first: it validates every file before swapping, so a refusal
-        // there leaves both layers as they were.
-        if let Some(frontend) = &self.frontend {
-            if let Err(error) = frontend.reload(&config) {
-                tracing::error!(%error, "reload refused: keeping the running config");
-                return;
-            }
-        }
-        if let Some(dataplane) = self.dataplane.as_mut() {
-            let allowlist =
-                ranges::tagged_allowlist(self.ranges.current(), &config.ranges.extra_allow);
-            let settings = DataplaneSettings::from_config(&config);
-            match dataplane::write_policy(dataplane.maps(), &settings, &allowlist) {
-                Ok(stats) => {
-                    tracing::info!(added = stats.added, removed = stats.removed, "reloaded")
-                }
-                Err(error) => {
-                    tracing::error!(%error, "reload could not update the kernel maps; keeping the running config");
-                    return;
-                }
-            }
+        if !self.apply_reload(&config) {
+            return;
         }
         self.ranges.reconfigure(&config.ranges);
         self.config = config;
         // `shield ranges --refresh` may have written a new cache.
         self.adopt_range_cache();
+    }
+
+    /// Applies a loaded config to both layers; false (and logged) when
+    /// either refused it, with the TLS layer unchanged.
+    fn apply_reload(&mut self, config: &Config) -> bool {
+        // TLS is prepared first (every file read and checked, listeners
+        // bound) but applied last, after the kernel maps: a refusal by
+        // either leaves the TLS layer as it was.
+        let tls = match &self.frontend {
+            Some(frontend) => match frontend.prepare_reload(config) {
+                Ok(prepared) => Some(prepared),
+                Err(error) => {
+                    tracing::error!(%error, "reload refused: keeping the running config");
+                    return false;
+                }
+            },
+            None => None,
+        };
+        if let Some(dataplane) = self.dataplane.as_mut() {
+            let allowlist =
+                ranges::tagged_allowlist(self.ranges.current(), &config.ranges.extra_allow);
+            let settings = DataplaneSettings::from_config(config);
+            match dataplane::write_policy(dataplane.maps(), &settings, &allowlist) {
+                Ok(stats) => {
+                    tracing::info!(added = stats.added, removed = stats.removed, "reloaded")
+                }
+                Err(error) => {
+                    // The allowlist apply is add-before-remove, so whatever
+                    // part landed drops no address that both the old and
+                    // the new config allow.
+                    tracing::error!(%error, "reload could not update the kernel maps; keeping the running TLS config");
+                    return false;
+                }
+            }
+        }
+        if let Some(tls) = tls {
+            tls.commit();
+        }
+        true
     }
 
     /// Applies a range set through the single gapless apply path (add

@@ -97,6 +97,28 @@ struct Prepared {
     stamps: Stamps,
 }
 
+/// A reload ready to apply; dropping it closes the listeners it bound and
+/// changes nothing.
+pub struct PreparedReload<'a> {
+    frontend: &'a Frontend,
+    state: MutexGuard<'a, State>,
+    config: &'a Config,
+    prepared: Prepared,
+}
+
+impl PreparedReload<'_> {
+    /// Applies the reload; it cannot fail.
+    pub fn commit(self) {
+        let PreparedReload {
+            frontend,
+            mut state,
+            config,
+            prepared,
+        } = self;
+        frontend.commit(&mut state, config, prepared);
+    }
+}
+
 impl Frontend {
     /// Binds every site's listener (and port 80 unless `[http].action` is
     /// off) and serves on the current tokio runtime.
@@ -152,10 +174,26 @@ impl Frontend {
     /// for new connections, listeners opened and closed as needed. On error
     /// nothing changes and the error says which file or key is at fault.
     pub fn reload(&self, config: &Config) -> Result<(), TlsError> {
-        let mut state = self.state();
-        let prepared = prepare(config, &state)?;
-        self.commit(&mut state, config, prepared);
+        self.prepare_reload(config)?.commit();
         Ok(())
+    }
+
+    /// Every fallible step of a reload (files read and checked, new
+    /// listeners bound), with nothing applied yet, so the daemon can apply
+    /// the kernel maps in between and drop this if they fail: then neither
+    /// layer changes. Holds the frontend's state until committed or dropped.
+    pub fn prepare_reload<'a>(
+        &'a self,
+        config: &'a Config,
+    ) -> Result<PreparedReload<'a>, TlsError> {
+        let state = self.state();
+        let prepared = prepare(config, &state)?;
+        Ok(PreparedReload {
+            frontend: self,
+            state,
+            config,
+            prepared,
+        })
     }
 
     fn commit(&self, state: &mut State, config: &Config, prepared: Prepared) {

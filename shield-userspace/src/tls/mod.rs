@@ -23,7 +23,7 @@ use std::{
 
 use rustls::crypto::CryptoProvider;
 
-pub use frontend::{Frontend, FrontendOptions};
+pub use frontend::{Frontend, FrontendOptions, PreparedReload};
 pub use metrics::{HandshakeResult, TlsMetrics};
 pub use site::{Site, SiteTable};
 
