@@ -14,8 +14,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// One pool for all sites: hyper keys it by scheme and authority, so sites
-/// sharing an upstream share its connections, and a reload keeps them.
+/// One pool per connection worker (`tls::workers`), for all sites: hyper
+/// keys it by scheme and authority, so sites sharing an upstream share its
+/// connections, and a reload keeps them. Per worker, so a request and the
+/// upstream connection it borrows stay on one thread.
 pub type UpstreamClient = Client<HttpConnector, Incoming>;
 
 pub fn client() -> UpstreamClient {

@@ -20,7 +20,9 @@ use tokio_rustls::{server::TlsStream, LazyConfigAcceptor};
 
 use super::{
     metrics::{HandshakeResult, NO_SITE},
-    verify, Site, SiteTable, TlsMetrics,
+    verify,
+    workers::Workers,
+    Site, SiteTable, TlsMetrics,
 };
 use crate::proxy::{self, Connection, Protocol, UpstreamClient};
 
@@ -28,7 +30,9 @@ use crate::proxy::{self, Connection, Protocol, UpstreamClient};
 #[derive(Debug)]
 pub struct Shared {
     pub metrics: TlsMetrics,
-    pub upstream: UpstreamClient,
+    /// Where accepted connections are served, each with its worker's
+    /// upstream client.
+    pub workers: Workers,
     /// Finishes a ClientHello whose SNI names no site with a fatal alert.
     pub refuse: Arc<ServerConfig>,
     /// Turns true when the frontend shuts down.
@@ -92,7 +96,11 @@ pub async fn run(
         };
         let _ = tcp.set_nodelay(true);
         let table = table.load_full();
-        tokio::spawn(connection(tcp, peer, table, permit, shared.clone()));
+        let shared_for_connection = shared.clone();
+        // The permit moves with the connection to its worker.
+        shared.workers.spawn(tcp, peer, move |tcp, upstream| {
+            connection(tcp, peer, table, permit, shared_for_connection, upstream)
+        });
     }
 }
 
@@ -102,6 +110,7 @@ async fn connection(
     table: Arc<SiteTable>,
     permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
+    upstream: UpstreamClient,
 ) {
     // Boxed: the handshake's state is several times the size of a served
     // connection's, and the task would keep that size while idle.
@@ -120,7 +129,6 @@ async fn connection(
         .unwrap_or_default();
     let route = site.route.clone();
     drop(site);
-    let upstream = shared.upstream.clone();
     let conn_metrics = shared.metrics.clone();
     proxy::serve(
         tls,

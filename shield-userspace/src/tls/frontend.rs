@@ -17,6 +17,7 @@ use tokio::{
 use super::{
     accept::{self, Shared},
     watch::Stamps,
+    workers::Workers,
     Site, SiteTable, TlsError, TlsMetrics,
 };
 use crate::{
@@ -121,7 +122,8 @@ impl PreparedReload<'_> {
 
 impl Frontend {
     /// Binds every site's listener (and port 80 unless `[http].action` is
-    /// off) and serves on the current tokio runtime.
+    /// off) and accepts on the current tokio runtime; TLS connections are
+    /// served on per-core worker threads (see `workers`).
     pub fn start(config: &Config, metrics: TlsMetrics) -> Result<Frontend, TlsError> {
         Frontend::start_with(config, metrics, FrontendOptions::default())
     }
@@ -134,7 +136,7 @@ impl Frontend {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             metrics,
-            upstream: proxy::upstream_client(),
+            workers: Workers::per_core()?,
             refuse: Shared::refuse_config(),
             shutdown: shutdown_rx,
         });

@@ -13,6 +13,7 @@ pub mod metrics;
 mod site;
 pub mod verify;
 mod watch;
+mod workers;
 
 use std::{
     io,
@@ -26,6 +27,7 @@ use rustls::crypto::CryptoProvider;
 pub use frontend::{Frontend, FrontendOptions, PreparedReload};
 pub use metrics::{HandshakeResult, TlsMetrics};
 pub use site::{Site, SiteTable};
+pub use workers::WorkerError;
 
 /// Why TLS state could not be built; the running state is kept.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,8 @@ pub enum TlsError {
     },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
 }
 
 /// The rustls crypto provider for every site and for tests' clients.
