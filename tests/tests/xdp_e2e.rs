@@ -280,13 +280,25 @@ fn sigterm_leaves_enforcement_and_detach_removes_it() {
     assert!(!links.contains("xdp"), "no XDP left: {links}");
 }
 
-/// Runs `shield run` with this config text; the run's stderr, and whether
-/// it succeeded.
+/// Runs `shield run` with a config it should refuse; the run's stderr, and
+/// whether it succeeded. A shield that starts anyway is stopped after a
+/// minute (the test then fails on its output) instead of hanging the suite.
 fn run_with(lab: &Lab, config: &str) -> (bool, String) {
     let path = lab.work_dir.join("one-shot.toml");
     std::fs::write(&path, config).unwrap();
+    let binary = shield_tests::shield_binary().unwrap();
     let output = lab
-        .shield(&["run", "--config", path.to_str().unwrap()])
+        .origin
+        .command(&[
+            "timeout",
+            "60",
+            binary.to_str().unwrap(),
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+        ])
+        .env("SHIELD_PIN_ROOT", &lab.pin_root)
+        .output()
         .unwrap();
     (
         output.status.success(),
