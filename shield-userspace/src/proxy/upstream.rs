@@ -487,6 +487,49 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// An upstream that answers every request with `Connection: close`
+    /// (and so closes each connection after one response).
+    async fn closing_upstream() -> (Authority, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(server::Builder::new().serve_connection(
+                    TokioIo::new(tcp),
+                    service_fn(|_request| async {
+                        let mut response = Response::new(Full::new(Bytes::from_static(b"bye")));
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        Ok::<_, std::convert::Infallible>(response)
+                    }),
+                ));
+            }
+        });
+        (addr.to_string().parse().expect("authority"), accepted)
+    }
+
+    /// A connection the upstream closes after its response is never handed
+    /// out again: every request still gets its answer, each on a new
+    /// connection.
+    #[tokio::test]
+    async fn connection_close_from_the_upstream_is_honoured() {
+        let (authority, accepted) = closing_upstream().await;
+        let client = client();
+        for round in 1..=3 {
+            let response = client
+                .request(request(&authority).await)
+                .await
+                .expect("response");
+            let body = response.into_body().collect().await.expect("body");
+            assert_eq!(body.to_bytes(), "bye");
+            assert_eq!(accepted.load(Ordering::SeqCst), round);
+        }
+    }
+
     #[tokio::test]
     async fn an_unread_response_does_not_return_its_connection() {
         let (authority, accepted) = upstream("not read").await;

@@ -136,9 +136,11 @@ mod tests {
             let mut client = client.expect("connect");
             let seen = seen.clone();
             workers.spawn(tcp, peer, move |mut tcp, _upstream| async move {
-                let name = thread::current().name().map(str::to_owned);
+                // Reported before the byte is written, so the client's read
+                // below orders the reports: sent after the write, a worker
+                // could report after the next connection's worker.
+                let _ = seen.send(thread::current().name().map(str::to_owned));
                 let _ = tcp.write_all(b"x").await;
-                let _ = seen.send(name);
             });
             let mut byte = [0u8; 1];
             tokio::io::AsyncReadExt::read_exact(&mut client, &mut byte)
