@@ -379,8 +379,10 @@ mod tests {
 
     use super::*;
 
-    /// An upstream answering `body` to every request, counting connections.
-    async fn upstream(body: &'static str) -> (Authority, Arc<AtomicUsize>) {
+    /// An upstream answering `body` to every request, counting connections;
+    /// with `close`, every answer says `Connection: close` (and hyper then
+    /// closes the connection after it).
+    async fn upstream_with(body: &'static str, close: bool) -> (Authority, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -391,14 +393,23 @@ mod tests {
                 tokio::spawn(server::Builder::new().serve_connection(
                     TokioIo::new(tcp),
                     service_fn(move |_request| async move {
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                            Bytes::from_static(body.as_bytes()),
-                        )))
+                        let mut response =
+                            Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                        if close {
+                            response
+                                .headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
                     }),
                 ));
             }
         });
         (addr.to_string().parse().expect("authority"), accepted)
+    }
+
+    async fn upstream(body: &'static str) -> (Authority, Arc<AtomicUsize>) {
+        upstream_with(body, false).await
     }
 
     /// A request with an `Incoming` body, as the proxy forwards: taken from
@@ -487,37 +498,12 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
-    /// An upstream that answers every request with `Connection: close`
-    /// (and so closes each connection after one response).
-    async fn closing_upstream() -> (Authority, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(server::Builder::new().serve_connection(
-                    TokioIo::new(tcp),
-                    service_fn(|_request| async {
-                        let mut response = Response::new(Full::new(Bytes::from_static(b"bye")));
-                        response
-                            .headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                        Ok::<_, std::convert::Infallible>(response)
-                    }),
-                ));
-            }
-        });
-        (addr.to_string().parse().expect("authority"), accepted)
-    }
-
     /// A connection the upstream closes after its response is never handed
     /// out again: every request still gets its answer, each on a new
     /// connection.
     #[tokio::test]
     async fn connection_close_from_the_upstream_is_honoured() {
-        let (authority, accepted) = closing_upstream().await;
+        let (authority, accepted) = upstream_with("bye", true).await;
         let client = client();
         for round in 1..=3 {
             let response = client
