@@ -6,7 +6,8 @@ mod tls_support;
 use std::time::Duration;
 
 use tls_support::{
-    closed_port, curl, pki::Pki, silent_upstream, site_toml, upstream, Req, Shield, HTTP_OFF,
+    closed_port, curl, one_site_toml, pki::Pki, silent_upstream, site_toml, upstream, Req, Shield,
+    HTTP_OFF,
 };
 
 const SITE: &str = "www.a.test";
@@ -16,17 +17,7 @@ async fn upstream_sees_rewritten_forwarding_headers_over_h1_and_h2() {
     let pki = Pki::new();
     let up = upstream().await;
     let server = pki.server("site-a", &[SITE]);
-    let toml = format!(
-        "{HTTP_OFF}{}",
-        site_toml(
-            &[SITE],
-            "127.0.0.1:0",
-            &server,
-            &[&pki.zone_ca.file],
-            up.addr,
-            ""
-        )
-    );
+    let toml = one_site_toml(&pki, &[SITE], &server, up.addr, "");
     let shield = Shield::start(&toml).await;
     for http2 in [false, true] {
         let out = curl(
@@ -90,17 +81,7 @@ async fn host_must_match_sni() {
     let pki = Pki::new();
     let up = upstream().await;
     let server = pki.server("site-ab", &[SITE, "a.test", "www.b.test"]);
-    let toml = format!(
-        "{HTTP_OFF}{}",
-        site_toml(
-            &[SITE, "a.test"],
-            "127.0.0.1:0",
-            &server,
-            &[&pki.zone_ca.file],
-            up.addr,
-            ""
-        )
-    );
+    let toml = one_site_toml(&pki, &[SITE, "a.test"], &server, up.addr, "");
     let shield = Shield::start(&toml).await;
     for http2 in [false, true] {
         for host in ["a.test", "www.b.test", "evil.example"] {
@@ -212,17 +193,7 @@ async fn oversized_headers_are_refused() {
     let pki = Pki::new();
     let up = upstream().await;
     let server = pki.server("site-a", &[SITE]);
-    let toml = format!(
-        "{HTTP_OFF}{}",
-        site_toml(
-            &[SITE],
-            "127.0.0.1:0",
-            &server,
-            &[&pki.zone_ca.file],
-            up.addr,
-            ""
-        )
-    );
+    let toml = one_site_toml(&pki, &[SITE], &server, up.addr, "");
     let shield = Shield::start(&toml).await;
     let big = format!("X-Big: {}", "a".repeat(100 * 1024));
     let out = curl(

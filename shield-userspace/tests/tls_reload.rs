@@ -6,7 +6,9 @@ mod tls_support;
 use std::time::Duration;
 
 use shield::{config::Config, tls::FrontendOptions, tls::HandshakeResult};
-use tls_support::{curl, pki::Pki, s_client, site_toml, upstream, Req, Shield, HTTP_OFF};
+use tls_support::{
+    curl, one_site_toml, pki::Pki, s_client, site_toml, upstream, Req, Shield, HTTP_OFF,
+};
 
 const SITE: &str = "www.a.test";
 
@@ -15,17 +17,7 @@ async fn reload_keeps_in_flight_requests_and_applies_new_cas() {
     let pki = Pki::new();
     let up = upstream().await;
     let server = pki.server("site-a", &[SITE]);
-    let before = format!(
-        "{HTTP_OFF}{}",
-        site_toml(
-            &[SITE],
-            "127.0.0.1:0",
-            &server,
-            &[&pki.zone_ca.file],
-            up.addr,
-            ""
-        )
-    );
+    let before = one_site_toml(&pki, &[SITE], &server, up.addr, "");
     let shield = Shield::start(&before).await;
     let port = shield.tls_port();
 
@@ -204,17 +196,7 @@ async fn reload_switches_the_shared_ca_gauge() {
     let pki = Pki::new();
     let up = upstream().await;
     let server = pki.server("site-a", &[SITE]);
-    let own = format!(
-        "{HTTP_OFF}{}",
-        site_toml(
-            &[SITE],
-            "127.0.0.1:0",
-            &server,
-            &[&pki.zone_ca.file],
-            up.addr,
-            ""
-        )
-    );
+    let own = one_site_toml(&pki, &[SITE], &server, up.addr, "");
     let shared = own.replace(
         &format!("{:?}", pki.zone_ca.file.display().to_string()),
         "\"cloudflare-shared\"",

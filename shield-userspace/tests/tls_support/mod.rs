@@ -218,6 +218,28 @@ pub fn site_toml(
 
 pub const HTTP_OFF: &str = "[http]\naction = \"off\"\n";
 
+/// The tests' usual config: port 80 off and one site on an ephemeral
+/// loopback port that trusts the zone CA.
+pub fn one_site_toml(
+    pki: &pki::Pki,
+    names: &[&str],
+    server: &pki::Leaf,
+    upstream: SocketAddr,
+    extra: &str,
+) -> String {
+    format!(
+        "{HTTP_OFF}{}",
+        site_toml(
+            names,
+            "127.0.0.1:0",
+            server,
+            &[&pki.zone_ca.file],
+            upstream,
+            extra
+        )
+    )
+}
+
 /// The result of one curl run.
 #[derive(Debug)]
 pub struct Curl {
