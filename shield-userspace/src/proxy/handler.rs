@@ -3,7 +3,6 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll},
@@ -31,9 +30,10 @@ pub struct Connection {
     pub route: Arc<Route>,
     /// The SNI the client sent, lowercase.
     pub sni: String,
-    pub peer: SocketAddr,
-    /// Hex SHA-256 of the verified leaf certificate.
-    pub client_cert_sha256: String,
+    /// The TCP peer's address, formatted once for all requests.
+    pub peer_ip: HeaderValue,
+    /// Hex SHA-256 of the verified leaf certificate, as sent upstream.
+    pub client_cert_sha256: HeaderValue,
     pub activity: Arc<Activity>,
     pub upstream: UpstreamClient,
     pub metrics: TlsMetrics,
@@ -81,7 +81,7 @@ impl Connection {
             }
         };
         let (mut parts, body) = request.into_parts();
-        parts.uri = match self.route.upstream.uri_for(parts.uri.path_and_query()) {
+        parts.uri = match self.route.upstream.target_for(parts.uri.path_and_query()) {
             Ok(uri) => uri,
             Err(_) => return text(StatusCode::BAD_REQUEST, "Bad Request\n".into()),
         };
@@ -91,12 +91,15 @@ impl Connection {
             &mut parts.headers,
             &Forwarding {
                 host: &host,
-                peer: self.peer.ip(),
+                peer_ip: &self.peer_ip,
                 client_cert_sha256: &self.client_cert_sha256,
                 request_id,
             },
         );
-        let call = self.upstream.request(Request::from_parts(parts, body));
+        let call = self.upstream.request(
+            self.route.upstream.authority(),
+            Request::from_parts(parts, body),
+        );
         match tokio::time::timeout(self.route.upstream_timeout, call).await {
             Ok(Ok(mut response)) => {
                 headers::strip_hop_by_hop(response.headers_mut());

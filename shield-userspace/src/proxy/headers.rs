@@ -20,10 +20,12 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+const HOP_BY_HOP_FIELDS: usize = 6;
 /// RFC 9110 7.6.1: fields that describe one connection, never forwarded.
 /// `proxy-connection` and `keep-alive` are the pre-standard spellings that
-/// clients still send.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// clients still send. A `static`, not a `const`: a const array of names
+/// is built and dropped again at each use.
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_FIELDS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -33,7 +35,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 /// Forwarding statements that only shield may make.
-const REWRITTEN: [HeaderName; 4] = [
+static REWRITTEN: [HeaderName; 4] = [
     X_FORWARDED_FOR,
     X_REAL_IP,
     header::FORWARDED,
@@ -43,8 +45,15 @@ const REWRITTEN: [HeaderName; 4] = [
 /// Removes the hop-by-hop fields, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names instead of a hashed lookup per field: most
-    // messages carry none of them, and any list is in `Connection`.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // messages carry none of them or only `Connection` (an upstream's
+    // `Connection: keep-alive`), and a removal hashes its name.
+    let mut present = [false; HOP_BY_HOP_FIELDS];
+    for name in headers.keys() {
+        if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[at] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
     let listed: Vec<HeaderName> = headers
@@ -53,12 +62,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !HOP_BY_HOP.contains(name))
         .collect();
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
@@ -67,8 +79,9 @@ pub struct Forwarding<'a> {
     pub host: &'a str,
     /// The TCP peer (a Cloudflare edge address), used when Cloudflare sent
     /// no usable `CF-Connecting-IP`.
-    pub peer: IpAddr,
-    pub client_cert_sha256: &'a str,
+    pub peer_ip: &'a HeaderValue,
+    /// Made once per connection: it is the same for all its requests.
+    pub client_cert_sha256: &'a HeaderValue,
     pub request_id: &'a str,
 }
 
@@ -76,11 +89,7 @@ pub struct Forwarding<'a> {
 pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     // Read before stripping: a client listing it in `Connection` addresses
     // it to us, which is where it is used.
-    let visitor = headers
-        .get(&CF_CONNECTING_IP)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<IpAddr>().ok())
-        .unwrap_or(fwd.peer);
+    let visitor = headers.get(&CF_CONNECTING_IP).and_then(visitor_address);
     // The removals below hash every name they look up; a typical request
     // has none of these fields, which one pass over its names shows.
     if headers
@@ -88,7 +97,7 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
         .any(|name| HOP_BY_HOP.contains(name) || REWRITTEN.contains(name) || is_ours(name))
     {
         strip_hop_by_hop(headers);
-        for name in REWRITTEN {
+        for name in &REWRITTEN {
             headers.remove(name);
         }
         let ours: Vec<HeaderName> = headers.keys().filter(|n| is_ours(n)).cloned().collect();
@@ -96,19 +105,29 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
             headers.remove(name);
         }
     }
-    if let Ok(visitor) = HeaderValue::from_str(&visitor.to_string()) {
-        headers.insert(X_FORWARDED_FOR, visitor.clone());
-        headers.insert(X_REAL_IP, visitor);
-    }
+    let visitor = visitor.unwrap_or_else(|| fwd.peer_ip.clone());
+    headers.insert(X_FORWARDED_FOR, visitor.clone());
+    headers.insert(X_REAL_IP, visitor);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Ok(host) = HeaderValue::from_str(fwd.host) {
         headers.insert(header::HOST, host);
     }
-    if let Ok(value) = HeaderValue::from_str(fwd.client_cert_sha256) {
-        headers.insert(CLIENT_CERT_SHA256, value);
-    }
+    headers.insert(CLIENT_CERT_SHA256, fwd.client_cert_sha256.clone());
     if let Ok(value) = HeaderValue::from_str(fwd.request_id) {
         headers.insert(REQUEST_ID, value);
+    }
+}
+
+/// `CF-Connecting-IP` when it holds one IP address: the value itself
+/// (shared, not re-formatted) when it has no surrounding blanks.
+fn visitor_address(value: &HeaderValue) -> Option<HeaderValue> {
+    let text = value.to_str().ok()?;
+    let trimmed = text.trim();
+    trimmed.parse::<IpAddr>().ok()?;
+    if trimmed.len() == text.len() {
+        Some(value.clone())
+    } else {
+        HeaderValue::from_str(trimmed).ok()
     }
 }
 
@@ -184,8 +203,8 @@ mod tests {
             &mut headers,
             &Forwarding {
                 host: "www.example.com",
-                peer: "172.64.0.1".parse().unwrap(),
-                client_cert_sha256: "ab12",
+                peer_ip: &HeaderValue::from_static("172.64.0.1"),
+                client_cert_sha256: &HeaderValue::from_static("ab12"),
                 request_id: "r1",
             },
         );
@@ -209,14 +228,74 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_fields_are_stripped_and_the_rest_kept() {
+        type Fields<'a> = &'a [(&'a str, &'a str)];
+        // (fields in, fields that must be gone, fields that must stay)
+        let table: [(Fields, &[&str], &[&str]); 4] = [
+            (
+                &[("connection", "keep-alive"), ("content-length", "3")],
+                &["connection"],
+                &["content-length"],
+            ),
+            (
+                &[
+                    ("Connection", "close, X-Trace"),
+                    ("x-trace", "1"),
+                    ("keep-alive", "timeout=5"),
+                    ("server", "app"),
+                ],
+                &["connection", "x-trace", "keep-alive"],
+                &["server"],
+            ),
+            (
+                &[("transfer-encoding", "chunked"), ("upgrade", "h2c")],
+                &["transfer-encoding", "upgrade"],
+                &[],
+            ),
+            (
+                &[("server", "app"), ("date", "x")],
+                &[],
+                &["server", "date"],
+            ),
+        ];
+        for (fields, gone, kept) in table {
+            let mut headers = map(fields);
+            strip_hop_by_hop(&mut headers);
+            for name in gone {
+                assert!(headers.get(*name).is_none(), "{name} kept in {fields:?}");
+            }
+            for name in kept {
+                assert!(headers.get(*name).is_some(), "{name} lost in {fields:?}");
+            }
+            assert_eq!(headers.len(), kept.len(), "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn cf_connecting_ip_is_forwarded_trimmed() {
+        let mut headers = map(&[("cf-connecting-ip", " 2001:db8::7 ")]);
+        prepare_request(
+            &mut headers,
+            &Forwarding {
+                host: "a",
+                peer_ip: &HeaderValue::from_static("172.64.0.1"),
+                client_cert_sha256: &HeaderValue::from_static(""),
+                request_id: "",
+            },
+        );
+        assert_eq!(headers["x-forwarded-for"], "2001:db8::7");
+        assert_eq!(headers["x-real-ip"], "2001:db8::7");
+    }
+
+    #[test]
     fn peer_is_used_without_a_valid_cf_connecting_ip() {
         let mut headers = map(&[("cf-connecting-ip", "not an ip")]);
         prepare_request(
             &mut headers,
             &Forwarding {
                 host: "a",
-                peer: "2001:db8::1".parse().unwrap(),
-                client_cert_sha256: "",
+                peer_ip: &HeaderValue::from_static("2001:db8::1"),
+                client_cert_sha256: &HeaderValue::from_static(""),
                 request_id: "",
             },
         );

@@ -75,20 +75,27 @@ impl Upstream {
         Ok(Upstream { authority, prefix })
     }
 
-    /// The upstream URI for a request's path and query.
-    pub fn uri_for(&self, path: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        let path = path.map(PathAndQuery::as_str).unwrap_or("/");
-        let path = if path.starts_with('/') {
-            format!("{}{path}", self.prefix)
-        } else {
-            // `*` (OPTIONS) and other non-origin forms go as they are.
-            path.to_owned()
-        };
-        Uri::builder()
-            .scheme("http")
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build()
+    /// The upstream's host and port: the pool key for its connections.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The origin-form target (`/prefix/path?query`) for a request's path
+    /// and query; the authority goes separately to the upstream client.
+    pub fn target_for(&self, path: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        match path {
+            // No prefix, or a non-origin form (`*` for OPTIONS): the
+            // client's path and query go as they are, sharing their bytes.
+            Some(path) if self.prefix.is_empty() || !path.as_str().starts_with('/') => {
+                Ok(Uri::from(path.clone()))
+            }
+            None if self.prefix.is_empty() => Ok(Uri::from_static("/")),
+            _ => {
+                let path = path.map_or("/", PathAndQuery::as_str);
+                let joined = format!("{}{path}", self.prefix);
+                Ok(Uri::from(PathAndQuery::try_from(joined)?))
+            }
+        }
     }
 }
 
@@ -97,18 +104,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_joins_prefix_and_path() {
-        let up = Upstream::parse("http://127.0.0.1:8080/app/").unwrap();
-        let pq: PathAndQuery = "/x?y=1".parse().unwrap();
-        assert_eq!(
-            up.uri_for(Some(&pq)).unwrap().to_string(),
-            "http://127.0.0.1:8080/app/x?y=1"
-        );
-        let bare = Upstream::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!(
-            bare.uri_for(None).unwrap().to_string(),
-            "http://127.0.0.1:8080/"
-        );
+    fn upstream_targets_join_prefix_and_path() {
+        let table: [(&str, Option<&str>, &str); 6] = [
+            ("http://127.0.0.1:8080/app/", Some("/x?y=1"), "/app/x?y=1"),
+            ("http://127.0.0.1:8080/app", None, "/app/"),
+            ("http://127.0.0.1:8080", Some("/x?y=1"), "/x?y=1"),
+            ("http://127.0.0.1:8080", None, "/"),
+            ("http://127.0.0.1:8080/", Some("/"), "/"),
+            ("http://127.0.0.1:8080/app", Some("*"), "*"),
+        ];
+        for (upstream, path, want) in table {
+            let up = Upstream::parse(upstream).unwrap();
+            let path: Option<PathAndQuery> = path.map(|p| p.parse().unwrap());
+            let target = up.target_for(path.as_ref()).unwrap();
+            assert_eq!(target.to_string(), want, "{upstream} {path:?}");
+            assert!(target.authority().is_none(), "origin-form: {target}");
+            assert_eq!(up.authority().as_str(), "127.0.0.1:8080");
+        }
         assert!(Upstream::parse("ftp://x").is_err());
         assert!(Upstream::parse("https://127.0.0.1").is_err());
     }

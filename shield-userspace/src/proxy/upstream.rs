@@ -8,7 +8,7 @@
 //! last frame is read, and checkout is a lock and a `pop`.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     io,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError, Weak},
@@ -59,10 +59,26 @@ struct Pool {
 #[derive(Debug, Default)]
 struct State {
     /// Per upstream, oldest first: checkout pops the newest (LIFO), so a
-    /// burst's extra connections age out instead of being kept warm.
-    idle: HashMap<Authority, VecDeque<Idle>>,
+    /// burst's extra connections age out instead of being kept warm. A list
+    /// searched by the authority's text rather than a map: a host has a
+    /// handful of upstreams, and hashing an `Authority` with the default
+    /// hasher (plus its case-insensitive `==`) cost ~2k instructions per
+    /// request.
+    idle: Vec<(Authority, VecDeque<Idle>)>,
     /// Whether a task is reaping expired idle connections.
     reaping: bool,
+}
+
+impl State {
+    fn idle_position(&self, authority: &Authority) -> Option<usize> {
+        let key = authority.as_str();
+        self.idle.iter().position(|(a, _)| a.as_str() == key)
+    }
+
+    fn idle_for(&mut self, authority: &Authority) -> Option<&mut VecDeque<Idle>> {
+        let at = self.idle_position(authority)?;
+        Some(&mut self.idle[at].1)
+    }
 }
 
 #[derive(Debug)]
@@ -85,7 +101,7 @@ impl Pool {
     }
 
     fn pop(&self, authority: &Authority) -> Option<Idle> {
-        self.lock().idle.get_mut(authority)?.pop_back()
+        self.lock().idle_for(authority)?.pop_back()
     }
 
     fn put(self: &Arc<Self>, authority: Authority, sender: SendRequest<Incoming>) {
@@ -101,7 +117,11 @@ impl Pool {
         let start_reaper;
         {
             let mut state = self.lock();
-            let idle = state.idle.entry(authority).or_default();
+            let at = state.idle_position(&authority).unwrap_or_else(|| {
+                state.idle.push((authority, VecDeque::new()));
+                state.idle.len() - 1
+            });
+            let idle = &mut state.idle[at].1;
             evicted = if idle.len() >= MAX_IDLE_PER_UPSTREAM {
                 idle.pop_front()
             } else {
@@ -134,7 +154,7 @@ async fn reap(pool: Weak<Pool>) {
         let mut expired = Vec::new();
         let mut state = pool.lock();
         let now = Instant::now();
-        state.idle.retain(|_, idle| {
+        state.idle.retain_mut(|(_, idle)| {
             // Oldest first, so the expired ones are at the front; a closed
             // one further in is left for checkout to skip.
             while idle.front().is_some_and(|first| first.expired(now)) {
@@ -157,8 +177,6 @@ async fn reap(pool: Weak<Pool>) {
 /// Why an upstream request failed; all of them are a 502.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("the upstream URI has no authority")]
-    NoAuthority,
     #[error("cannot resolve {authority}")]
     Resolve {
         authority: Authority,
@@ -178,37 +196,28 @@ pub enum UpstreamError {
 }
 
 impl UpstreamClient {
-    /// Sends `request` (absolute-form URI, as `Upstream::uri_for` builds
-    /// it) on an idle connection to its authority, or a new one.
+    /// Sends `request` (origin-form URI, as `Upstream::target_for` builds
+    /// it) to `authority`, on an idle connection or a new one.
     pub async fn request(
         &self,
+        authority: &Authority,
         mut request: Request<Incoming>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let authority = request
-            .uri()
-            .authority()
-            .cloned()
-            .ok_or(UpstreamError::NoAuthority)?;
-        // What hyper-util's client did for HTTP/1: a Host header if none,
-        // and the URI in origin-form (authority-form for CONNECT).
+        // What hyper-util's client did for HTTP/1: a Host header if none.
         if !request.headers().contains_key(header::HOST) {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
                 request.headers_mut().insert(header::HOST, host);
             }
         }
-        let target = if request.method() == Method::CONNECT {
-            Uri::from(authority.clone())
-        } else {
-            match request.uri().path_and_query() {
-                Some(path) if path.as_str() != "/" => Uri::from(path.clone()),
-                _ => Uri::default(),
-            }
-        };
-        *request.uri_mut() = target;
+        if request.method() == Method::CONNECT {
+            *request.uri_mut() = Uri::from(authority.clone());
+        }
         loop {
-            let (mut sender, reused) = match self.checkout(&authority).await {
+            let (mut sender, reused) = match self.checkout(authority).await {
                 Some(sender) => (sender, true),
-                None => (connect(&authority).await?, false),
+                // Boxed: the connect future is large and rare; inline, it
+                // would be copied with every request's future.
+                None => (Box::pin(connect(authority)).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -217,7 +226,7 @@ impl UpstreamClient {
                         body,
                         release: Some(Release {
                             pool,
-                            authority,
+                            authority: authority.clone(),
                             sender,
                         }),
                     }));
@@ -414,7 +423,7 @@ mod tests {
 
     /// A request with an `Incoming` body, as the proxy forwards: taken from
     /// a throwaway loopback exchange, since `Incoming` cannot be built.
-    async fn request(authority: &Authority) -> Request<Incoming> {
+    async fn request() -> Request<Incoming> {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (taken, take) = tokio::sync::oneshot::channel();
@@ -454,7 +463,7 @@ mod tests {
                 .await;
         });
         let (mut parts, body) = take.await.expect("request taken").into_parts();
-        parts.uri = format!("http://{authority}/path").parse().expect("uri");
+        parts.uri = Uri::from_static("/path");
         Request::from_parts(parts, body)
     }
 
@@ -464,7 +473,7 @@ mod tests {
         let client = client();
         for _ in 0..3 {
             let response = client
-                .request(request(&authority).await)
+                .request(&authority, request().await)
                 .await
                 .expect("response");
             let body = response.into_body().collect().await.expect("body");
@@ -478,11 +487,11 @@ mod tests {
         let (authority, accepted) = upstream("hi").await;
         let client = client();
         let first = client
-            .request(request(&authority).await)
+            .request(&authority, request().await)
             .await
             .expect("first");
         let second = client
-            .request(request(&authority).await)
+            .request(&authority, request().await)
             .await
             .expect("second");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -490,12 +499,31 @@ mod tests {
         drop(second.into_body().collect().await.expect("body"));
         for _ in 0..2 {
             let response = client
-                .request(request(&authority).await)
+                .request(&authority, request().await)
                 .await
                 .expect("again");
             drop(response.into_body().collect().await.expect("body"));
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn each_upstream_keeps_its_own_connections() {
+        let (first, first_accepted) = upstream("one").await;
+        let (second, second_accepted) = upstream("two").await;
+        let client = client();
+        for _ in 0..2 {
+            for (authority, want) in [(&first, "one"), (&second, "two")] {
+                let response = client
+                    .request(authority, request().await)
+                    .await
+                    .expect("response");
+                let body = response.into_body().collect().await.expect("body");
+                assert_eq!(body.to_bytes(), want);
+            }
+        }
+        assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(second_accepted.load(Ordering::SeqCst), 1);
     }
 
     /// A connection the upstream closes after its response is never handed
@@ -507,7 +535,7 @@ mod tests {
         let client = client();
         for round in 1..=3 {
             let response = client
-                .request(request(&authority).await)
+                .request(&authority, request().await)
                 .await
                 .expect("response");
             let body = response.into_body().collect().await.expect("body");
@@ -522,12 +550,12 @@ mod tests {
         let client = client();
         drop(
             client
-                .request(request(&authority).await)
+                .request(&authority, request().await)
                 .await
                 .expect("response"),
         );
         let response = client
-            .request(request(&authority).await)
+            .request(&authority, request().await)
             .await
             .expect("response");
         drop(response.into_body().collect().await.expect("body"));
@@ -545,7 +573,7 @@ mod tests {
             .expect("authority");
         drop(listener);
         let error = client()
-            .request(request(&authority).await)
+            .request(&authority, request().await)
             .await
             .expect_err("refused");
         assert!(matches!(error, UpstreamError::Connect { .. }), "{error:?}");

@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use rustls::{
     server::{Acceptor, ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
@@ -126,7 +127,11 @@ async fn connection(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(|leaf| hex(&Sha256::digest(leaf.as_ref())))
-        .unwrap_or_default();
+        .and_then(|hex| HeaderValue::from_str(&hex).ok())
+        .unwrap_or_else(|| HeaderValue::from_static(""));
+    // An IP address always makes a valid header value.
+    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
     let route = site.route.clone();
     drop(site);
     let conn_metrics = shared.metrics.clone();
@@ -136,7 +141,7 @@ async fn connection(
         move |activity| Connection {
             route,
             sni,
-            peer,
+            peer_ip,
             client_cert_sha256,
             activity,
             upstream,
