@@ -17,8 +17,23 @@
 //! shield is built twice, with rustls' aws-lc-rs provider (the default) and
 //! with `--features ring`, so the provider choice in `tls::provider` stays
 //! a measured one.
+//!
+//! The server under test runs alone on the first CPU this process may use
+//! (CPU 0 on most hosts); the load clients (`tls_load`, oha) and the
+//! upstream nginx run on the others. Sharing every CPU, the keep-alive
+//! figure mostly measured oha. Pinned to one CPU, shield sees
+//! `available_parallelism() == 1` and runs one connection worker, while
+//! nginx keeps its `worker_processes 2`, both on that CPU. So the bench
+//! needs at least 2 CPUs.
+//!
+//! Each throughput sample also reports the server's CPU time per completed
+//! request or handshake (its process and child processes, from /proc), which
+//! does not depend on how fast the client is, and the busy fraction of the
+//! server's CPU and of the load CPUs (from /proc/stat): load CPUs near 100%
+//! mean the client, not the server, capped the rate.
 
 use std::{
+    collections::BTreeMap,
     ffi::OsStr,
     fs,
     io::{BufRead as _, BufReader},
@@ -36,10 +51,10 @@ use crate::shell;
 /// oha 1.16 builds with rustc 1.95 and speaks client certificates.
 const OHA_VERSION: &str = "1.16.0";
 /// Interleaved rounds per throughput figure; the median is reported.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// Seconds per throughput sample.
 const SECONDS: u32 = 8;
-/// Connections in flight: enough to keep 2 cores busy.
+/// Connections in flight: enough to keep the server's CPU busy.
 const CONCURRENCY: usize = 64;
 const IDLE_CONNECTIONS: usize = 10_000;
 /// SNI, Host and certificate name; resolves to loopback without any setup.
@@ -83,6 +98,8 @@ pub fn bench_tools() -> anyhow::Result<()> {
 }
 
 pub fn run() -> anyhow::Result<()> {
+    // Before the builds: a host too small fails in seconds, not minutes.
+    let meter = Meter::new()?;
     bench_tools()?;
     let root = workspace_root();
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -110,9 +127,12 @@ pub fn run() -> anyhow::Result<()> {
     }
     let pki = Pki::make(&work)?;
     let upstream_port = free_port()?;
+    // On the load CPUs: it serves every server under test alike, and on
+    // the server's CPU it would take time from the server measured.
     let _upstream = Server::start(
         "upstream",
-        &mut with_nofile(
+        &mut pinned(
+            &meter.cpus.load_list(),
             "nginx",
             &nginx_args(&work, "upstream", &upstream_conf(&work, upstream_port))?,
         ),
@@ -121,29 +141,35 @@ pub fn run() -> anyhow::Result<()> {
     let upstream = format!("http://127.0.0.1:{upstream_port}");
 
     let kinds = [Kind::Nginx, Kind::Shield("aws-lc-rs"), Kind::Shield("ring")];
-    let mut handshakes: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
-    let mut keepalive: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    let load_cpus = meter.cpus.load_list();
+    let mut handshakes: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
+    let mut keepalive: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
     {
         let mut servers = Vec::new();
         for kind in &kinds {
-            servers.push(kind.start(&work, &pki, &upstream)?);
+            servers.push(kind.start(&work, &pki, &upstream, &meter.cpus)?);
         }
         for round in 1..=ROUNDS {
             for (i, server) in servers.iter().enumerate() {
-                let rate = handshake_rate(&load, &pki, server.port)?;
+                let sample = meter.sample(server, || {
+                    handshake_rate(&load, &pki, server.port, &load_cpus)
+                })?;
                 println!(
-                    "round {round}: {} full handshakes/s: {rate:.0}",
-                    server.name
+                    "round {round}: {} full handshakes/s: {}",
+                    server.name,
+                    sample.line(&meter.cpus, "handshake")
                 );
-                handshakes[i].push(rate);
+                handshakes[i].push(sample);
             }
             for (i, server) in servers.iter().enumerate() {
-                let rate = keepalive_rate(&pki, server.port)?;
+                let sample =
+                    meter.sample(server, || keepalive_rate(&pki, server.port, &load_cpus))?;
                 println!(
-                    "round {round}: {} keep-alive requests/s: {rate:.0}",
-                    server.name
+                    "round {round}: {} keep-alive requests/s: {}",
+                    server.name,
+                    sample.line(&meter.cpus, "request")
                 );
-                keepalive[i].push(rate);
+                keepalive[i].push(sample);
             }
         }
     }
@@ -151,9 +177,9 @@ pub fn run() -> anyhow::Result<()> {
     // Memory: one server at a time, each fresh.
     let mut memory = Vec::new();
     for kind in &kinds[..2] {
-        let server = kind.start(&work, &pki, &upstream)?;
+        let server = kind.start(&work, &pki, &upstream, &meter.cpus)?;
         let idle = server.memory()?;
-        let holder = Holder::open(&load, &pki, server.port)?;
+        let holder = Holder::open(&load, &pki, server.port, &load_cpus)?;
         thread::sleep(Duration::from_secs(2));
         let loaded = server.memory()?;
         println!(
@@ -177,7 +203,7 @@ pub fn run() -> anyhow::Result<()> {
         drop(server);
     }
 
-    let table = report(&kinds, &handshakes, &keepalive, &memory);
+    let table = report(&kinds, &meter.cpus, &handshakes, &keepalive, &memory);
     println!("\n{table}");
     let results = work.join("results.md");
     fs::write(&results, &table).with_context(|| format!("cannot write {}", results.display()))?;
@@ -200,6 +226,198 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     fs::copy(from, to)
         .map(drop)
         .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
+}
+
+/// Where each side runs: the server under test alone on one CPU, so that
+/// its rate is not capped by a client competing for that CPU; the load
+/// clients and the upstream on the rest.
+struct Cpus {
+    server: u32,
+    load: Vec<u32>,
+}
+
+impl Cpus {
+    /// The CPUs this process may run on (a container's cpuset can allow
+    /// fewer than the host has): the first for the server, the rest for
+    /// the load.
+    fn allowed() -> anyhow::Result<Cpus> {
+        let status =
+            fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+        let list = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+            .map(str::trim)
+            .context("/proc/self/status has no Cpus_allowed_list; the bench needs Linux")?;
+        let cpus = cpu_list(list).with_context(|| {
+            format!("cannot parse Cpus_allowed_list {list:?} in /proc/self/status")
+        })?;
+        match cpus.split_first() {
+            Some((&server, load)) if !load.is_empty() => Ok(Cpus {
+                server,
+                load: load.to_vec(),
+            }),
+            _ => bail!(
+                "the TLS bench needs at least 2 CPUs (the server alone on one, the load clients on \
+                 the rest) but this process may run only on CPU {list}; run it on a host or \
+                 container with 2 or more"
+            ),
+        }
+    }
+
+    /// The load CPUs as a taskset list.
+    fn load_list(&self) -> String {
+        let cpus: Vec<String> = self.load.iter().map(u32::to_string).collect();
+        cpus.join(",")
+    }
+}
+
+/// The kernel's CPU list format: `0-3,6` is [0, 1, 2, 3, 6].
+fn cpu_list(list: &str) -> Option<Vec<u32>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let first: u32 = first.trim().parse().ok()?;
+                let last: u32 = last.trim().parse().ok()?;
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(part.trim().parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+/// What each throughput sample measures besides the rate.
+struct Meter {
+    cpus: Cpus,
+    /// Clock ticks per second, the unit of /proc's CPU times.
+    ticks_per_second: f64,
+}
+
+/// One throughput sample.
+struct Sample {
+    /// Completed requests (or handshakes) per second.
+    rate: f64,
+    /// The server's CPU time per completed request, µs.
+    cpu_us: f64,
+    /// Busy fraction, 0 to 1, of the server's CPU and of the load CPUs.
+    server_busy: f64,
+    load_busy: f64,
+}
+
+impl Meter {
+    fn new() -> anyhow::Result<Meter> {
+        // USER_HZ is 100 on the usual Linux builds; getconf confirms it.
+        let ticks_per_second = shell::output("getconf", &["CLK_TCK"])
+            .ok()
+            .and_then(|ticks| ticks.trim().parse::<f64>().ok())
+            .filter(|ticks| *ticks > 0.0)
+            .unwrap_or(100.0);
+        Ok(Meter {
+            cpus: Cpus::allowed()?,
+            ticks_per_second,
+        })
+    }
+
+    /// Runs `load`, which returns its rate and how many requests completed,
+    /// and reads the server's CPU time and every CPU's busy time just
+    /// before and after it.
+    fn sample(
+        &self,
+        server: &Server,
+        load: impl FnOnce() -> anyhow::Result<(f64, f64)>,
+    ) -> anyhow::Result<Sample> {
+        let (server_before, cpus_before) = (server.cpu_ticks()?, cpu_times()?);
+        let (rate, count) = load()?;
+        let (server_after, cpus_after) = (server.cpu_ticks()?, cpu_times()?);
+        if count < 1.0 {
+            bail!(
+                "{}: no request completed in {SECONDS} s; see its log in target/bench-tls",
+                server.name
+            );
+        }
+        let seconds = server_after.saturating_sub(server_before) as f64 / self.ticks_per_second;
+        Ok(Sample {
+            rate,
+            cpu_us: seconds * 1e6 / count,
+            server_busy: busy_fraction(&cpus_before, &cpus_after, &[self.cpus.server]),
+            load_busy: busy_fraction(&cpus_before, &cpus_after, &self.cpus.load),
+        })
+    }
+}
+
+impl Sample {
+    /// The rate, then the server's CPU per `unit` and both sides' busy share.
+    fn line(&self, cpus: &Cpus, unit: &str) -> String {
+        format!(
+            "{:.0}; server CPU {:.1} µs/{unit}; busy: server CPU {} {:.0}%, load CPUs {} {:.0}%",
+            self.rate,
+            self.cpu_us,
+            cpus.server,
+            self.server_busy * 100.0,
+            cpus.load_list(),
+            self.load_busy * 100.0
+        )
+    }
+}
+
+/// Clock ticks one CPU spent busy and idle since boot.
+#[derive(Clone, Copy, Default)]
+struct CpuTime {
+    busy: u64,
+    idle: u64,
+}
+
+/// Every CPU's times from /proc/stat, by CPU number.
+fn cpu_times() -> anyhow::Result<BTreeMap<u32, CpuTime>> {
+    let stat = fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let mut times = BTreeMap::new();
+    for line in stat.lines() {
+        // `cpu` alone is the sum of all; `cpuN` is CPU N.
+        let Some((cpu, rest)) = line.strip_prefix("cpu").and_then(|l| l.split_once(' ')) else {
+            continue;
+        };
+        let Ok(cpu) = cpu.parse::<u32>() else {
+            continue;
+        };
+        let ticks: Vec<u64> = rest
+            .split_whitespace()
+            .map(|n| n.parse().unwrap_or(0))
+            .collect();
+        // user nice system idle iowait irq softirq, then steal (time a
+        // hypervisor took away, neither ours nor idle) and guest (already
+        // in user), both left out.
+        if let [user, nice, system, idle, iowait, irq, softirq, ..] = ticks[..] {
+            let busy = user + nice + system + irq + softirq;
+            times.insert(
+                cpu,
+                CpuTime {
+                    busy,
+                    idle: idle + iowait,
+                },
+            );
+        }
+    }
+    if times.is_empty() {
+        bail!("no per-CPU lines in /proc/stat");
+    }
+    Ok(times)
+}
+
+/// The busy share of `cpus`' time between two readings, 0 to 1.
+fn busy_fraction(
+    before: &BTreeMap<u32, CpuTime>,
+    after: &BTreeMap<u32, CpuTime>,
+    cpus: &[u32],
+) -> f64 {
+    let (mut busy, mut idle) = (0, 0);
+    for cpu in cpus {
+        let was = before.get(cpu).copied().unwrap_or_default();
+        let is = after.get(cpu).copied().unwrap_or_default();
+        busy += is.busy.saturating_sub(was.busy);
+        idle += is.idle.saturating_sub(was.idle);
+    }
+    busy as f64 / (busy + idle).max(1) as f64
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -423,12 +641,14 @@ enum Kind {
 }
 
 impl Kind {
-    fn start(self, work: &Path, pki: &Pki, upstream: &str) -> anyhow::Result<Server> {
+    /// Started alone on the server's CPU.
+    fn start(self, work: &Path, pki: &Pki, upstream: &str, cpus: &Cpus) -> anyhow::Result<Server> {
         let port = free_port()?;
+        let cpu = cpus.server.to_string();
         match self {
             Kind::Nginx => {
                 let args = nginx_args(work, "nginx", &nginx_conf(work, pki, port, upstream))?;
-                Server::start("nginx", &mut with_nofile("nginx", &args), port)
+                Server::start("nginx", &mut pinned(&cpu, "nginx", &args), port)
             }
             Kind::Shield(provider) => {
                 let name = format!("shield-{provider}");
@@ -436,7 +656,8 @@ impl Kind {
                 fs::write(&conf, shield_conf(work, pki, port, upstream)?)
                     .with_context(|| format!("cannot write {}", conf.display()))?;
                 let log = fs::File::create(work.join(format!("{name}.log")))?;
-                let mut command = with_nofile(
+                let mut command = pinned(
+                    &cpu,
                     work.join(&name),
                     &[OsStr::new("run"), OsStr::new("--config"), conf.as_os_str()],
                 );
@@ -504,6 +725,28 @@ impl Server {
         }
         Ok(memory)
     }
+
+    /// User plus system CPU time, in clock ticks, of the process and its
+    /// children (nginx's workers), summed. Each process's own stat line,
+    /// which the kernel sums over all its threads, including any that
+    /// exited since the last reading (a sum over /proc/PID/task/* would
+    /// lose those).
+    fn cpu_ticks(&self) -> anyhow::Result<u64> {
+        let mut pids = vec![self.child.id()];
+        pids.extend(children(self.child.id()));
+        let mut ticks = 0;
+        for pid in pids {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| {
+                format!(
+                    "{}: cannot read /proc/{pid}/stat; did it exit? see its log in target/bench-tls",
+                    self.name
+                )
+            })?;
+            ticks += stat_cpu_ticks(&stat)
+                .with_context(|| format!("{}: unexpected /proc/{pid}/stat {stat:?}", self.name))?;
+        }
+        Ok(ticks)
+    }
 }
 
 impl Drop for Server {
@@ -525,13 +768,15 @@ impl Drop for Server {
     }
 }
 
-/// `program args` with the soft descriptor limit raised to
-/// [`nofile_limit`]: a shell in front that execs it, so the pid stays the
-/// program's.
-fn with_nofile<S: AsRef<OsStr>>(program: impl AsRef<OsStr>, args: &[S]) -> Command {
-    let mut command = Command::new("sh");
+/// `program args` on the CPUs in `cpus` (a taskset list, inherited by its
+/// children: nginx's workers) with the soft descriptor limit raised to
+/// [`nofile_limit`]. taskset and the shell in front both exec, so the pid
+/// stays the program's, which [`Server::memory`] and
+/// [`Server::cpu_ticks`] read with its children.
+fn pinned<S: AsRef<OsStr>>(cpus: &str, program: impl AsRef<OsStr>, args: &[S]) -> Command {
+    let mut command = Command::new("taskset");
     command
-        .arg("-c")
+        .args(["-c", cpus, "sh", "-c"])
         .arg(format!(
             "ulimit -n {} && exec \"$0\" \"$@\"",
             nofile_limit()
@@ -568,6 +813,15 @@ fn children(parent: u32) -> Vec<u32> {
         .collect()
 }
 
+/// utime plus stime (fields 14 and 15) of a /proc/PID/stat line.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // As in `children`: split after comm; the rest starts at field 3.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 fn kib_field(text: &str, field: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(field))
@@ -592,7 +846,15 @@ fn load_args<'a>(pki: &'a Pki, addr: &'a str) -> Vec<&'a str> {
     ]
 }
 
-fn handshake_rate(load: &Path, pki: &Pki, port: u16) -> anyhow::Result<f64> {
+/// `program args` on the load CPUs (`cpus`, a taskset list); its stdout.
+fn pinned_output(cpus: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut pinned = vec!["-c", cpus, program];
+    pinned.extend(args);
+    shell::output("taskset", &pinned)
+}
+
+/// Full handshakes per second, and how many completed.
+fn handshake_rate(load: &Path, pki: &Pki, port: u16, cpus: &str) -> anyhow::Result<(f64, f64)> {
     let addr = format!("127.0.0.1:{port}");
     let mut args = load_args(pki, &addr);
     let concurrency = CONCURRENCY.to_string();
@@ -604,19 +866,24 @@ fn handshake_rate(load: &Path, pki: &Pki, port: u16) -> anyhow::Result<f64> {
         "--seconds",
         &seconds,
     ]);
-    let out = shell::output(path_str(load), &args)?;
+    let out = pinned_output(cpus, path_str(load), &args)?;
     let errors = number_after(&out, "errors=").unwrap_or(0.0);
     if errors > 0.0 {
         bail!("handshake client saw {errors} errors on port {port}: {out}");
     }
-    number_after(&out, "per_second=").with_context(|| format!("unexpected output {out:?}"))
+    let rate = number_after(&out, "per_second=");
+    let count = number_after(&out, "handshakes_ok=");
+    rate.zip(count)
+        .with_context(|| format!("unexpected tls_load output {out:?}; rebuild its example"))
 }
 
-fn keepalive_rate(pki: &Pki, port: u16) -> anyhow::Result<f64> {
+/// Keep-alive requests per second, and how many completed with a 200.
+fn keepalive_rate(pki: &Pki, port: u16, cpus: &str) -> anyhow::Result<(f64, f64)> {
     let url = format!("https://{NAME}:{port}/");
     let duration = format!("{SECONDS}s");
     let concurrency = CONCURRENCY.to_string();
-    let out = shell::output(
+    let out = pinned_output(
+        cpus,
         "oha",
         &[
             "--no-tui",
@@ -644,8 +911,11 @@ fn keepalive_rate(pki: &Pki, port: u16) -> anyhow::Result<f64> {
     if success < 0.999 || !only_200 {
         bail!("oha on port {port}: success rate {success}, status codes {codes:?}");
     }
-    number_after(&out, "\"requestsPerSec\":")
-        .with_context(|| format!("unexpected oha output {out:?}"))
+    let rate = number_after(&out, "\"requestsPerSec\":");
+    let count = codes.and_then(|codes| number_after(codes, "\"200\":"));
+    rate.zip(count).with_context(|| {
+        format!("unexpected oha output {out:?}; is oha {OHA_VERSION} first on the PATH?")
+    })
 }
 
 /// The number right after `key` (enough JSON for oha's summary).
@@ -666,12 +936,13 @@ struct Holder {
 }
 
 impl Holder {
-    fn open(load: &Path, pki: &Pki, port: u16) -> anyhow::Result<Holder> {
+    /// Runs on the load CPUs (`cpus`, a taskset list).
+    fn open(load: &Path, pki: &Pki, port: u16, cpus: &str) -> anyhow::Result<Holder> {
         let addr = format!("127.0.0.1:{port}");
         let mut args = load_args(pki, &addr);
         let count = IDLE_CONNECTIONS.to_string();
         args.extend(["hold", "--count", &count]);
-        let mut child = with_nofile(load, &args)
+        let mut child = pinned(cpus, load, &args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -708,10 +979,19 @@ fn median(values: &[f64]) -> f64 {
     sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// Per server, the median of one field of its samples.
+fn medians(samples: &[Vec<Sample>], field: fn(&Sample) -> f64) -> Vec<f64> {
+    samples
+        .iter()
+        .map(|s| median(&s.iter().map(field).collect::<Vec<_>>()))
+        .collect()
+}
+
 fn report(
     kinds: &[Kind],
-    handshakes: &[Vec<f64>],
-    keepalive: &[Vec<f64>],
+    cpus: &Cpus,
+    handshakes: &[Vec<Sample>],
+    keepalive: &[Vec<Sample>],
     memory: &[(Memory, Memory)],
 ) -> String {
     let names: Vec<String> = kinds
@@ -730,8 +1010,8 @@ fn report(
     out.push_str(" | shield/nginx | target |\n| --- |");
     out.push_str(&" ---: |".repeat(names.len() + 1));
     out.push_str(" --- |\n");
-    let row = |out: &mut String, label: &str, samples: &[Vec<f64>], target: f64| {
-        let medians: Vec<f64> = samples.iter().map(|s| median(s)).collect();
+    let row = |out: &mut String, label: &str, samples: &[Vec<Sample>], target: f64| {
+        let medians = medians(samples, |s| s.rate);
         let ratio = medians[1] / medians[0];
         out.push_str(&format!("| {label} |"));
         for m in &medians {
@@ -740,8 +1020,23 @@ fn report(
         let verdict = if ratio >= target { "met" } else { "NOT met" };
         out.push_str(&format!(" {ratio:.2}x | >= {target}x: {verdict} |\n"));
     };
+    // Lower is better here, so the ratio is turned around: above 1x,
+    // shield spends less CPU than nginx on the same work.
+    let cpu_row = |out: &mut String, label: &str, samples: &[Vec<Sample>]| {
+        let medians = medians(samples, |s| s.cpu_us);
+        let ratio = medians[0] / medians[1];
+        out.push_str(&format!("| {label} |"));
+        for m in &medians {
+            out.push_str(&format!(" {m:.1} |"));
+        }
+        out.push_str(&format!(
+            " {ratio:.2}x (nginx/shield) | lower is better |\n"
+        ));
+    };
     row(&mut out, "full handshakes/s", handshakes, 2.0);
+    cpu_row(&mut out, "server CPU per full handshake, µs", handshakes);
     row(&mut out, "keep-alive requests/s", keepalive, 1.2);
+    cpu_row(&mut out, "server CPU per keep-alive request, µs", keepalive);
     if let [(nginx_idle, nginx), (shield_idle, shield)] = memory {
         let ratio = shield.rss_kib as f64 / nginx.rss_kib as f64;
         let verdict = if ratio <= 1.0 { "met" } else { "NOT met" };
@@ -763,6 +1058,19 @@ fn report(
             shield_idle.rss_kib as f64 / nginx_idle.rss_kib as f64
         ));
     }
+    let all = || handshakes.iter().chain(keepalive).flatten();
+    let load_max = all().map(|s| s.load_busy).fold(0.0, f64::max);
+    let server_min = all().map(|s| s.server_busy).fold(1.0, f64::min);
+    let (server, load) = (cpus.server, cpus.load_list());
+    out.push_str(&format!(
+        "\nThe server under test runs alone on CPU {server}; the load clients (tls_load, oha) and the upstream nginx on CPU {load}. \
+         Pinned to one CPU, shield runs one connection worker; nginx keeps its 2 workers, both on CPU {server}.\n\
+         \nLoad CPUs {load} were at most {:.0}% busy in any sample (server CPU {server} at least {:.0}%); a load side near 100% caps the rate.\n\
+         \nServer CPU rows: user plus system CPU time of the server's processes during a sample over the requests or handshakes it completed; \
+         their ratio is nginx/shield, so above 1x shield spends less.\n",
+        load_max * 100.0,
+        server_min * 100.0
+    ));
     out.push_str(
         "\nnginx memory is its master plus 2 workers, summed. shield (ring) is shield built with `--features ring`.\n",
     );
