@@ -46,7 +46,10 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::shell;
+use crate::{
+    pki::{self, Usage},
+    shell,
+};
 
 /// oha 1.16 builds with rustc 1.95 and speaks client certificates.
 const OHA_VERSION: &str = "1.16.0";
@@ -425,8 +428,7 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Certificates made with the openssl CLI: a CA, a server leaf for
-/// `localhost`, a client leaf; all ECDSA P-256.
+/// A CA, a server leaf for `localhost`, a client leaf; all ECDSA P-256.
 struct Pki {
     ca: PathBuf,
     server_cert: PathBuf,
@@ -437,86 +439,24 @@ struct Pki {
 
 impl Pki {
     fn make(dir: &Path) -> anyhow::Result<Pki> {
-        // A config without default extensions: only the -addext ones apply.
-        let cnf = dir.join("openssl.cnf");
-        fs::write(&cnf, "[req]\ndistinguished_name = dn\n[dn]\n")?;
-        let pki = Pki {
-            ca: dir.join("ca.pem"),
-            server_cert: dir.join("server.pem"),
-            server_key: dir.join("server.key"),
-            client_cert: dir.join("client.pem"),
-            client_key: dir.join("client.key"),
-        };
-        let ca_key = dir.join("ca.key");
-        let req = |key: &Path, cert: &Path, subject: &str, ext: &[&str], ca: bool| {
-            let mut args: Vec<String> = [
-                "req",
-                "-config",
-                path_str(&cnf),
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "2",
-                "-keyout",
-                path_str(key),
-                "-out",
-                path_str(cert),
-                "-subj",
-                subject,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            if !ca {
-                for arg in ["-CA", path_str(&pki.ca), "-CAkey", path_str(&ca_key)] {
-                    args.push(arg.to_owned());
-                }
-            }
-            for e in ext {
-                args.push("-addext".to_owned());
-                args.push((*e).to_owned());
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            shell::output("openssl", &args).map(drop)
-        };
-        req(
-            &ca_key,
-            &pki.ca,
-            "/CN=shield bench CA",
-            &[
-                "basicConstraints=critical,CA:TRUE",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-            true,
+        const DAYS: u32 = 2;
+        let ca = pki::ca(dir, "ca", "shield bench CA", DAYS)?;
+        let server = pki::leaf(dir, "server", NAME, &ca, Usage::Server(NAME), DAYS)?;
+        let client = pki::leaf(
+            dir,
+            "client",
+            "shield bench client",
+            &ca,
+            Usage::Client,
+            DAYS,
         )?;
-        req(
-            &pki.server_key,
-            &pki.server_cert,
-            "/CN=localhost",
-            &[
-                "subjectAltName=DNS:localhost",
-                "basicConstraints=critical,CA:FALSE",
-                "keyUsage=critical,digitalSignature",
-                "extendedKeyUsage=serverAuth",
-            ],
-            false,
-        )?;
-        req(
-            &pki.client_key,
-            &pki.client_cert,
-            "/CN=shield bench client",
-            &[
-                "basicConstraints=critical,CA:FALSE",
-                "keyUsage=critical,digitalSignature",
-                "extendedKeyUsage=clientAuth",
-            ],
-            false,
-        )?;
-        Ok(pki)
+        Ok(Pki {
+            ca: ca.cert,
+            server_cert: server.cert,
+            server_key: server.key,
+            client_cert: client.cert,
+            client_key: client.key,
+        })
     }
 }
 

@@ -21,7 +21,10 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::shell;
+use crate::{
+    pki::{self, Usage},
+    shell,
+};
 
 const ORIGIN: &str = "shield-lab-origin";
 const EDGE: &str = "shield-lab-edge";
@@ -398,91 +401,26 @@ fn make_network() -> anyhow::Result<()> {
 /// A server CA and site certificate, the zone's AOP CA with the edge's
 /// client certificate, and another customer's CA and certificate.
 fn make_pki(dir: &Path) -> anyhow::Result<()> {
-    let d = dir.to_str().context("work dir is not UTF-8")?;
-    let ca = |name: &str, cn: &str| -> anyhow::Result<()> {
-        shell::output(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "30",
-                "-subj",
-                &format!("/CN={cn}"),
-                "-keyout",
-                &format!("{d}/{name}.key"),
-                "-out",
-                &format!("{d}/{name}.pem"),
-            ],
-        )
-        .map(drop)
-    };
-    let leaf = |name: &str, cn: &str, ca: &str, ext: &str| -> anyhow::Result<()> {
-        std::fs::write(format!("{d}/{name}.ext"), ext)?;
-        shell::output(
-            "openssl",
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-subj",
-                &format!("/CN={cn}"),
-                "-keyout",
-                &format!("{d}/{name}.key"),
-                "-out",
-                &format!("{d}/{name}.csr"),
-            ],
-        )?;
-        shell::output(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{d}/{name}.csr"),
-                "-CA",
-                &format!("{d}/{ca}.pem"),
-                "-CAkey",
-                &format!("{d}/{ca}.key"),
-                "-CAcreateserial",
-                "-days",
-                "30",
-                "-extfile",
-                &format!("{d}/{name}.ext"),
-                "-out",
-                &format!("{d}/{name}.pem"),
-            ],
-        )
-        .map(drop)
-    };
-    ca("server-ca", "shield lab server CA")?;
-    leaf(
-        "site",
-        SITE,
-        "server-ca",
-        &format!("subjectAltName=DNS:{SITE}\nextendedKeyUsage=serverAuth\n"),
-    )?;
-    ca("zone-ca", "shield lab AOP zone CA")?;
-    leaf(
+    const DAYS: u32 = 30;
+    let server_ca = pki::ca(dir, "server-ca", "shield lab server CA", DAYS)?;
+    pki::leaf(dir, "site", SITE, &server_ca, Usage::Server(SITE), DAYS)?;
+    let zone_ca = pki::ca(dir, "zone-ca", "shield lab AOP zone CA", DAYS)?;
+    pki::leaf(
+        dir,
         "edge",
         "edge.lab.shield.test",
-        "zone-ca",
-        "extendedKeyUsage=clientAuth\n",
+        &zone_ca,
+        Usage::Client,
+        DAYS,
     )?;
-    ca("other-ca", "another customer's AOP CA")?;
-    leaf(
+    let other_ca = pki::ca(dir, "other-ca", "another customer's AOP CA", DAYS)?;
+    pki::leaf(
+        dir,
         "other",
         "other.customer.test",
-        "other-ca",
-        "extendedKeyUsage=clientAuth\n",
+        &other_ca,
+        Usage::Client,
+        DAYS,
     )?;
     Ok(())
 }

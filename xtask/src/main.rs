@@ -8,6 +8,7 @@ mod bench_tls;
 mod build;
 mod dist;
 mod lab;
+mod pki;
 mod run;
 mod setup;
 mod shell;
