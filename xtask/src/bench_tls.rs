@@ -3,13 +3,25 @@
 //!
 //! Both get the same ECDSA P-256 certificate, key and client CA, require a
 //! client certificate, and proxy to the same upstream (a separate one-worker
-//! nginx returning a fixed 200). Three figures, each side by side:
+//! nginx returning a fixed 200). Four figures, each side by side:
 //!
 //! - full handshakes per second: every connection is a fresh TLS 1.3
 //!   handshake with a client certificate and one `Connection: close`
 //!   request; the client never resumes (shield-userspace's `tls_load`
 //!   example, because oha keeps a session cache and would resume);
 //! - keep-alive requests per second: oha with the client certificate;
+//! - user-space instructions per keep-alive request, counted by valgrind's
+//!   callgrind (nginx and the aws-lc-rs build): each server alone under
+//!   callgrind, nginx as one process (`master_process off`) so that the
+//!   process valgrind runs does the work, 400 requests of warm-up, then the
+//!   counters zeroed, 4,000 requests on 4 connections, and the counters
+//!   dumped. On this shared VM wall-clock and CPU-time figures vary by ±30%
+//!   between identical runs, too much to tell two servers within 10% of
+//!   each other apart; the count repeats within about 0.3% (four runs
+//!   here: nginx's identical, shield's within 0.3%). It is
+//!   user-space only: the kernel's work (the TCP stack and system calls,
+//!   about half of a keep-alive request's CPU here) is not in it, so the
+//!   server CPU rows stay the figures for the whole cost;
 //! - RSS (and PSS) with 10,000 idle mTLS connections open, each having
 //!   served one request: shield's process against nginx's master plus
 //!   workers.
@@ -34,7 +46,7 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::OsStr,
+    ffi::{OsStr, OsString},
     fs,
     io::{BufRead as _, BufReader},
     net::{TcpListener, TcpStream},
@@ -66,26 +78,27 @@ const NAME: &str = "localhost";
 /// more); less when the hard limit is lower (it cannot be raised in every
 /// container).
 const NOFILE: u64 = 65_536;
+/// How long a server may take to listen, natively and under valgrind,
+/// which translates each code path before it first runs it: shield
+/// listens after about 1 s under callgrind here, so 60 s leaves room for a
+/// busy host.
+const START_WAIT: Duration = Duration::from_secs(20);
+const CALLGRIND_START_WAIT: Duration = Duration::from_secs(60);
+/// Keep-alive requests before the counters are zeroed (connections made,
+/// upstream pool filled, lazily built state in place) and counted after.
+const CALLGRIND_WARMUP: usize = 400;
+const CALLGRIND_REQUESTS: usize = 4_000;
+/// oha's connections under callgrind: a few, since valgrind runs the server
+/// at a small fraction of its speed and 64 would only queue.
+const CALLGRIND_CONCURRENCY: usize = 4;
 
 /// nginx-light from Debian, oha from crates.io; skipped when present.
 pub fn bench_tools() -> anyhow::Result<()> {
     if !shell::succeeds("nginx", &["-v"]) {
-        if !shell::is_root() {
-            bail!("nginx is missing: run as root (it is installed with apt-get)");
-        }
-        println!("bench: installing nginx-light");
-        std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
-        shell::status("apt-get", &["update", "-q"])?;
-        shell::status(
-            "apt-get",
-            &[
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "nginx-light",
-            ],
-        )?;
+        apt_install("nginx-light")?;
+    }
+    if !shell::succeeds("valgrind", &["--version"]) {
+        apt_install("valgrind")?;
     }
     if !shell::succeeds("openssl", &["version"]) {
         bail!("openssl is missing (`cargo xtask setup` installs it)");
@@ -98,6 +111,21 @@ pub fn bench_tools() -> anyhow::Result<()> {
             .context("cargo install oha failed")?;
     }
     Ok(())
+}
+
+/// One Debian package, with its dependencies but not its recommendations.
+fn apt_install(package: &str) -> anyhow::Result<()> {
+    if !shell::is_root() {
+        bail!("{package} is missing: run as root (it is installed with apt-get)");
+    }
+    println!("bench: installing {package}");
+    std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
+    shell::status("apt-get", &["update", "-q"])?;
+    shell::status(
+        "apt-get",
+        &["install", "-y", "-q", "--no-install-recommends", package],
+    )
+    .with_context(|| format!("cannot install {package}; install it by hand and rerun"))
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -140,6 +168,7 @@ pub fn run() -> anyhow::Result<()> {
             &nginx_args(&work, "upstream", &upstream_conf(&work, upstream_port))?,
         ),
         upstream_port,
+        START_WAIT,
     )?;
     let upstream = format!("http://127.0.0.1:{upstream_port}");
 
@@ -177,6 +206,23 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
 
+    // After the throughput rounds, so that none of them shares the host
+    // with valgrind; one server at a time.
+    let started = Instant::now();
+    let mut instructions = Vec::new();
+    for kind in &kinds[..2] {
+        let per_request = callgrind(*kind, &work, &pki, &upstream, &meter.cpus)?;
+        println!(
+            "{}: {per_request:.0} user-space instructions per keep-alive request (callgrind)",
+            kind.name()
+        );
+        instructions.push(per_request);
+    }
+    println!(
+        "callgrind: {:.0} s for both servers",
+        started.elapsed().as_secs_f64()
+    );
+
     // Memory: one server at a time, each fresh.
     let mut memory = Vec::new();
     for kind in &kinds[..2] {
@@ -206,7 +252,14 @@ pub fn run() -> anyhow::Result<()> {
         drop(server);
     }
 
-    let table = report(&kinds, &meter.cpus, &handshakes, &keepalive, &memory);
+    let table = report(
+        &kinds,
+        &meter.cpus,
+        &handshakes,
+        &keepalive,
+        &instructions,
+        &memory,
+    );
     println!("\n{table}");
     let results = work.join("results.md");
     fs::write(&results, &table).with_context(|| format!("cannot write {}", results.display()))?;
@@ -485,12 +538,26 @@ http {{
     )
 }
 
-/// The nginx under test: 2 workers, the same files, protocol versions
-/// (nginx 1.22 leaves TLS 1.3 out unless told), timeouts and upstream
-/// pool as shield. No access log, since shield writes none per request.
-fn nginx_conf(work: &Path, pki: &Pki, port: u16, upstream: &str) -> String {
+/// How the nginx under test runs.
+#[derive(Clone, Copy)]
+enum Processes {
+    /// A master and 2 workers, as deployed.
+    Workers,
+    /// One process that serves itself (`master_process off`), so that under
+    /// valgrind the process counted is the one doing the work.
+    One,
+}
+
+/// The nginx under test: the same files, protocol versions (nginx 1.22
+/// leaves TLS 1.3 out unless told), timeouts and upstream pool as shield.
+/// No access log, since shield writes none per request.
+fn nginx_conf(work: &Path, pki: &Pki, port: u16, upstream: &str, processes: Processes) -> String {
+    let processes = match processes {
+        Processes::Workers => "worker_processes 2;",
+        Processes::One => "worker_processes 1;\nmaster_process off;",
+    };
     format!(
-        "worker_processes 2;
+        "{processes}
 worker_rlimit_nofile {nofile};
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log;
@@ -581,31 +648,64 @@ enum Kind {
 }
 
 impl Kind {
+    /// The name of its files in the work directory (and of shield's binary).
+    fn name(self) -> String {
+        match self {
+            Kind::Nginx => "nginx".to_owned(),
+            Kind::Shield(provider) => format!("shield-{provider}"),
+        }
+    }
+
     /// Started alone on the server's CPU.
     fn start(self, work: &Path, pki: &Pki, upstream: &str, cpus: &Cpus) -> anyhow::Result<Server> {
         let port = free_port()?;
-        let cpu = cpus.server.to_string();
+        let name = self.name();
+        let (program, args) =
+            self.command_line(work, &name, pki, port, upstream, Processes::Workers)?;
+        let mut command = pinned(&cpus.server.to_string(), program, &args);
+        if let Kind::Shield(_) = self {
+            command
+                .env("SHIELD_LOG", "warn")
+                .stderr(log_file(work, &name)?);
+        }
+        Server::start(&name, &mut command, port, START_WAIT)
+    }
+
+    /// The program and arguments that serve on `port`, with the config
+    /// written to the work directory as `name`.
+    fn command_line(
+        self,
+        work: &Path,
+        name: &str,
+        pki: &Pki,
+        port: u16,
+        upstream: &str,
+        processes: Processes,
+    ) -> anyhow::Result<(OsString, Vec<OsString>)> {
         match self {
             Kind::Nginx => {
-                let args = nginx_args(work, "nginx", &nginx_conf(work, pki, port, upstream))?;
-                Server::start("nginx", &mut pinned(&cpu, "nginx", &args), port)
+                let conf = nginx_conf(work, pki, port, upstream, processes);
+                let args = nginx_args(work, name, &conf)?;
+                Ok((
+                    "nginx".into(),
+                    args.into_iter().map(OsString::from).collect(),
+                ))
             }
-            Kind::Shield(provider) => {
-                let name = format!("shield-{provider}");
+            Kind::Shield(_) => {
                 let conf = work.join(format!("{name}.toml"));
                 fs::write(&conf, shield_conf(work, pki, port, upstream)?)
                     .with_context(|| format!("cannot write {}", conf.display()))?;
-                let log = fs::File::create(work.join(format!("{name}.log")))?;
-                let mut command = pinned(
-                    &cpu,
-                    work.join(&name),
-                    &[OsStr::new("run"), OsStr::new("--config"), conf.as_os_str()],
-                );
-                command.env("SHIELD_LOG", "warn").stderr(log);
-                Server::start(&name, &mut command, port)
+                let args = vec!["run".into(), "--config".into(), conf.into_os_string()];
+                Ok((work.join(self.name()).into_os_string(), args))
             }
         }
     }
+}
+
+/// `name.log` in the work directory, for a server's stderr.
+fn log_file(work: &Path, name: &str) -> anyhow::Result<fs::File> {
+    let path = work.join(format!("{name}.log"));
+    fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// A server process, stopped (SIGTERM, then waited for) when dropped.
@@ -621,7 +721,13 @@ struct Memory {
 }
 
 impl Server {
-    fn start(name: &str, command: &mut Command, port: u16) -> anyhow::Result<Server> {
+    /// Waits up to `wait` for it to listen on `port`.
+    fn start(
+        name: &str,
+        command: &mut Command,
+        port: u16,
+        wait: Duration,
+    ) -> anyhow::Result<Server> {
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -632,7 +738,7 @@ impl Server {
             child,
             port,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + wait;
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Ok(server);
@@ -641,7 +747,11 @@ impl Server {
                 bail!("{name} exited at start ({status}); see its log in target/bench-tls");
             }
             if Instant::now() > deadline {
-                bail!("{name} does not listen on 127.0.0.1:{port} after 20 s");
+                bail!(
+                    "{name} does not listen on 127.0.0.1:{port} after {} s; see its log in \
+                     target/bench-tls",
+                    wait.as_secs()
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -819,30 +929,42 @@ fn handshake_rate(load: &Path, pki: &Pki, port: u16, cpus: &str) -> anyhow::Resu
 
 /// Keep-alive requests per second, and how many completed with a 200.
 fn keepalive_rate(pki: &Pki, port: u16, cpus: &str) -> anyhow::Result<(f64, f64)> {
-    let url = format!("https://{NAME}:{port}/");
     let duration = format!("{SECONDS}s");
     let concurrency = CONCURRENCY.to_string();
-    let out = pinned_output(
-        cpus,
-        "oha",
-        &[
-            "--no-tui",
-            "--output-format",
-            "json",
-            "--ipv4",
-            "--insecure",
-            "--cert",
-            path_str(&pki.client_cert),
-            "--key",
-            path_str(&pki.client_key),
-            "-z",
-            &duration,
-            "-c",
-            &concurrency,
-            &url,
-        ],
-    )?;
-    let success = number_after(&out, "\"successRate\":").unwrap_or(0.0);
+    let out = oha(pki, port, cpus, &["-z", &duration, "-c", &concurrency])?;
+    let count = oha_200s(&out, port)?;
+    let rate = number_after(&out, "\"requestsPerSec\":").with_context(|| {
+        format!("unexpected oha output {out:?}; is oha {OHA_VERSION} first on the PATH?")
+    })?;
+    Ok((rate, count))
+}
+
+/// oha with the client certificate against `port`, on the load CPUs
+/// (`cpus`, a taskset list), for `how_long` (`-z` or `-n`, and `-c`); its
+/// JSON summary.
+fn oha(pki: &Pki, port: u16, cpus: &str, how_long: &[&str]) -> anyhow::Result<String> {
+    let url = format!("https://{NAME}:{port}/");
+    let mut args = vec![
+        "--no-tui",
+        "--output-format",
+        "json",
+        "--ipv4",
+        "--insecure",
+        "--cert",
+        path_str(&pki.client_cert),
+        "--key",
+        path_str(&pki.client_key),
+    ];
+    args.extend(how_long);
+    args.push(&url);
+    pinned_output(cpus, "oha", &args)
+}
+
+/// How many responses in oha's summary `out` were 200s; an error if any
+/// other status came back or more than 0.1% of requests failed (a timed
+/// run ends with a few in flight).
+fn oha_200s(out: &str, port: u16) -> anyhow::Result<f64> {
+    let success = number_after(out, "\"successRate\":").unwrap_or(0.0);
     let codes = out
         .split_once("\"statusCodeDistribution\":")
         .and_then(|(_, rest)| rest.split_once('}'))
@@ -851,11 +973,121 @@ fn keepalive_rate(pki: &Pki, port: u16, cpus: &str) -> anyhow::Result<(f64, f64)
     if success < 0.999 || !only_200 {
         bail!("oha on port {port}: success rate {success}, status codes {codes:?}");
     }
-    let rate = number_after(&out, "\"requestsPerSec\":");
-    let count = codes.and_then(|codes| number_after(codes, "\"200\":"));
-    rate.zip(count).with_context(|| {
-        format!("unexpected oha output {out:?}; is oha {OHA_VERSION} first on the PATH?")
-    })
+    codes
+        .and_then(|codes| number_after(codes, "\"200\":"))
+        .with_context(|| {
+            format!("unexpected oha output {out:?}; is oha {OHA_VERSION} first on the PATH?")
+        })
+}
+
+/// User-space instructions per keep-alive request: `kind` alone under
+/// callgrind on the server's CPU, oha on the load CPUs, with the counters
+/// zeroed after a warm-up and dumped after [`CALLGRIND_REQUESTS`].
+fn callgrind(
+    kind: Kind,
+    work: &Path,
+    pki: &Pki,
+    upstream: &str,
+    cpus: &Cpus,
+) -> anyhow::Result<f64> {
+    let name = format!("{}-callgrind", kind.name());
+    let out = work.join(format!("{name}.out"));
+    let port = free_port()?;
+    let (program, args) = kind.command_line(work, &name, pki, port, upstream, Processes::One)?;
+    let mut valgrind: Vec<OsString> = vec![
+        "--tool=callgrind".into(),
+        format!("--callgrind-out-file={}", out.display()).into(),
+        // Per function is enough for a total; per instruction makes the
+        // dumps large and slow to write.
+        "--dump-instr=no".into(),
+        program,
+    ];
+    valgrind.extend(args);
+    let mut command = pinned(&cpus.server.to_string(), "valgrind", &valgrind);
+    // valgrind's messages and shield's log to one file, off the terminal.
+    command
+        .env("SHIELD_LOG", "warn")
+        .stderr(log_file(work, &name)?);
+    let server = Server::start(&name, &mut command, port, CALLGRIND_START_WAIT)?;
+    let load = cpus.load_list();
+    callgrind_requests(&server, pki, &load, CALLGRIND_WARMUP)?;
+    callgrind_control(&server, "-z")?;
+    callgrind_requests(&server, pki, &load, CALLGRIND_REQUESTS)?;
+    callgrind_control(&server, "-d")?;
+    // Stopped before its dumps are read: the dump asked for is written by
+    // then, and the host is free again.
+    drop(server);
+    let total = program_totals(&largest_dump(work, &format!("{name}.out."))?)?;
+    Ok(total / CALLGRIND_REQUESTS as f64)
+}
+
+/// `count` keep-alive requests to the server under callgrind, every one a 200.
+fn callgrind_requests(server: &Server, pki: &Pki, cpus: &str, count: usize) -> anyhow::Result<()> {
+    let (n, c) = (count.to_string(), CALLGRIND_CONCURRENCY.to_string());
+    let out = oha(pki, server.port, cpus, &["-n", &n, "-c", &c]).with_context(|| {
+        format!(
+            "{}: oha failed; see its log in target/bench-tls",
+            server.name
+        )
+    })?;
+    let ok = oha_200s(&out, server.port)?;
+    if ok as usize != count {
+        bail!(
+            "{}: {ok} of {count} requests answered 200; see its log in target/bench-tls",
+            server.name
+        );
+    }
+    Ok(())
+}
+
+/// `callgrind_control FLAG PID` (`-z` zeroes the counters, `-d` dumps
+/// them). It exits 0 even when it finds no such process, and then acts on
+/// every callgrind run on the host, so its output is checked.
+fn callgrind_control(server: &Server, flag: &str) -> anyhow::Result<()> {
+    let pid = server.child.id().to_string();
+    let out = shell::output("callgrind_control", &[flag, &pid])?;
+    if out.contains("Error") || !out.contains(&format!("PID {pid}:")) {
+        bail!(
+            "{}: `callgrind_control {flag} {pid}` did not reach it: {out}; see its log in \
+             target/bench-tls (valgrind's vgdb needs ptrace)",
+            server.name
+        );
+    }
+    Ok(())
+}
+
+/// The largest numbered callgrind dump, `prefix`N, in `work`: the one
+/// asked for with `-d` (the one written at exit has no number).
+fn largest_dump(work: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
+    let entries = fs::read_dir(work).with_context(|| format!("cannot list {}", work.display()))?;
+    entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
+        .max_by_key(|entry| entry.metadata().map_or(0, |m| m.len()))
+        .map(|entry| entry.path())
+        .with_context(|| {
+            format!(
+                "no callgrind dump {prefix}* in {}; see the callgrind log there",
+                work.display()
+            )
+        })
+}
+
+/// Instructions in a callgrind dump: the `PROGRAM TOTALS` line of
+/// callgrind_annotate, such as `197,911,436 (100.0%)  PROGRAM TOTALS`.
+fn program_totals(dump: &Path) -> anyhow::Result<f64> {
+    let out = shell::output("callgrind_annotate", &[path_str(dump)])?;
+    out.lines()
+        .find(|line| line.contains("PROGRAM TOTALS"))
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|total| total.replace(',', "").parse().ok())
+        .with_context(|| {
+            format!(
+                "no PROGRAM TOTALS from `callgrind_annotate {}`; is valgrind's callgrind_annotate \
+                 installed with it?",
+                dump.display()
+            )
+        })
 }
 
 /// The number right after `key` (enough JSON for oha's summary).
@@ -932,6 +1164,7 @@ fn report(
     cpus: &Cpus,
     handshakes: &[Vec<Sample>],
     keepalive: &[Vec<Sample>],
+    instructions: &[f64],
     memory: &[(Memory, Memory)],
 ) -> String {
     let names: Vec<String> = kinds
@@ -977,6 +1210,13 @@ fn report(
     cpu_row(&mut out, "server CPU per full handshake, µs", handshakes);
     row(&mut out, "keep-alive requests/s", keepalive, 1.2);
     cpu_row(&mut out, "server CPU per keep-alive request, µs", keepalive);
+    // As for CPU, above 1x shield does less; ring's build is not counted.
+    if let [nginx, shield] = instructions {
+        out.push_str(&format!(
+            "| user-space instructions per keep-alive request (callgrind) | {nginx:.0} | {shield:.0} | - | {:.2}x (nginx/shield) | lower is better, deterministic |\n",
+            nginx / shield
+        ));
+    }
     if let [(nginx_idle, nginx), (shield_idle, shield)] = memory {
         let ratio = shield.rss_kib as f64 / nginx.rss_kib as f64;
         let verdict = if ratio <= 1.0 { "met" } else { "NOT met" };
@@ -1010,6 +1250,12 @@ fn report(
          their ratio is nginx/shield, so above 1x shield spends less.\n",
         load_max * 100.0,
         server_min * 100.0
+    ));
+    out.push_str(&format!(
+        "\nInstructions row: valgrind's callgrind, one server at a time on CPU {server} (nginx as one process, `master_process off`), \
+         {CALLGRIND_REQUESTS} keep-alive requests on {CALLGRIND_CONCURRENCY} connections after {CALLGRIND_WARMUP} of warm-up; \
+         repeatable within about 0.3% where wall-clock figures are not, but user space only: the kernel's share of a request is not in it. \
+         Ratio nginx/shield, so above 1x shield executes fewer.\n"
     ));
     out.push_str(
         "\nnginx memory is its master plus 2 workers, summed. shield (ring) is shield built with `--features ring`.\n",
