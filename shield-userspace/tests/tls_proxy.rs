@@ -76,6 +76,47 @@ async fn upstream_sees_rewritten_forwarding_headers_over_h1_and_h2() {
     assert_eq!(shield.metrics.requests(SITE, 200), 2);
 }
 
+/// With `upstream = "http://host:port/app"`, requests go under `/app`, and
+/// a path with a dot segment, which an upstream normalizing it would take
+/// out of `/app`, is refused with 400 (curl --path-as-is sends it raw).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_prefix_cannot_be_escaped() {
+    let pki = Pki::new();
+    let up = upstream().await;
+    let server = pki.server("site-a", &[SITE]);
+    let plain = format!("upstream = \"http://{}\"", up.addr);
+    let toml = one_site_toml(&pki, &[SITE], &server, up.addr, "");
+    assert!(toml.contains(&plain), "{toml}");
+    let toml = toml.replace(&plain, &format!("upstream = \"http://{}/app\"", up.addr));
+    let shield = Shield::start(&toml).await;
+    for http2 in [false, true] {
+        for (path, status, seen) in [
+            ("/p?q=1", 200, Some("GET /app/p?q=1")),
+            ("/../admin", 400, None),
+            ("/a/%2e%2E/admin", 400, None),
+        ] {
+            let out = curl(
+                &pki,
+                Req {
+                    host: SITE,
+                    port: shield.tls_port(),
+                    path,
+                    client: Some(&pki.good),
+                    http2,
+                    headers: &[],
+                    extra: &["--path-as-is"],
+                },
+            )
+            .await;
+            assert_eq!(out.status, Some(status), "{path} h2={http2}: {out:?}");
+            match seen {
+                Some(line) => assert!(out.body.contains(line), "{}", out.body),
+                None => assert!(!out.body.contains("GET /app"), "{}", out.body),
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_must_match_sni() {
     let pki = Pki::new();

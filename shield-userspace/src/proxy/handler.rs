@@ -81,9 +81,13 @@ impl Connection {
             }
         };
         let (mut parts, body) = request.into_parts();
-        parts.uri = match self.route.upstream.target_for(parts.uri.path_and_query()) {
-            Ok(uri) => uri,
-            Err(_) => return text(StatusCode::BAD_REQUEST, "Bad Request\n".into()),
+        parts.uri = match self
+            .route
+            .upstream
+            .target_for(&parts.method, parts.uri.path_and_query())
+        {
+            Some(uri) => uri,
+            None => return text(StatusCode::BAD_REQUEST, "Bad Request\n".into()),
         };
         // The upstream speaks HTTP/1.1 whatever the client spoke to us.
         parts.version = Version::HTTP_11;

@@ -118,16 +118,15 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     }
 }
 
-/// `CF-Connecting-IP` when it holds one IP address: the value itself
-/// (shared, not re-formatted) when it has no surrounding blanks.
+/// `CF-Connecting-IP` when it holds one IP address, in its one canonical
+/// spelling (the upstream may compare addresses as text). A valid IPv4
+/// address has only one, so its value is shared as it came; IPv6 can be
+/// written several ways (case, zeros, `::`) and is written anew.
 fn visitor_address(value: &HeaderValue) -> Option<HeaderValue> {
     let text = value.to_str().ok()?;
-    let trimmed = text.trim();
-    trimmed.parse::<IpAddr>().ok()?;
-    if trimmed.len() == text.len() {
-        Some(value.clone())
-    } else {
-        HeaderValue::from_str(trimmed).ok()
+    match text.trim().parse::<IpAddr>().ok()? {
+        IpAddr::V4(_) if text.trim().len() == text.len() => Some(value.clone()),
+        ip => HeaderValue::from_str(&ip.to_string()).ok(),
     }
 }
 
@@ -272,19 +271,26 @@ mod tests {
     }
 
     #[test]
-    fn cf_connecting_ip_is_forwarded_trimmed() {
-        let mut headers = map(&[("cf-connecting-ip", " 2001:db8::7 ")]);
-        prepare_request(
-            &mut headers,
-            &Forwarding {
-                host: "a",
-                peer_ip: &HeaderValue::from_static("172.64.0.1"),
-                client_cert_sha256: &HeaderValue::from_static(""),
-                request_id: "",
-            },
-        );
-        assert_eq!(headers["x-forwarded-for"], "2001:db8::7");
-        assert_eq!(headers["x-real-ip"], "2001:db8::7");
+    fn cf_connecting_ip_is_forwarded_in_canonical_form() {
+        for (sent, forwarded) in [
+            (" 2001:db8::7 ", "2001:db8::7"),
+            ("2001:DB8:0:0::0007", "2001:db8::7"),
+            ("203.0.113.9", "203.0.113.9"),
+            (" 203.0.113.9", "203.0.113.9"),
+        ] {
+            let mut headers = map(&[("cf-connecting-ip", sent)]);
+            prepare_request(
+                &mut headers,
+                &Forwarding {
+                    host: "a",
+                    peer_ip: &HeaderValue::from_static("172.64.0.1"),
+                    client_cert_sha256: &HeaderValue::from_static(""),
+                    request_id: "",
+                },
+            );
+            assert_eq!(headers["x-forwarded-for"], forwarded, "{sent:?}");
+            assert_eq!(headers["x-real-ip"], forwarded, "{sent:?}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use http::{uri::Authority, uri::PathAndQuery, Uri};
+use http::{uri::Authority, uri::PathAndQuery, Method, Uri};
 
 use crate::config::SiteConfig;
 
@@ -82,21 +82,46 @@ impl Upstream {
 
     /// The origin-form target (`/prefix/path?query`) for a request's path
     /// and query; the authority goes separately to the upstream client.
-    pub fn target_for(&self, path: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        match path {
-            // No prefix, or a non-origin form (`*` for OPTIONS): the
-            // client's path and query go as they are, sharing their bytes.
-            Some(path) if self.prefix.is_empty() || !path.as_str().starts_with('/') => {
-                Ok(Uri::from(path.clone()))
-            }
-            None if self.prefix.is_empty() => Ok(Uri::from_static("/")),
-            _ => {
-                let path = path.map_or("/", PathAndQuery::as_str);
-                let joined = format!("{}{path}", self.prefix);
-                Ok(Uri::from(PathAndQuery::try_from(joined)?))
-            }
+    /// `None` for a target the upstream must not get: a path not starting
+    /// with `/` (h2 lets a client send `:path: ?x=1`), `*` other than for
+    /// OPTIONS, or, under a prefix, a `.` or `..` segment that an upstream
+    /// normalizing the path would take outside the prefix.
+    pub fn target_for(&self, method: &Method, path: Option<&PathAndQuery>) -> Option<Uri> {
+        let Some(path) = path else {
+            return self.prefixed("/");
+        };
+        let text = path.as_str();
+        if text == "*" {
+            return (method == Method::OPTIONS).then(|| Uri::from(path.clone()));
         }
+        if !text.starts_with('/') {
+            return None;
+        }
+        if self.prefix.is_empty() {
+            // The client's path and query go as they are, sharing their bytes.
+            return Some(Uri::from(path.clone()));
+        }
+        if has_dot_segment(path.path()) {
+            return None;
+        }
+        self.prefixed(text)
     }
+
+    fn prefixed(&self, path: &str) -> Option<Uri> {
+        let joined = format!("{}{path}", self.prefix);
+        PathAndQuery::try_from(joined).ok().map(Uri::from)
+    }
+}
+
+/// Whether a path has a `.` or `..` segment, percent-encoded or not.
+fn has_dot_segment(path: &str) -> bool {
+    // At most two dots, each possibly spelled `%2e`.
+    path.split('/')
+        .filter(|segment| segment.len() <= 6)
+        .any(|segment| {
+            let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+            decoded == "." || decoded == ".."
+        })
 }
 
 #[cfg(test)]
@@ -105,20 +130,51 @@ mod tests {
 
     #[test]
     fn upstream_targets_join_prefix_and_path() {
-        let table: [(&str, Option<&str>, &str); 6] = [
-            ("http://127.0.0.1:8080/app/", Some("/x?y=1"), "/app/x?y=1"),
-            ("http://127.0.0.1:8080/app", None, "/app/"),
-            ("http://127.0.0.1:8080", Some("/x?y=1"), "/x?y=1"),
-            ("http://127.0.0.1:8080", None, "/"),
-            ("http://127.0.0.1:8080/", Some("/"), "/"),
-            ("http://127.0.0.1:8080/app", Some("*"), "*"),
+        const APP: &str = "http://127.0.0.1:8080/app/";
+        const BARE: &str = "http://127.0.0.1:8080";
+        // (upstream, method, client path, target sent or None for a 400)
+        let table: [(&str, Method, Option<&str>, Option<&str>); 15] = [
+            (APP, Method::GET, Some("/x?y=1"), Some("/app/x?y=1")),
+            (APP, Method::GET, None, Some("/app/")),
+            (BARE, Method::GET, Some("/x?y=1"), Some("/x?y=1")),
+            (BARE, Method::GET, None, Some("/")),
+            (BARE, Method::GET, Some("/"), Some("/")),
+            (APP, Method::OPTIONS, Some("*"), Some("*")),
+            (APP, Method::GET, Some("*"), None),
+            // h2 lets a client send a :path that is not origin-form.
+            (APP, Method::GET, Some("?x=1"), None),
+            (BARE, Method::GET, Some("?x=1"), None),
+            // Under a prefix, no way out of it; the query is not a path.
+            (APP, Method::GET, Some("/../admin"), None),
+            (APP, Method::GET, Some("/a/%2E%2e/admin"), None),
+            (APP, Method::GET, Some("/a/./b"), None),
+            (
+                APP,
+                Method::GET,
+                Some("/a/..b/c?x=../y"),
+                Some("/app/a/..b/c?x=../y"),
+            ),
+            // Without a prefix the upstream owns its whole path space.
+            (BARE, Method::GET, Some("/../admin"), Some("/../admin")),
+            (
+                APP,
+                Method::GET,
+                Some("/.well-known/x"),
+                Some("/app/.well-known/x"),
+            ),
         ];
-        for (upstream, path, want) in table {
+        for (upstream, method, path, want) in table {
             let up = Upstream::parse(upstream).unwrap();
             let path: Option<PathAndQuery> = path.map(|p| p.parse().unwrap());
-            let target = up.target_for(path.as_ref()).unwrap();
-            assert_eq!(target.to_string(), want, "{upstream} {path:?}");
-            assert!(target.authority().is_none(), "origin-form: {target}");
+            let target = up.target_for(&method, path.as_ref());
+            assert_eq!(
+                target.as_ref().map(Uri::to_string).as_deref(),
+                want,
+                "{upstream} {method} {path:?}"
+            );
+            if let Some(target) = target {
+                assert!(target.authority().is_none(), "origin-form: {target}");
+            }
             assert_eq!(up.authority().as_str(), "127.0.0.1:8080");
         }
         assert!(Upstream::parse("ftp://x").is_err());
