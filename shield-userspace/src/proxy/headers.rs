@@ -278,33 +278,30 @@ mod tests {
             ("203.0.113.9", "203.0.113.9"),
             (" 203.0.113.9", "203.0.113.9"),
         ] {
-            let mut headers = map(&[("cf-connecting-ip", sent)]);
-            prepare_request(
-                &mut headers,
-                &Forwarding {
-                    host: "a",
-                    peer_ip: &HeaderValue::from_static("172.64.0.1"),
-                    client_cert_sha256: &HeaderValue::from_static(""),
-                    request_id: "",
-                },
-            );
+            let headers = prepared_from_peer(&[("cf-connecting-ip", sent)], "172.64.0.1");
             assert_eq!(headers["x-forwarded-for"], forwarded, "{sent:?}");
             assert_eq!(headers["x-real-ip"], forwarded, "{sent:?}");
         }
     }
 
-    #[test]
-    fn peer_is_used_without_a_valid_cf_connecting_ip() {
-        let mut headers = map(&[("cf-connecting-ip", "not an ip")]);
+    /// `fields` as prepared for the upstream of a connection from `peer`.
+    fn prepared_from_peer(fields: &[(&str, &str)], peer: &'static str) -> HeaderMap {
+        let mut headers = map(fields);
         prepare_request(
             &mut headers,
             &Forwarding {
                 host: "a",
-                peer_ip: &HeaderValue::from_static("2001:db8::1"),
+                peer_ip: &HeaderValue::from_static(peer),
                 client_cert_sha256: &HeaderValue::from_static(""),
                 request_id: "",
             },
         );
+        headers
+    }
+
+    #[test]
+    fn peer_is_used_without_a_valid_cf_connecting_ip() {
+        let headers = prepared_from_peer(&[("cf-connecting-ip", "not an ip")], "2001:db8::1");
         assert_eq!(headers["x-forwarded-for"], "2001:db8::1");
     }
 
