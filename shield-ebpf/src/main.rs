@@ -7,6 +7,8 @@
 #![no_std]
 #![no_main]
 
+mod program;
+
 use core::mem::size_of;
 
 use aya_ebpf::{
@@ -469,13 +471,3 @@ fn transport_at(ctx: &XdpContext, protocol: u8, offset: usize) -> Transport {
         None => Transport::Malformed,
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

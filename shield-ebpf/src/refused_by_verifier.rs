@@ -4,6 +4,8 @@
 #![no_std]
 #![no_main]
 
+mod program;
+
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
@@ -12,13 +14,3 @@ pub fn refused_by_verifier(ctx: XdpContext) -> u32 {
     // never runs.
     unsafe { core::ptr::read_volatile(ctx.data() as *const u8) as u32 }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
