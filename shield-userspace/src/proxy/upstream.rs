@@ -467,17 +467,26 @@ mod tests {
         Request::from_parts(parts, body)
     }
 
+    /// One request to `authority`, its body read to the end.
+    async fn fetch(client: &UpstreamClient, authority: &Authority) -> Bytes {
+        let response = client
+            .request(authority, request().await)
+            .await
+            .expect("response");
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+    }
+
     #[tokio::test]
     async fn a_read_response_returns_its_connection_for_reuse() {
         let (authority, accepted) = upstream("hello").await;
         let client = client();
         for _ in 0..3 {
-            let response = client
-                .request(&authority, request().await)
-                .await
-                .expect("response");
-            let body = response.into_body().collect().await.expect("body");
-            assert_eq!(body.to_bytes(), "hello");
+            assert_eq!(fetch(&client, &authority).await, "hello");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
@@ -498,11 +507,7 @@ mod tests {
         drop(first.into_body().collect().await.expect("body"));
         drop(second.into_body().collect().await.expect("body"));
         for _ in 0..2 {
-            let response = client
-                .request(&authority, request().await)
-                .await
-                .expect("again");
-            drop(response.into_body().collect().await.expect("body"));
+            fetch(&client, &authority).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -514,12 +519,7 @@ mod tests {
         let client = client();
         for _ in 0..2 {
             for (authority, want) in [(&first, "one"), (&second, "two")] {
-                let response = client
-                    .request(authority, request().await)
-                    .await
-                    .expect("response");
-                let body = response.into_body().collect().await.expect("body");
-                assert_eq!(body.to_bytes(), want);
+                assert_eq!(fetch(&client, authority).await, want);
             }
         }
         assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
@@ -534,12 +534,7 @@ mod tests {
         let (authority, accepted) = upstream_with("bye", true).await;
         let client = client();
         for round in 1..=3 {
-            let response = client
-                .request(&authority, request().await)
-                .await
-                .expect("response");
-            let body = response.into_body().collect().await.expect("body");
-            assert_eq!(body.to_bytes(), "bye");
+            assert_eq!(fetch(&client, &authority).await, "bye");
             assert_eq!(accepted.load(Ordering::SeqCst), round);
         }
     }
@@ -554,11 +549,7 @@ mod tests {
                 .await
                 .expect("response"),
         );
-        let response = client
-            .request(&authority, request().await)
-            .await
-            .expect("response");
-        drop(response.into_body().collect().await.expect("body"));
+        fetch(&client, &authority).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
