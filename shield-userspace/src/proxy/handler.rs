@@ -49,7 +49,16 @@ impl Connection {
         let guard = self.activity.begin_request();
         let request_id = RequestId::random();
         let response = self.respond(request, request_id.as_str()).await;
-        match response.status() {
+        self.count(response.status());
+        Ok(response.map(|body| GuardedBody {
+            body,
+            _guard: guard,
+        }))
+    }
+
+    /// Counts a response in `shield_http_requests_total`.
+    pub(super) fn count(&self, status: StatusCode) {
+        match status {
             StatusCode::OK => {
                 self.ok_requests
                     .get_or_init(|| self.metrics.request_counter(&self.route.label, 200))
@@ -57,10 +66,35 @@ impl Connection {
             }
             status => self.metrics.request(&self.route.label, status.as_u16()),
         }
-        Ok(response.map(|body| GuardedBody {
-            body,
-            _guard: guard,
-        }))
+    }
+
+    /// Logs why the upstream gave no answer; the status and body to send.
+    pub(super) fn upstream_failed(
+        &self,
+        failure: UpstreamFailure<'_>,
+        request_id: &str,
+    ) -> (StatusCode, String) {
+        match failure {
+            UpstreamFailure::Error(error) => {
+                tracing::warn!(site = %self.route.label, request_id, error = %error_chain(error), "502: upstream failed");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("Bad Gateway: the upstream refused or failed (request {request_id})\n"),
+                )
+            }
+            UpstreamFailure::Timeout => {
+                tracing::warn!(
+                    site = %self.route.label,
+                    request_id,
+                    timeout = ?self.route.upstream_timeout,
+                    "504: upstream did not answer in time"
+                );
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("Gateway Timeout: the upstream did not answer in time (request {request_id})\n"),
+                )
+            }
+        }
     }
 
     async fn respond(&self, request: Request<Incoming>, request_id: &str) -> Response<ProxyBody> {
@@ -110,34 +144,32 @@ impl Connection {
                 response.map(BodyExt::boxed)
             }
             Ok(Err(error)) => {
-                tracing::warn!(site = %self.route.label, request_id, error = %error_chain(&error), "502: upstream failed");
-                text(
-                    StatusCode::BAD_GATEWAY,
-                    format!("Bad Gateway: the upstream refused or failed (request {request_id})\n"),
-                )
+                let (status, body) =
+                    self.upstream_failed(UpstreamFailure::Error(&error), request_id);
+                text(status, body)
             }
             Err(_) => {
-                tracing::warn!(
-                    site = %self.route.label,
-                    request_id,
-                    timeout = ?self.route.upstream_timeout,
-                    "504: upstream did not answer in time"
-                );
-                text(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("Gateway Timeout: the upstream did not answer in time (request {request_id})\n"),
-                )
+                let (status, body) = self.upstream_failed(UpstreamFailure::Timeout, request_id);
+                text(status, body)
             }
         }
     }
 }
 
+/// Why a request got no upstream answer.
+pub(super) enum UpstreamFailure<'a> {
+    /// 502.
+    Error(&'a (dyn std::error::Error + Send + Sync + 'static)),
+    /// 504: no response head within `upstream_timeout`.
+    Timeout,
+}
+
 /// 16 lowercase hex digits of a random number; `format!` costs more than
 /// the rest of the id.
-struct RequestId([u8; 16]);
+pub(super) struct RequestId([u8; 16]);
 
 impl RequestId {
-    fn random() -> RequestId {
+    pub(super) fn random() -> RequestId {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = rand::random::<u64>();
         let mut id = [0; 16];
@@ -147,7 +179,7 @@ impl RequestId {
         RequestId(id)
     }
 
-    fn as_str(&self) -> &str {
+    pub(super) fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }

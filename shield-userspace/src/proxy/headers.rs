@@ -4,7 +4,7 @@
 //! `CF-Connecting-IP` is the visitor's address; every other client-sent
 //! statement about forwarding is dropped and rewritten.
 
-use std::net::IpAddr;
+use std::{borrow::Cow, net::IpAddr};
 
 use http::{
     header::{self, HeaderName},
@@ -25,7 +25,7 @@ const HOP_BY_HOP_FIELDS: usize = 6;
 /// `proxy-connection` and `keep-alive` are the pre-standard spellings that
 /// clients still send. A `static`, not a `const`: a const array of names
 /// is built and dropped again at each use.
-static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_FIELDS] = [
+pub(super) static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_FIELDS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -35,7 +35,7 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_FIELDS] = [
 ];
 
 /// Forwarding statements that only shield may make.
-static REWRITTEN: [HeaderName; 4] = [
+pub(super) static REWRITTEN: [HeaderName; 4] = [
     X_FORWARDED_FOR,
     X_REAL_IP,
     header::FORWARDED,
@@ -123,15 +123,30 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
 /// address has only one, so its value is shared as it came; IPv6 can be
 /// written several ways (case, zeros, `::`) and is written anew.
 fn visitor_address(value: &HeaderValue) -> Option<HeaderValue> {
-    let text = value.to_str().ok()?;
+    match canonical_visitor(value.to_str().ok()?)? {
+        Cow::Borrowed(_) => Some(value.clone()),
+        Cow::Owned(text) => HeaderValue::from_str(&text).ok(),
+    }
+}
+
+/// The canonical spelling of a `CF-Connecting-IP` value holding one IP
+/// address: the value itself when it already is (valid IPv4 without
+/// surrounding space), else written anew.
+pub fn canonical_visitor(text: &str) -> Option<Cow<'_, str>> {
     match text.trim().parse::<IpAddr>().ok()? {
-        IpAddr::V4(_) if text.trim().len() == text.len() => Some(value.clone()),
-        ip => HeaderValue::from_str(&ip.to_string()).ok(),
+        IpAddr::V4(_) if text.trim().len() == text.len() => Some(Cow::Borrowed(text)),
+        ip => Some(Cow::Owned(ip.to_string())),
     }
 }
 
 fn is_ours(name: &HeaderName) -> bool {
-    name.as_str().starts_with("x-shield-")
+    is_ours_name(name.as_str())
+}
+
+/// Whether a field name, in any case, is one of shield's `x-shield-*`.
+pub fn is_ours_name(name: &str) -> bool {
+    const OURS: &str = "x-shield-";
+    name.len() >= OURS.len() && name.as_bytes()[..OURS.len()].eq_ignore_ascii_case(OURS.as_bytes())
 }
 
 /// The host a request is for, lowercase and without port: the URI authority

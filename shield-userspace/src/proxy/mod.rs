@@ -3,6 +3,7 @@
 //! client, and the port-80 handler.
 
 mod activity;
+mod direct;
 mod handler;
 pub mod headers;
 pub mod plain;

@@ -20,6 +20,7 @@ use tokio::{
 
 use super::{
     activity::{Activity, Check, Tracked},
+    direct::{self, Direct},
     handler::{Connection, GuardedBody},
 };
 
@@ -31,11 +32,11 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const H2_MAX_STREAMS: u32 = 128;
 /// After an idle or shutdown close is asked for, how long in-flight work
 /// may take before the connection is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(30);
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(30);
 /// An h1 connection with nothing to do for this long sets hyper aside (its
 /// read and write buffers, 16 KiB, are most of an idle connection's memory)
 /// and waits for the next request's first byte with the TLS stream alone.
-const PARK_AFTER: Duration = Duration::from_millis(250);
+pub(super) const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// The protocol ALPN chose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,7 @@ pub async fn serve<IO>(
     let conn = Arc::new(make(activity.clone()));
     let (header_timeout, idle_timeout) = (conn.route.header_timeout, conn.route.idle_timeout);
     let label = conn.route.label.clone();
+    let direct = Arc::clone(&conn);
     let service = service_fn(move |request| conn.clone().handle(request));
     let io = Tracked::new(io, activity.clone());
     let limits = Limits {
@@ -78,7 +80,16 @@ pub async fn serve<IO>(
                 // array from the stack to a zeroed heap vector, ~2.8k
                 // instructions per request at 200.
                 .max_header_size(MAX_HEADER_BYTES);
-            serve_http1(&builder, io, service, &activity, &limits, &mut shutdown).await;
+            serve_http1(
+                &builder,
+                io,
+                &direct,
+                service,
+                &activity,
+                &limits,
+                &mut shutdown,
+            )
+            .await;
         }
         Protocol::Http2 => {
             let connection = http2::Builder::new(TokioExecutor::new())
@@ -100,12 +111,14 @@ pub async fn serve<IO>(
     }
 }
 
-/// hyper serves the connection while it is in use; when it has been idle
-/// for [`PARK_AFTER`] hyper hands back the stream and is dropped, and a new
-/// hyper connection takes over at the next request.
+/// The direct path serves the requests it takes (`direct`); at the first
+/// it does not, hyper takes over until the connection has been idle for
+/// [`PARK_AFTER`], then hands back the stream and is dropped. Parked, the
+/// connection holds no buffers until the next request's first byte.
 async fn serve_http1<IO, S>(
     builder: &http1::Builder,
     mut io: Tracked<IO>,
+    conn: &Connection,
     mut service: S,
     activity: &Activity,
     limits: &Limits<'_>,
@@ -115,6 +128,16 @@ async fn serve_http1<IO, S>(
     S: HttpService<Incoming, ResBody = GuardedBody, Error = Infallible> + Unpin,
 {
     loop {
+        match direct::serve(&mut io, conn, limits, shutdown).await {
+            Direct::Ended => return,
+            Direct::Park => {
+                if !park(&mut io, activity, limits, shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            Direct::Defer(read) => io.unread(read),
+        }
         // Boxed, so that parking frees it.
         let mut connection = Box::new(builder.serve_connection(TokioIo::new(io), service));
         match drive(
@@ -199,15 +222,15 @@ where
 
 /// What hyper does when it ends an idle connection: TLS close_notify, then
 /// the TCP write side.
-async fn close<IO: AsyncWrite + Unpin>(io: &mut IO) {
+pub(super) async fn close<IO: AsyncWrite + Unpin>(io: &mut IO) {
     let _ = timeout(CLOSE_GRACE, io.shutdown()).await;
 }
 
 #[derive(Clone, Copy)]
-struct Limits<'a> {
-    header_timeout: Duration,
-    idle_timeout: Duration,
-    label: &'a str,
+pub(super) struct Limits<'a> {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub label: &'a str,
 }
 
 enum Driven {

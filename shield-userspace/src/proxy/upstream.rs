@@ -6,6 +6,9 @@
 //! put the connection back, cost ~9k of ~63k instructions per request. Here a
 //! connection goes back to the pool from the response body itself, when its
 //! last frame is read, and checkout is a lock and a `pop`.
+//!
+//! The same pool also keeps plain TCP streams for the direct HTTP/1.1 path
+//! (`proxy::direct`), which writes and reads the upstream's HTTP itself.
 
 use std::{
     collections::VecDeque,
@@ -42,70 +45,114 @@ const MAX_IDLE_PER_UPSTREAM: usize = 512;
 /// because the worker's tasks must be `Send`).
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    pool: Arc<Pool>,
+    pool: Arc<Pool<SendRequest<Incoming>>>,
+    streams: Arc<Pool<TcpStream>>,
 }
 
 pub fn client() -> UpstreamClient {
     UpstreamClient {
         pool: Arc::new(Pool::default()),
+        streams: Arc::new(Pool::default()),
     }
 }
 
-#[derive(Debug, Default)]
-struct Pool {
-    state: Mutex<State>,
+/// An upstream connection that can wait in the pool.
+trait Reusable: std::fmt::Debug + Send + 'static {
+    /// Known to be closed without trying it.
+    fn is_closed(&self) -> bool;
 }
 
-#[derive(Debug, Default)]
-struct State {
+impl Reusable for SendRequest<Incoming> {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
+impl Reusable for TcpStream {
+    /// A plain stream is only found closed by using it: the direct path
+    /// sends only idempotent requests, which it retries on a new connection
+    /// when a reused one fails before any answer (RFC 9110 9.2.2).
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug)]
+struct Pool<C> {
+    state: Mutex<State<C>>,
+}
+
+impl<C> Default for Pool<C> {
+    fn default() -> Self {
+        Pool {
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                reaping: false,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State<C> {
     /// Per upstream, oldest first: checkout pops the newest (LIFO), so a
     /// burst's extra connections age out instead of being kept warm. A list
     /// searched by the authority's text rather than a map: a host has a
     /// handful of upstreams, and hashing an `Authority` with the default
     /// hasher (plus its case-insensitive `==`) cost ~2k instructions per
     /// request.
-    idle: Vec<(Authority, VecDeque<Idle>)>,
+    idle: Vec<(Authority, VecDeque<Idle<C>>)>,
     /// Whether a task is reaping expired idle connections.
     reaping: bool,
 }
 
-impl State {
+impl<C> State<C> {
     fn idle_position(&self, authority: &Authority) -> Option<usize> {
         let key = authority.as_str();
         self.idle.iter().position(|(a, _)| a.as_str() == key)
     }
 
-    fn idle_for(&mut self, authority: &Authority) -> Option<&mut VecDeque<Idle>> {
+    fn idle_for(&mut self, authority: &Authority) -> Option<&mut VecDeque<Idle<C>>> {
         let at = self.idle_position(authority)?;
         Some(&mut self.idle[at].1)
     }
 }
 
 #[derive(Debug)]
-struct Idle {
-    sender: SendRequest<Incoming>,
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
-impl Idle {
+impl<C: Reusable> Idle<C> {
     fn expired(&self, now: Instant) -> bool {
-        now.duration_since(self.since) >= POOL_IDLE_TIMEOUT || self.sender.is_closed()
+        now.duration_since(self.since) >= POOL_IDLE_TIMEOUT || self.conn.is_closed()
     }
 }
 
-impl Pool {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl<C: Reusable> Pool<C> {
+    fn lock(&self) -> MutexGuard<'_, State<C>> {
         // Nothing panics while holding it; if something did, the map is
         // still consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn pop(&self, authority: &Authority) -> Option<Idle> {
+    fn pop(&self, authority: &Authority) -> Option<Idle<C>> {
         self.lock().idle_for(authority)?.pop_back()
     }
 
-    fn put(self: &Arc<Self>, authority: Authority, sender: SendRequest<Incoming>) {
-        if sender.is_closed() {
+    /// The newest idle connection not yet expired, if any.
+    fn pop_live(&self, authority: &Authority) -> Option<C> {
+        loop {
+            let idle = self.pop(authority)?;
+            if !idle.expired(Instant::now()) {
+                return Some(idle.conn);
+            }
+        }
+    }
+
+    fn put(self: &Arc<Self>, authority: &Authority, conn: C) {
+        if conn.is_closed() {
             return;
         }
         // The reaper needs a runtime; outside one (a worker shutting down)
@@ -117,8 +164,8 @@ impl Pool {
         let start_reaper;
         {
             let mut state = self.lock();
-            let at = state.idle_position(&authority).unwrap_or_else(|| {
-                state.idle.push((authority, VecDeque::new()));
+            let at = state.idle_position(authority).unwrap_or_else(|| {
+                state.idle.push((authority.clone(), VecDeque::new()));
                 state.idle.len() - 1
             });
             let idle = &mut state.idle[at].1;
@@ -128,7 +175,7 @@ impl Pool {
                 None
             };
             idle.push_back(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
             start_reaper = !state.reaping;
@@ -145,7 +192,7 @@ impl Pool {
 /// Closes idle connections past `POOL_IDLE_TIMEOUT` (or closed by the
 /// upstream), checking every `POOL_IDLE_TIMEOUT` as hyper-util's pool did;
 /// ends when the pool is empty (`put` starts another) or dropped.
-async fn reap(pool: Weak<Pool>) {
+async fn reap<C: Reusable>(pool: Weak<Pool<C>>) {
     loop {
         tokio::time::sleep(POOL_IDLE_TIMEOUT).await;
         let Some(pool) = pool.upgrade() else {
@@ -193,6 +240,12 @@ pub enum UpstreamError {
     Handshake(#[source] hyper::Error),
     #[error("upstream request failed")]
     Request(#[source] hyper::Error),
+    #[error("upstream connection failed")]
+    Io(#[source] io::Error),
+    #[error("the upstream closed the connection before a complete response head")]
+    ClosedEarly,
+    #[error("malformed upstream response: {0}")]
+    Malformed(&'static str),
 }
 
 impl UpstreamClient {
@@ -246,20 +299,49 @@ impl UpstreamClient {
     /// The newest idle connection that is still usable, if any.
     async fn checkout(&self, authority: &Authority) -> Option<SendRequest<Incoming>> {
         loop {
-            let idle = self.pool.pop(authority)?;
-            if idle.expired(Instant::now()) {
-                continue;
-            }
-            let mut sender = idle.sender;
+            let mut sender = self.pool.pop_live(authority)?;
             // Normally ready at once; an error means the connection closed.
             if sender.ready().await.is_ok() {
                 return Some(sender);
             }
         }
     }
+
+    /// A plain TCP stream to `authority` for the direct path: an idle one
+    /// (`true`: it may turn out closed) or a new one.
+    pub(super) async fn stream(
+        &self,
+        authority: &Authority,
+    ) -> Result<(TcpStream, bool), UpstreamError> {
+        match self.streams.pop_live(authority) {
+            Some(tcp) => Ok((tcp, true)),
+            // Boxed for the same reason as in `request`.
+            None => Ok((Box::pin(connect_tcp(authority)).await?, false)),
+        }
+    }
+
+    /// Gives back a stream whose last response was read to its end.
+    pub(super) fn put_stream(&self, authority: &Authority, tcp: TcpStream) {
+        self.streams.put(authority, tcp);
+    }
 }
 
 async fn connect(authority: &Authority) -> Result<SendRequest<Incoming>, UpstreamError> {
+    let tcp = connect_tcp(authority).await?;
+    let (sender, connection) = http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(UpstreamError::Handshake)?;
+    // The connection's I/O runs as its own task for its whole life (not per
+    // request); it ends when the upstream closes or every sender is dropped.
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn connect_tcp(authority: &Authority) -> Result<TcpStream, UpstreamError> {
     let port = authority.port_u16().unwrap_or(80);
     // IPv6 literals come bracketed in the authority.
     let host = authority
@@ -298,17 +380,7 @@ async fn connect(authority: &Authority) -> Result<SendRequest<Incoming>, Upstrea
             authority: authority.clone(),
             source,
         })?;
-    let (sender, connection) = http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(UpstreamError::Handshake)?;
-    // The connection's I/O runs as its own task for its whole life (not per
-    // request); it ends when the upstream closes or every sender is dropped.
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(tcp)
 }
 
 /// An upstream response body that puts its connection back in the pool
@@ -322,7 +394,7 @@ pub struct PooledBody {
 
 #[derive(Debug)]
 struct Release {
-    pool: Arc<Pool>,
+    pool: Arc<Pool<SendRequest<Incoming>>>,
     authority: Authority,
     sender: SendRequest<Incoming>,
 }
@@ -335,7 +407,7 @@ impl PooledBody {
             sender,
         }) = self.release.take()
         {
-            pool.put(authority, sender);
+            pool.put(&authority, sender);
         }
     }
 }
