@@ -997,3 +997,519 @@ fn push_date(out: &mut Vec<u8>) {
         push_field(out, header::DATE.as_str(), text.as_bytes());
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{header::HeaderName, HeaderMap};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::proxy::{headers::Forwarding, Upstream};
+
+    const SITE: &str = "www.example.com";
+    const PEER: &str = "172.64.0.1";
+    const CERT: &str = "ab12";
+
+    fn route(upstream: &str) -> Route {
+        Route {
+            label: SITE.into(),
+            names: vec![SITE.into(), "alt.example.com".into()],
+            upstream: Upstream::parse(upstream).expect("upstream"),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(900),
+            upstream_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn prepare_with(upstream: &str, head: &str) -> (Prepared, String) {
+        let route = route(upstream);
+        let (peer_ip, cert) = (
+            HeaderValue::from_static(PEER),
+            HeaderValue::from_static(CERT),
+        );
+        let site = Site {
+            sni: SITE,
+            route: &route,
+            peer_ip: &peer_ip,
+            client_cert_sha256: &cert,
+        };
+        let mut out = Vec::new();
+        let prepared = prepare_request(head.as_bytes(), site, "r1", &mut out);
+        (prepared, String::from_utf8(out).expect("utf-8"))
+    }
+
+    fn prepare(head: &str) -> (Prepared, String) {
+        prepare_with("http://127.0.0.1:8080", head)
+    }
+
+    fn forward(head: &str, head_request: bool, close: bool) -> Prepared {
+        Prepared::Forward(Forward {
+            head_len: head.len(),
+            head_request,
+            close,
+        })
+    }
+
+    #[test]
+    fn only_bodyless_get_and_head_for_this_site_take_the_direct_path() {
+        let many_fields: String = (0..MAX_FIELDS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        let too_many = format!("GET / HTTP/1.1\r\nHost: {SITE}\r\n{many_fields}\r\n");
+        let huge = format!(
+            "GET / HTTP/1.1\r\nHost: {SITE}\r\nx: {}",
+            "a".repeat(MAX_HEADER_BYTES)
+        );
+        let options = format!(
+            "GET / HTTP/1.1\r\nHost: {SITE}\r\nConnection: {}\r\n\r\n",
+            (0..=MAX_CONNECTION_OPTIONS)
+                .map(|i| format!("x-{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let get = format!("GET /a?b=1 HTTP/1.1\r\nHost: {SITE}\r\n\r\n");
+        let head = format!("HEAD / HTTP/1.1\r\nhost: {SITE}\r\n\r\n");
+        let close = format!("GET / HTTP/1.1\r\nHost: {SITE}\r\nConnection: Close\r\n\r\n");
+        let with_port = format!("GET / HTTP/1.1\r\nHost: WWW.Example.COM.:443\r\n\r\n");
+        let bare_lf = format!("GET / HTTP/1.1\nHost: {SITE}\n\n");
+        let deferred = [
+            "POST / HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 1\r\n\r\nx",
+            "PUT / HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+            "CONNECT www.example.com:443 HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: www.example.com\r\n\r\n",
+            "GET http://www.example.com/ HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: www.example.com\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: www.example.com\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: www.example.com\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: www.example.com\r\nHost: www.example.com\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: alt.example.com\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: other.example\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: www.example.com:x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHo st: www.example.com\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: www.example.com\r\n folded\r\n\r\n",
+            "GET /a b HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+            "\u{1}GET / HTTP/1.1\r\n\r\n",
+            &too_many,
+            &huge,
+            &options,
+        ];
+        for request in deferred {
+            assert_eq!(prepare(request).0, Prepared::Defer, "{request:?}");
+        }
+        for partial in ["", "GET / HT", "GET / HTTP/1.1\r\nHost: www.exa"] {
+            assert_eq!(prepare(partial).0, Prepared::Partial, "{partial:?}");
+        }
+        let forwarded = [
+            (&get, forward(&get, false, false)),
+            (&head, forward(&head, true, false)),
+            (&close, forward(&close, false, true)),
+            (&with_port, forward(&with_port, false, false)),
+            (&bare_lf, forward(&bare_lf, false, false)),
+        ];
+        for (request, want) in forwarded {
+            assert_eq!(prepare(request).0, want, "{request:?}");
+        }
+        // Pipelined: only the first head is taken.
+        let two = format!("{get}{get}");
+        assert_eq!(prepare(&two).0, forward(&get, false, false));
+        // A way out of an upstream prefix is hyper's to refuse.
+        let escape = format!("GET /../admin HTTP/1.1\r\nHost: {SITE}\r\n\r\n");
+        assert_eq!(
+            prepare_with("http://127.0.0.1:1/app", &escape).0,
+            Prepared::Defer
+        );
+        let (_, sent) = prepare_with("http://127.0.0.1:1/app", &get);
+        assert!(sent.starts_with("GET /app/a?b=1 HTTP/1.1\r\n"), "{sent}");
+    }
+
+    /// The fields the upstream gets from the direct path, as `(name, value)`
+    /// in order.
+    fn sent_fields(sent: &str) -> Vec<(String, String)> {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut request = httparse::Request::new(&mut fields);
+        assert!(matches!(
+            request.parse(sent.as_bytes()),
+            Ok(Status::Complete(len)) if len == sent.len()
+        ));
+        request
+            .headers
+            .iter()
+            .map(|f| {
+                (
+                    f.name.to_owned(),
+                    String::from_utf8(f.value.to_vec()).expect("utf-8"),
+                )
+            })
+            .collect()
+    }
+
+    /// The same policy as `headers::prepare_request` on hyper's path: for each
+    /// set of client fields, the upstream gets the same values per name (the
+    /// order across names may differ; within a name it may not).
+    #[test]
+    fn header_policy_matches_the_hyper_path() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[],
+            &[("Accept", "*/*"), ("User-Agent", "curl/8")],
+            &[
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("x-real-ip", "6.6.6.6"),
+                ("Forwarded", "for=6.6.6.6"),
+                ("X-Forwarded-Proto", "http"),
+                ("X-Shield-Client-Cert-Sha256", "forged"),
+                ("x-shield-request-id", "forged"),
+                ("X-Shield-Other", "forged"),
+                ("CF-Connecting-IP", "203.0.113.7"),
+                ("Connection", "keep-alive, X-Secret"),
+                ("X-Secret", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("Proxy-Connection", "keep-alive"),
+                ("TE", "trailers"),
+                ("Accept", "a"),
+                ("accept", "b"),
+            ],
+            &[("cf-connecting-ip", "2001:DB8:0:0::1")],
+            &[("cf-connecting-ip", " 203.0.113.7")],
+            &[
+                ("cf-connecting-ip", "not an ip"),
+                ("cf-connecting-ip", "1.2.3.4"),
+            ],
+            &[
+                ("cf-connecting-ip", "1.2.3.4"),
+                ("Connection", "cf-connecting-ip"),
+            ],
+            &[("Connection", "close"), ("close", "x")],
+            &[("X-Obs", "caf\u{e9}")],
+        ];
+        for fields in cases {
+            let mut head = format!("GET / HTTP/1.1\r\nHost: {SITE}\r\n");
+            let mut map = HeaderMap::new();
+            map.insert(header::HOST, HeaderValue::from_static(SITE));
+            for (name, value) in *fields {
+                head.push_str(&format!("{name}: {value}\r\n"));
+                map.append(
+                    HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                    // As parsed: without the whitespace around it.
+                    HeaderValue::from_bytes(value.trim().as_bytes()).expect("value"),
+                );
+            }
+            head.push_str("\r\n");
+            let (prepared, sent) = prepare(&head);
+            assert!(matches!(prepared, Prepared::Forward(_)), "{head}");
+            headers::prepare_request(
+                &mut map,
+                &Forwarding {
+                    host: SITE,
+                    peer_ip: &HeaderValue::from_static(PEER),
+                    client_cert_sha256: &HeaderValue::from_static(CERT),
+                    request_id: "r1",
+                },
+            );
+            let mut direct = sent_fields(&sent);
+            let mut hyper: Vec<(String, String)> = map
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8(v.as_bytes().to_vec()).expect("utf-8"),
+                    )
+                })
+                .collect();
+            // Stable sorts: values of one name keep their order.
+            direct.sort_by(|a, b| a.0.cmp(&b.0));
+            hyper.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(direct, hyper, "{head}");
+        }
+    }
+
+    #[test]
+    fn field_names_agree_with_the_header_policy_tables() {
+        for name in &headers::HOP_BY_HOP {
+            for spelling in [name.as_str().to_owned(), name.as_str().to_uppercase()] {
+                assert!(
+                    matches!(
+                        Field::of(&spelling),
+                        Field::HopByHop
+                            | Field::Connection
+                            | Field::TransferEncoding
+                            | Field::Upgrade
+                    ),
+                    "{spelling}"
+                );
+            }
+        }
+        for name in &headers::REWRITTEN {
+            assert_eq!(Field::of(name.as_str()), Field::Rewritten);
+            assert_eq!(Field::of(&name.as_str().to_uppercase()), Field::Rewritten);
+        }
+        assert_eq!(Field::of("X-Shield-Anything"), Field::Ours);
+        assert_eq!(Field::of("x-shield"), Field::Other);
+        assert_eq!(
+            Field::of(headers::CF_CONNECTING_IP.as_str()),
+            Field::CfConnectingIp
+        );
+    }
+
+    fn respond(
+        head: &str,
+        head_request: bool,
+        client_close: bool,
+    ) -> (Result<Parsed, UpstreamError>, String) {
+        let mut out = Vec::new();
+        let parsed = prepare_response(head.as_bytes(), head_request, client_close, &mut out);
+        (parsed, String::from_utf8(out).expect("utf-8"))
+    }
+
+    fn final_head(head: &str, status: u16, framing: Framing, reusable: bool) -> Parsed {
+        Parsed::Final(ResponseHead {
+            len: head.len(),
+            status: StatusCode::from_u16(status).expect("status"),
+            framing,
+            reusable,
+        })
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let table: &[(&str, bool, u16, Framing, bool)] = &[
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+                false,
+                200,
+                Framing::Length(2),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n",
+                false,
+                200,
+                Framing::Length(2),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n",
+                false,
+                200,
+                Framing::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\n\r\n",
+                false,
+                200,
+                Framing::UntilClose,
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n",
+                false,
+                200,
+                Framing::Length(2),
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n",
+                false,
+                200,
+                Framing::Length(2),
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+                true,
+                200,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                false,
+                204,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n",
+                false,
+                304,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+                false,
+                502,
+                Framing::Length(0),
+                true,
+            ),
+        ];
+        for (head, head_request, status, framing, reusable) in table {
+            let (parsed, _) = respond(head, *head_request, false);
+            assert_eq!(
+                parsed.expect("parses"),
+                final_head(head, *status, *framing, *reusable),
+                "{head:?}"
+            );
+        }
+        let (parsed, _) = respond("HTTP/1.1 200 OK\r\nContent-Le", false, false);
+        assert_eq!(parsed.expect("partial"), Parsed::Partial);
+        let early = "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
+        let (parsed, out) = respond(early, false, false);
+        assert_eq!(parsed.expect("1xx"), Parsed::Informational(early.len()));
+        assert!(out.is_empty());
+        let refused = [
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/9.9 200 OK\r\n\r\n",
+            "garbage\r\n\r\n",
+        ];
+        for head in refused {
+            assert!(
+                matches!(
+                    respond(head, false, false).0,
+                    Err(UpstreamError::Malformed(_))
+                ),
+                "{head:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn response_heads_lose_hop_by_hop_fields_and_get_our_framing() {
+        let (_, out) = respond(
+            "HTTP/1.1 200 Fine\r\nX-App: 1\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 2\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Connection: x\r\nUpgrade: h2c\r\nTE: x\r\n\
+             Date: Mon, 23 Nov 2026 00:00:00 GMT\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            true,
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 Fine\r\nx-app: 1\r\ndate: Mon, 23 Nov 2026 00:00:00 GMT\r\n\
+             transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        let (_, out) = respond("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", false, false);
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ndate: "),
+            "{out}"
+        );
+        assert!(out.ends_with(" GMT\r\n\r\n"), "{out}");
+        // A body the upstream ends by closing goes on chunked.
+        let (_, out) = respond("HTTP/1.0 200 OK\r\n\r\n", false, false);
+        assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+        // HEAD and 304 state the length; 204 has none.
+        let (_, out) = respond("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true, false);
+        assert!(out.contains("content-length: 10\r\n"), "{out}");
+        let (_, out) = respond(
+            "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+        );
+        assert!(!out.contains("content-length"), "{out}");
+    }
+
+    /// A loopback connection whose far end writes `parts` with a pause
+    /// between them, then closes.
+    async fn upstream_sending(parts: &[&'static [u8]]) -> TcpStream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let parts = parts.to_vec();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            for part in parts {
+                tcp.write_all(part).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        TcpStream::connect(addr).await.expect("connect")
+    }
+
+    async fn copied(
+        parts: &[&'static [u8]],
+        copy: impl AsyncFnOnce(
+            &mut Vec<u8>,
+            &mut TcpStream,
+            &mut BytesMut,
+            &mut Vec<u8>,
+        ) -> Result<bool, Copy>,
+    ) -> (Result<bool, Copy>, String) {
+        let mut tcp = upstream_sending(parts).await;
+        let (mut client, mut upstream, mut out) = (Vec::new(), BytesMut::new(), Vec::new());
+        let result = copy(&mut client, &mut tcp, &mut upstream, &mut out).await;
+        client.extend_from_slice(&out);
+        (result, String::from_utf8(client).expect("utf-8"))
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_pass_in_the_same_chunks_without_extensions_or_trailers() {
+        let (result, sent) = copied(
+            &[
+                b"3\r\nab",
+                b"c\r\n1",
+                b"0;ext=1\r\n0123456789abcdef\r\n",
+                b"0\r\nTrailer: x\r\n\r\n",
+            ],
+            async |client, tcp, upstream, out| copy_chunked(client, tcp, upstream, out).await,
+        )
+        .await;
+        assert!(matches!(result, Ok(true)));
+        assert_eq!(sent, "3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n");
+        for bad in [
+            &b"zz\r\n"[..],
+            b"3\r\nabcX\r\n",
+            b"3\r\nab",
+            b"ffffffffffffffffff\r\n",
+        ] {
+            let (result, _) = copied(&[bad], async |client, tcp, upstream, out| {
+                copy_chunked(client, tcp, upstream, out).await
+            })
+            .await;
+            assert!(matches!(result, Err(Copy::Upstream(_))), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn length_bodies_stop_at_the_length() {
+        let (result, sent) = copied(&[b"01234", b"56789"], async |client, tcp, upstream, out| {
+            copy_length(client, tcp, upstream, out, 10).await
+        })
+        .await;
+        assert!(matches!(result, Ok(true)));
+        assert_eq!(sent, "0123456789");
+        // More than the length: passed on up to it, and not reusable.
+        let (result, sent) = copied(&[b"0123456789extra"], async |client, tcp, upstream, out| {
+            copy_length(client, tcp, upstream, out, 10).await
+        })
+        .await;
+        assert!(matches!(result, Ok(false)));
+        assert_eq!(sent, "0123456789");
+        let (result, _) = copied(&[b"0123"], async |client, tcp, upstream, out| {
+            copy_length(client, tcp, upstream, out, 10).await
+        })
+        .await;
+        assert!(matches!(
+            result,
+            Err(Copy::Upstream(UpstreamError::ClosedEarly))
+        ));
+    }
+
+    #[tokio::test]
+    async fn bodies_ended_by_close_go_on_chunked() {
+        let (result, sent) = copied(&[b"abc", b"defg"], async |client, tcp, upstream, out| {
+            copy_until_close(client, tcp, upstream, out).await
+        })
+        .await;
+        assert!(matches!(result, Ok(false)));
+        assert_eq!(sent, "3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n");
+    }
+}
