@@ -1070,7 +1070,7 @@ mod tests {
         let get = format!("GET /a?b=1 HTTP/1.1\r\nHost: {SITE}\r\n\r\n");
         let head = format!("HEAD / HTTP/1.1\r\nhost: {SITE}\r\n\r\n");
         let close = format!("GET / HTTP/1.1\r\nHost: {SITE}\r\nConnection: Close\r\n\r\n");
-        let with_port = format!("GET / HTTP/1.1\r\nHost: WWW.Example.COM.:443\r\n\r\n");
+        let with_port = "GET / HTTP/1.1\r\nHost: WWW.Example.COM.:443\r\n\r\n".to_owned();
         let bare_lf = format!("GET / HTTP/1.1\nHost: {SITE}\n\n");
         let deferred = [
             "POST / HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 1\r\n\r\nx",
