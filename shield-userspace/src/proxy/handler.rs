@@ -98,6 +98,19 @@ impl Connection {
     }
 
     async fn respond(&self, request: Request<Incoming>, request_id: &str) -> Response<ProxyBody> {
+        // RFC 9112 3.2: more than one Host field is a 400, whatever they say.
+        if request
+            .headers()
+            .get_all(header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: more than one Host\n".into(),
+            );
+        }
         let host = match headers::request_host(request.uri(), request.headers()) {
             Some(host) if host == self.sni && self.route.serves(&host) => host,
             other => {
