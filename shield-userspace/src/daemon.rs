@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     config::Config,
     dataplane::{self, Dataplane, DataplaneSettings, PinLayout},
+    proxy::metrics::HttpMetrics,
     ranges::{
         self,
         metrics::RangeMetrics,
@@ -68,6 +69,7 @@ impl Daemon {
             )));
         }
         let tls_metrics = TlsMetrics::register(&mut registry);
+        let http_metrics = HttpMetrics::register(&mut registry);
         let fetcher = Fetcher::new(FetchOptions::default())
             .context("cannot set up the HTTPS client for range refreshes")?;
         let ranges = Refresher::new(
@@ -81,7 +83,7 @@ impl Daemon {
             tracing::info!("no [[site]]: no TLS listener (XDP-only)");
             None
         } else {
-            let frontend = Frontend::start(&config, tls_metrics).context(
+            let frontend = Frontend::start(&config, tls_metrics, http_metrics).context(
                 "the TLS frontend could not start; check the [[site]] files and listen addresses",
             )?;
             Some(frontend)

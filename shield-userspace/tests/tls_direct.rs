@@ -223,8 +223,8 @@ async fn upstream_answers_are_reframed_and_pooled_streams_retried() {
     tls.write_all(get("/chunked").as_bytes()).await.unwrap();
     let (status, _, body) = response(&mut tls, &mut buf).await;
     assert_eq!((status, body.as_slice()), (200, &b"hello world"[..]));
-    assert_eq!(shield.metrics.requests(SITE, 200), 10);
-    assert_eq!(shield.metrics.requests(SITE, 502), 0);
+    assert_eq!(shield.http_metrics.requests(SITE, 200), 10);
+    assert_eq!(shield.http_metrics.requests(SITE, 502), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +271,7 @@ async fn ambiguous_upstream_framing_is_a_502_and_the_connection_goes_on() {
             "after {bad}"
         );
     }
-    assert_eq!(shield.metrics.requests(SITE, 502), 4);
+    assert_eq!(shield.http_metrics.requests(SITE, 502), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +310,7 @@ async fn pipelined_and_mixed_requests_share_one_connection() {
         assert_eq!(status, 200);
         assert!(body.starts_with(b"GET /after\n"));
     }
-    assert_eq!(shield.metrics.requests(SITE, 200), 6);
+    assert_eq!(shield.http_metrics.requests(SITE, 200), 6);
 }
 
 /// A head with both `Content-Length` and `Transfer-Encoding` and a second

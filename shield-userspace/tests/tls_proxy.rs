@@ -73,7 +73,7 @@ async fn upstream_sees_rewritten_forwarding_headers_over_h1_and_h2() {
         assert!(head.contains("x-upstream: echo"), "{}", out.body);
         assert!(!head.contains("keep-alive: timeout=5"), "{}", out.body);
     }
-    assert_eq!(shield.metrics.requests(SITE, 200), 2);
+    assert_eq!(shield.http_metrics.requests(SITE, 200), 2);
 }
 
 /// With `upstream = "http://host:port/app"`, requests go under `/app`, and
@@ -158,7 +158,7 @@ async fn host_must_match_sni() {
         .await;
         assert_eq!(out.status, Some(200), "{out:?}");
     }
-    assert_eq!(shield.metrics.requests(SITE, 421), 6);
+    assert_eq!(shield.http_metrics.requests(SITE, 421), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,8 +225,8 @@ async fn upstream_refused_is_502_and_slow_is_504() {
             started.elapsed()
         );
     }
-    assert_eq!(shield.metrics.requests(SITE, 502), 2);
-    assert_eq!(shield.metrics.requests("www.slow.test", 504), 2);
+    assert_eq!(shield.http_metrics.requests(SITE, 502), 2);
+    assert_eq!(shield.http_metrics.requests("www.slow.test", 504), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +300,7 @@ async fn port_80_redirects_denies_or_is_off() {
     // No open redirect for hosts we do not serve.
     let out = plain(&shield, "evil.example").await;
     assert_eq!(out.status, Some(421), "{out:?}");
-    assert_eq!(shield.metrics.requests(SITE, 301), 1);
+    assert_eq!(shield.http_metrics.requests(SITE, 301), 1);
     drop(shield);
 
     let shield = Shield::start(&format!(

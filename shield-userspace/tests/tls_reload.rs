@@ -158,6 +158,7 @@ async fn changed_files_are_picked_up_by_the_watcher() {
         &toml,
         FrontendOptions {
             watch_interval: Some(Duration::from_millis(200)),
+            workers: None,
         },
     )
     .await;

@@ -3,6 +3,7 @@
 
 use std::{
     convert::Infallible,
+    net::IpAddr,
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll},
@@ -17,31 +18,67 @@ use prometheus_client::metrics::counter::Counter;
 use super::{
     activity::{Activity, RequestGuard},
     headers::{self, Forwarding},
+    metrics::HttpMetrics,
     upstream::UpstreamClient,
     Route,
 };
-use crate::tls::TlsMetrics;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Who the client of a verified connection is, as the TLS layer found.
+#[derive(Debug)]
+pub struct Client {
+    /// The SNI the client sent, lowercase.
+    pub sni: String,
+    /// The TCP peer (a Cloudflare edge address).
+    pub peer: IpAddr,
+    /// Hex SHA-256 of the verified leaf certificate.
+    pub cert_sha256: String,
+}
 
 /// What a connection knows about its client after the handshake.
 #[derive(Debug)]
 pub struct Connection {
-    pub route: Arc<Route>,
+    pub(super) route: Arc<Route>,
     /// The SNI the client sent, lowercase.
-    pub sni: String,
+    pub(super) sni: String,
     /// The TCP peer's address, formatted once for all requests.
-    pub peer_ip: HeaderValue,
+    pub(super) peer_ip: HeaderValue,
     /// Hex SHA-256 of the verified leaf certificate, as sent upstream.
-    pub client_cert_sha256: HeaderValue,
-    pub activity: Arc<Activity>,
-    pub upstream: UpstreamClient,
-    pub metrics: TlsMetrics,
+    pub(super) client_cert_sha256: HeaderValue,
+    pub(super) activity: Arc<Activity>,
+    pub(super) upstream: UpstreamClient,
+    metrics: HttpMetrics,
     /// This site's count of 200 responses, looked up on the first one.
-    pub ok_requests: OnceLock<Counter>,
+    ok_requests: OnceLock<Counter>,
 }
 
 impl Connection {
+    pub(super) fn new(
+        route: Arc<Route>,
+        client: Client,
+        activity: Arc<Activity>,
+        upstream: UpstreamClient,
+        metrics: HttpMetrics,
+    ) -> Connection {
+        // Both are made once for all the connection's requests. An IP
+        // address and hex digits always make valid header values.
+        let peer_ip = HeaderValue::from_str(&client.peer.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        let client_cert_sha256 = HeaderValue::from_str(&client.cert_sha256)
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        Connection {
+            route,
+            sni: client.sni,
+            peer_ip,
+            client_cert_sha256,
+            activity,
+            upstream,
+            metrics,
+            ok_requests: OnceLock::new(),
+        }
+    }
+
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,

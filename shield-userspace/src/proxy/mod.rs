@@ -6,12 +6,13 @@ mod activity;
 mod direct;
 mod handler;
 pub mod headers;
+pub mod metrics;
 pub mod plain;
 mod route;
 mod serve;
 mod upstream;
 
-pub use handler::Connection;
+pub use handler::Client;
 pub use route::{Route, Upstream};
 pub use serve::{serve, Protocol, H2_MAX_STREAMS, MAX_HEADER_BYTES};
 pub use upstream::{client as upstream_client, UpstreamClient};

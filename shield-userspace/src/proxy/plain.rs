@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     config::HttpAction,
-    tls::{metrics::NO_SITE, TlsMetrics},
+    proxy::metrics::{HttpMetrics, NO_SITE},
 };
 
 /// Plain-HTTP connections open at once; port 80 only ever answers with a
@@ -85,7 +85,7 @@ impl PlainRoutes {
 }
 
 /// Accepts on `listener` until the task is aborted.
-pub async fn run(listener: TcpListener, routes: Arc<ArcSwap<PlainRoutes>>, metrics: TlsMetrics) {
+pub async fn run(listener: TcpListener, routes: Arc<ArcSwap<PlainRoutes>>, metrics: HttpMetrics) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = limit.clone().acquire_owned().await else {

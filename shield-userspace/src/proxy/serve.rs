@@ -21,7 +21,10 @@ use tokio::{
 use super::{
     activity::{Activity, Check, Tracked},
     direct::{self, Direct},
-    handler::{Connection, GuardedBody},
+    handler::{Client, Connection, GuardedBody},
+    metrics::HttpMetrics,
+    upstream::UpstreamClient,
+    Route,
 };
 
 /// Request head cap (start line and header fields). Cloudflare forwards at
@@ -45,18 +48,28 @@ pub enum Protocol {
     Http2,
 }
 
-/// Serves `io` until the client leaves, a timeout closes it, or `shutdown`
-/// turns true (in-flight requests then finish first).
+/// Serves `io`, verified as `client` for `route`, until the client leaves,
+/// a timeout closes it, or `shutdown` turns true (in-flight requests then
+/// finish first).
 pub async fn serve<IO>(
     io: IO,
     protocol: Protocol,
-    make: impl FnOnce(Arc<Activity>) -> Connection,
+    route: Arc<Route>,
+    client: Client,
+    upstream: UpstreamClient,
+    metrics: HttpMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new(protocol == Protocol::Http1));
-    let conn = Arc::new(make(activity.clone()));
+    let conn = Arc::new(Connection::new(
+        route,
+        client,
+        activity.clone(),
+        upstream,
+        metrics,
+    ));
     let (header_timeout, idle_timeout) = (conn.route.header_timeout, conn.route.idle_timeout);
     let label = conn.route.label.clone();
     let direct = Arc::clone(&conn);

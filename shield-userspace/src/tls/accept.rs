@@ -5,7 +5,6 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
 use rustls::{
     server::{Acceptor, ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
@@ -19,18 +18,18 @@ use tokio::{
 };
 use tokio_rustls::{server::TlsStream, LazyConfigAcceptor};
 
-use super::{
-    metrics::{HandshakeResult, NO_SITE},
-    verify,
-    workers::Workers,
-    Site, SiteTable, TlsMetrics,
+use super::{metrics::HandshakeResult, verify, workers::Workers, Site, SiteTable, TlsMetrics};
+use crate::proxy::{
+    self,
+    metrics::{HttpMetrics, NO_SITE},
+    Client, Protocol, UpstreamClient,
 };
-use crate::proxy::{self, Connection, Protocol, UpstreamClient};
 
 /// What every connection of every listener shares.
 #[derive(Debug)]
 pub struct Shared {
     pub metrics: TlsMetrics,
+    pub http_metrics: HttpMetrics,
     /// Where accepted connections are served, each with its worker's
     /// upstream client.
     pub workers: Workers,
@@ -123,31 +122,25 @@ async fn connection(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
-    let client_cert_sha256 = session
+    let cert_sha256 = session
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(|leaf| hex(&Sha256::digest(leaf.as_ref())))
-        .and_then(|hex| HeaderValue::from_str(&hex).ok())
-        .unwrap_or_else(|| HeaderValue::from_static(""));
-    // An IP address always makes a valid header value.
-    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static(""));
+        .unwrap_or_default();
     let route = site.route.clone();
     drop(site);
-    let conn_metrics = shared.metrics.clone();
+    let client = Client {
+        sni,
+        peer: peer.ip(),
+        cert_sha256,
+    };
     proxy::serve(
         tls,
         protocol,
-        move |activity| Connection {
-            route,
-            sni,
-            peer_ip,
-            client_cert_sha256,
-            activity,
-            upstream,
-            metrics: conn_metrics,
-            ok_requests: std::sync::OnceLock::new(),
-        },
+        route,
+        client,
+        upstream,
+        shared.http_metrics.clone(),
         shared.shutdown.clone(),
     )
     .await;

@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    num::NonZeroUsize,
     sync::{Arc, Mutex, MutexGuard, Weak},
     time::Duration,
 };
@@ -22,7 +23,7 @@ use super::{
 };
 use crate::{
     config::{Config, HttpAction},
-    proxy::{self, plain::PlainRoutes},
+    proxy::{self, metrics::HttpMetrics, plain::PlainRoutes},
 };
 
 /// Pending connections the kernel queues per listener: room for Cloudflare's
@@ -35,12 +36,15 @@ pub struct FrontendOptions {
     /// How often certificate, key, CA and CRL files are checked for
     /// changes; `None` disables the watcher.
     pub watch_interval: Option<Duration>,
+    /// Connection workers; `None`: one per core.
+    pub workers: Option<NonZeroUsize>,
 }
 
 impl Default for FrontendOptions {
     fn default() -> Self {
         FrontendOptions {
             watch_interval: Some(Duration::from_secs(2)),
+            workers: None,
         }
     }
 }
@@ -124,19 +128,28 @@ impl Frontend {
     /// Binds every site's listener (and port 80 unless `[http].action` is
     /// off) and accepts on the current tokio runtime; TLS connections are
     /// served on per-core worker threads (see `workers`).
-    pub fn start(config: &Config, metrics: TlsMetrics) -> Result<Frontend, TlsError> {
-        Frontend::start_with(config, metrics, FrontendOptions::default())
+    pub fn start(
+        config: &Config,
+        metrics: TlsMetrics,
+        http_metrics: HttpMetrics,
+    ) -> Result<Frontend, TlsError> {
+        Frontend::start_with(config, metrics, http_metrics, FrontendOptions::default())
     }
 
     pub fn start_with(
         config: &Config,
         metrics: TlsMetrics,
+        http_metrics: HttpMetrics,
         options: FrontendOptions,
     ) -> Result<Frontend, TlsError> {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             metrics,
-            workers: Workers::per_core()?,
+            workers: match options.workers {
+                Some(count) => Workers::start(count.get(), &http_metrics)?,
+                None => Workers::per_core(&http_metrics)?,
+            },
+            http_metrics,
             refuse: Shared::refuse_config(),
             shutdown: shutdown_rx,
         });
@@ -301,7 +314,7 @@ impl Frontend {
                     let task = tokio::spawn(proxy::plain::run(
                         tcp,
                         routes.clone(),
-                        self.inner.shared.metrics.clone(),
+                        self.inner.shared.http_metrics.clone(),
                     ));
                     tracing::info!(listen = %local_addr, action = ?config.http.action, "port-80 listener open");
                     state.plain = Some(PlainListener {

@@ -1,4 +1,4 @@
-//! The TLS and HTTP metrics: one definition of every `result` label value.
+//! The TLS terminator's metrics: one definition of every `result` label value.
 
 use std::fmt::{self, Write as _};
 
@@ -104,23 +104,12 @@ struct SiteLabels {
     site: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct RequestLabels {
-    site: String,
-    code: u16,
-}
-
-/// The `site` label of events that belong to no configured site (unknown SNI
-/// or Host on port 80).
-pub const NO_SITE: &str = "";
-
-/// Metrics of the TLS terminator and the proxy behind it. Cheap to clone:
-/// clones share the same series.
+/// Metrics of the TLS terminator. Cheap to clone: clones share the same
+/// series.
 #[derive(Debug, Clone, Default)]
 pub struct TlsMetrics {
     handshakes: Family<HandshakeLabels, Counter>,
     shared_ca_in_use: Family<SiteLabels, Gauge>,
-    http_requests: Family<RequestLabels, Counter>,
 }
 
 impl TlsMetrics {
@@ -136,11 +125,6 @@ impl TlsMetrics {
             "shield_tls_shared_ca_in_use",
             "1 when the site accepts Cloudflare's shared origin-pull CA, which any Cloudflare customer can present",
             metrics.shared_ca_in_use.clone(),
-        );
-        registry.register(
-            "shield_http_requests",
-            "HTTP responses by site and status code",
-            metrics.http_requests.clone(),
         );
         metrics
     }
@@ -169,34 +153,5 @@ impl TlsMetrics {
                 site: site.to_owned(),
             })
             .set(i64::from(in_use));
-    }
-
-    pub fn request(&self, site: &str, code: u16) {
-        self.http_requests
-            .get_or_create(&RequestLabels {
-                site: site.to_owned(),
-                code,
-            })
-            .inc();
-    }
-
-    /// The series of `site` and `code` itself, for a caller that counts
-    /// often: the lookup allocates the label and hashes it under a lock.
-    pub fn request_counter(&self, site: &str, code: u16) -> Counter {
-        self.http_requests
-            .get_or_create(&RequestLabels {
-                site: site.to_owned(),
-                code,
-            })
-            .clone()
-    }
-
-    pub fn requests(&self, site: &str, code: u16) -> u64 {
-        self.http_requests
-            .get_or_create(&RequestLabels {
-                site: site.to_owned(),
-                code,
-            })
-            .get()
     }
 }

@@ -20,7 +20,7 @@ use std::{
 
 use tokio::{runtime, sync::oneshot};
 
-use crate::proxy::{self, UpstreamClient};
+use crate::proxy::{self, metrics::HttpMetrics, UpstreamClient};
 
 /// The workers; dropping this stops them (their runtimes, and any
 /// connections still on them, are dropped on their own threads).
@@ -48,12 +48,12 @@ pub struct WorkerError {
 
 impl Workers {
     /// One worker per core the process may use.
-    pub fn per_core() -> Result<Workers, WorkerError> {
+    pub fn per_core(metrics: &HttpMetrics) -> Result<Workers, WorkerError> {
         let count = thread::available_parallelism().map_or(1, NonZeroUsize::get);
-        Workers::start(count)
+        Workers::start(count, metrics)
     }
 
-    pub fn start(count: usize) -> Result<Workers, WorkerError> {
+    pub fn start(count: usize, metrics: &HttpMetrics) -> Result<Workers, WorkerError> {
         let workers = (0..count.max(1))
             .map(|index| {
                 let fail = |source| WorkerError { index, source };
@@ -74,7 +74,7 @@ impl Workers {
                     .map_err(fail)?;
                 Ok(Worker {
                     handle,
-                    upstream: proxy::upstream_client(),
+                    upstream: proxy::upstream_client(metrics.clone()),
                     _stop: stop,
                 })
             })
@@ -125,7 +125,7 @@ mod tests {
     /// works there (it was registered with that worker's reactor).
     #[tokio::test]
     async fn connections_are_served_round_robin_on_worker_threads() {
-        let workers = Workers::start(2).expect("workers");
+        let workers = Workers::start(2, &HttpMetrics::default()).expect("workers");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (seen, mut threads) = mpsc::unbounded_channel();

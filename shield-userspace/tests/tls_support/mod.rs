@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use shield::{
     config::Config,
+    proxy::metrics::HttpMetrics,
     tls::{Frontend, FrontendOptions, HandshakeResult, TlsMetrics},
 };
 use tokio::{io::AsyncWriteExt, net::TcpListener, process::Command};
@@ -120,6 +121,7 @@ pub async fn silent_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 pub struct Shield {
     pub frontend: Frontend,
     pub metrics: TlsMetrics,
+    pub http_metrics: HttpMetrics,
     pub registry: Registry,
     pub config: Config,
 }
@@ -130,6 +132,7 @@ impl Shield {
             toml,
             FrontendOptions {
                 watch_interval: None,
+                workers: None,
             },
         )
         .await
@@ -139,10 +142,13 @@ impl Shield {
         let config = Config::parse(toml).unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
         let mut registry = Registry::default();
         let metrics = TlsMetrics::register(&mut registry);
-        let frontend = Frontend::start_with(&config, metrics.clone(), options).unwrap();
+        let http_metrics = HttpMetrics::register(&mut registry);
+        let frontend =
+            Frontend::start_with(&config, metrics.clone(), http_metrics.clone(), options).unwrap();
         Shield {
             frontend,
             metrics,
+            http_metrics,
             registry,
             config,
         }

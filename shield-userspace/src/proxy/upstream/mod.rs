@@ -10,13 +10,14 @@
 //! The same pool also keeps plain TCP streams for the direct HTTP/1.1 path
 //! (`proxy::direct`), which writes and reads the upstream's HTTP itself.
 
+mod pool;
+
 use std::{
-    collections::VecDeque,
     io,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard, PoisonError, Weak},
+    sync::Arc,
     task::{ready, Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -28,15 +29,12 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use self::pool::Pool;
+use super::metrics::HttpMetrics;
+
 /// A refused or unreachable upstream fails fast as a 502; this bounds only
 /// the TCP connect, the answer itself is bounded by `upstream_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle upstream connections are kept this long for reuse.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle connections kept per upstream and worker; more than the busiest
-/// burst of concurrent requests one worker sends to one upstream would only
-/// hold the application's sockets open. Beyond it the oldest is closed.
-const MAX_IDLE_PER_UPSTREAM: usize = 512;
 
 /// One pool per connection worker (`tls::workers`), for all sites: keyed by
 /// authority, so sites sharing an upstream share its connections, and a
@@ -49,175 +47,11 @@ pub struct UpstreamClient {
     streams: Arc<Pool<TcpStream>>,
 }
 
-pub fn client() -> UpstreamClient {
+/// A worker's client; its pools count what they discard in `metrics`.
+pub fn client(metrics: HttpMetrics) -> UpstreamClient {
     UpstreamClient {
-        pool: Arc::new(Pool::default()),
-        streams: Arc::new(Pool::default()),
-    }
-}
-
-/// An upstream connection that can wait in the pool.
-trait Reusable: std::fmt::Debug + Send + 'static {
-    /// Known to be closed without trying it.
-    fn is_closed(&self) -> bool;
-}
-
-impl Reusable for SendRequest<Incoming> {
-    fn is_closed(&self) -> bool {
-        SendRequest::is_closed(self)
-    }
-}
-
-impl Reusable for TcpStream {
-    /// A plain stream is only found closed by using it: the direct path
-    /// sends only idempotent requests, which it retries on a new connection
-    /// when a reused one fails before any answer (RFC 9110 9.2.2).
-    fn is_closed(&self) -> bool {
-        false
-    }
-}
-
-#[derive(Debug)]
-struct Pool<C> {
-    state: Mutex<State<C>>,
-}
-
-impl<C> Default for Pool<C> {
-    fn default() -> Self {
-        Pool {
-            state: Mutex::new(State {
-                idle: Vec::new(),
-                reaping: false,
-            }),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct State<C> {
-    /// Per upstream, oldest first: checkout pops the newest (LIFO), so a
-    /// burst's extra connections age out instead of being kept warm. A list
-    /// searched by the authority's text rather than a map: a host has a
-    /// handful of upstreams, and hashing an `Authority` with the default
-    /// hasher (plus its case-insensitive `==`) cost ~2k instructions per
-    /// request.
-    idle: Vec<(Authority, VecDeque<Idle<C>>)>,
-    /// Whether a task is reaping expired idle connections.
-    reaping: bool,
-}
-
-impl<C> State<C> {
-    fn idle_position(&self, authority: &Authority) -> Option<usize> {
-        let key = authority.as_str();
-        self.idle.iter().position(|(a, _)| a.as_str() == key)
-    }
-
-    fn idle_for(&mut self, authority: &Authority) -> Option<&mut VecDeque<Idle<C>>> {
-        let at = self.idle_position(authority)?;
-        Some(&mut self.idle[at].1)
-    }
-}
-
-#[derive(Debug)]
-struct Idle<C> {
-    conn: C,
-    since: Instant,
-}
-
-impl<C: Reusable> Idle<C> {
-    fn expired(&self, now: Instant) -> bool {
-        now.duration_since(self.since) >= POOL_IDLE_TIMEOUT || self.conn.is_closed()
-    }
-}
-
-impl<C: Reusable> Pool<C> {
-    fn lock(&self) -> MutexGuard<'_, State<C>> {
-        // Nothing panics while holding it; if something did, the map is
-        // still consistent.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn pop(&self, authority: &Authority) -> Option<Idle<C>> {
-        self.lock().idle_for(authority)?.pop_back()
-    }
-
-    /// The newest idle connection not yet expired, if any.
-    fn pop_live(&self, authority: &Authority) -> Option<C> {
-        loop {
-            let idle = self.pop(authority)?;
-            if !idle.expired(Instant::now()) {
-                return Some(idle.conn);
-            }
-        }
-    }
-
-    fn put(self: &Arc<Self>, authority: &Authority, conn: C) {
-        if conn.is_closed() {
-            return;
-        }
-        // The reaper needs a runtime; outside one (a worker shutting down)
-        // the connection is simply closed.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let evicted;
-        let start_reaper;
-        {
-            let mut state = self.lock();
-            let at = state.idle_position(authority).unwrap_or_else(|| {
-                state.idle.push((authority.clone(), VecDeque::new()));
-                state.idle.len() - 1
-            });
-            let idle = &mut state.idle[at].1;
-            evicted = if idle.len() >= MAX_IDLE_PER_UPSTREAM {
-                idle.pop_front()
-            } else {
-                None
-            };
-            idle.push_back(Idle {
-                conn,
-                since: Instant::now(),
-            });
-            start_reaper = !state.reaping;
-            state.reaping = true;
-        }
-        // Closed outside the lock.
-        drop(evicted);
-        if start_reaper {
-            runtime.spawn(reap(Arc::downgrade(self)));
-        }
-    }
-}
-
-/// Closes idle connections past `POOL_IDLE_TIMEOUT` (or closed by the
-/// upstream), checking every `POOL_IDLE_TIMEOUT` as hyper-util's pool did;
-/// ends when the pool is empty (`put` starts another) or dropped.
-async fn reap<C: Reusable>(pool: Weak<Pool<C>>) {
-    loop {
-        tokio::time::sleep(POOL_IDLE_TIMEOUT).await;
-        let Some(pool) = pool.upgrade() else {
-            return;
-        };
-        let mut expired = Vec::new();
-        let mut state = pool.lock();
-        let now = Instant::now();
-        state.idle.retain_mut(|(_, idle)| {
-            // Oldest first, so the expired ones are at the front; a closed
-            // one further in is left for checkout to skip.
-            while idle.front().is_some_and(|first| first.expired(now)) {
-                expired.extend(idle.pop_front());
-            }
-            !idle.is_empty()
-        });
-        let done = state.idle.is_empty();
-        if done {
-            state.reaping = false;
-        }
-        drop(state);
-        drop(expired);
-        if done {
-            return;
-        }
+        pool: Arc::new(Pool::new(metrics.clone())),
+        streams: Arc::new(Pool::new(metrics)),
     }
 }
 
@@ -299,7 +133,7 @@ impl UpstreamClient {
     /// The newest idle connection that is still usable, if any.
     async fn checkout(&self, authority: &Authority) -> Option<SendRequest<Incoming>> {
         loop {
-            let mut sender = self.pool.pop_live(authority)?;
+            let mut sender = self.pool.pop_clean(authority)?;
             // Normally ready at once; an error means the connection closed.
             if sender.ready().await.is_ok() {
                 return Some(sender);
@@ -308,12 +142,13 @@ impl UpstreamClient {
     }
 
     /// A plain TCP stream to `authority` for the direct path: an idle one
-    /// (`true`: it may turn out closed) or a new one.
+    /// with nothing waiting to be read (`true`: it may still turn out
+    /// closed, when the upstream's FIN crosses the request) or a new one.
     pub(super) async fn stream(
         &self,
         authority: &Authority,
     ) -> Result<(TcpStream, bool), UpstreamError> {
-        match self.streams.pop_live(authority) {
+        match self.streams.pop_clean(authority) {
             Some(tcp) => Ok((tcp, true)),
             // Boxed for the same reason as in `request`.
             None => Ok((Box::pin(connect_tcp(authority)).await?, false)),
@@ -452,7 +287,10 @@ impl Drop for PooledBody {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    };
 
     use http_body_util::{BodyExt, Empty, Full};
     use hyper::{server::conn::http1 as server, service::service_fn};
@@ -556,7 +394,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_response_returns_its_connection_for_reuse() {
         let (authority, accepted) = upstream("hello").await;
-        let client = client();
+        let client = client(HttpMetrics::default());
         for _ in 0..3 {
             assert_eq!(fetch(&client, &authority).await, "hello");
         }
@@ -566,7 +404,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_use_separate_connections_then_share_the_idle_ones() {
         let (authority, accepted) = upstream("hi").await;
-        let client = client();
+        let client = client(HttpMetrics::default());
         let first = client
             .request(&authority, request().await)
             .await
@@ -588,7 +426,7 @@ mod tests {
     async fn each_upstream_keeps_its_own_connections() {
         let (first, first_accepted) = upstream("one").await;
         let (second, second_accepted) = upstream("two").await;
-        let client = client();
+        let client = client(HttpMetrics::default());
         for _ in 0..2 {
             for (authority, want) in [(&first, "one"), (&second, "two")] {
                 assert_eq!(fetch(&client, authority).await, want);
@@ -604,7 +442,7 @@ mod tests {
     #[tokio::test]
     async fn connection_close_from_the_upstream_is_honoured() {
         let (authority, accepted) = upstream_with("bye", true).await;
-        let client = client();
+        let client = client(HttpMetrics::default());
         for round in 1..=3 {
             assert_eq!(fetch(&client, &authority).await, "bye");
             assert_eq!(accepted.load(Ordering::SeqCst), round);
@@ -614,7 +452,7 @@ mod tests {
     #[tokio::test]
     async fn an_unread_response_does_not_return_its_connection() {
         let (authority, accepted) = upstream("not read").await;
-        let client = client();
+        let client = client(HttpMetrics::default());
         drop(
             client
                 .request(&authority, request().await)
@@ -635,7 +473,7 @@ mod tests {
             .parse()
             .expect("authority");
         drop(listener);
-        let error = client()
+        let error = client(HttpMetrics::default())
             .request(&authority, request().await)
             .await
             .expect_err("refused");
