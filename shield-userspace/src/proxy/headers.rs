@@ -20,57 +20,159 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-const HOP_BY_HOP_FIELDS: usize = 6;
-/// RFC 9110 7.6.1: fields that describe one connection, never forwarded.
-/// `proxy-connection` and `keep-alive` are the pre-standard spellings that
-/// clients still send. A `static`, not a `const`: a const array of names
-/// is built and dropped again at each use.
-pub(super) static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_FIELDS] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// The fields either path looks at, by name in any case: the one table
+/// behind the header policy of hyper's path and of the direct path alike.
+/// Matched by length first: comparing against `http`'s names one by one
+/// cost more per request than the rest of the head handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Expect,
+    Upgrade,
+    Connection,
+    CfConnectingIp,
+    Date,
+    /// The other hop-by-hop fields (RFC 9110 7.6.1): `keep-alive`,
+    /// `proxy-connection` (the pre-standard spellings that clients still
+    /// send) and `te`.
+    HopByHop,
+    /// A forwarding statement only shield makes: `forwarded`, `x-real-ip`,
+    /// `x-forwarded-for`, `x-forwarded-proto`.
+    Rewritten,
+    /// `x-shield-*`.
+    Ours,
+    Other,
+}
 
-/// Forwarding statements that only shield may make.
-pub(super) static REWRITTEN: [HeaderName; 4] = [
-    X_FORWARDED_FOR,
-    X_REAL_IP,
-    header::FORWARDED,
-    X_FORWARDED_PROTO,
-];
+impl Field {
+    pub fn of(name: &str) -> Field {
+        let eq = |known: &str| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if eq("te") => Field::HopByHop,
+            4 if eq("host") => Field::Host,
+            4 if eq("date") => Field::Date,
+            6 if eq("expect") => Field::Expect,
+            7 if eq("upgrade") => Field::Upgrade,
+            9 if eq("forwarded") || eq("x-real-ip") => Field::Rewritten,
+            10 if eq("connection") => Field::Connection,
+            10 if eq("keep-alive") => Field::HopByHop,
+            14 if eq("content-length") => Field::ContentLength,
+            15 if eq("x-forwarded-for") => Field::Rewritten,
+            16 if eq("proxy-connection") => Field::HopByHop,
+            16 if eq("cf-connecting-ip") => Field::CfConnectingIp,
+            17 if eq("transfer-encoding") => Field::TransferEncoding,
+            17 if eq("x-forwarded-proto") => Field::Rewritten,
+            _ if is_ours_name(name) => Field::Ours,
+            _ => Field::Other,
+        }
+    }
+
+    /// Describes one connection, never forwarded (RFC 9110 7.6.1); so are
+    /// the fields a `Connection` option names.
+    pub const fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Field::Connection | Field::HopByHop | Field::TransferEncoding | Field::Upgrade
+        )
+    }
+
+    /// Not passed upstream as the client sent it: hop-by-hop, or replaced by
+    /// what shield states ([`Forwarding`]).
+    pub const fn replaced_upstream(self) -> bool {
+        self.is_hop_by_hop() || matches!(self, Field::Host | Field::Rewritten | Field::Ours)
+    }
+}
+
+/// The options of a `Connection` field value (RFC 9110 7.6.1).
+pub fn options_in(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|option| !option.is_empty())
+}
+
+/// `Connection` options per message; a message naming more is refused (the
+/// direct path defers such a request to hyper's path, which allocates).
+pub const MAX_CONNECTION_OPTIONS: usize = 8;
+
+/// The `Connection` options of one message.
+#[derive(Default)]
+pub struct Options<'a> {
+    listed: [&'a [u8]; MAX_CONNECTION_OPTIONS],
+    count: usize,
+}
+
+impl<'a> Options<'a> {
+    /// False when there is no room left.
+    pub fn push(&mut self, option: &'a [u8]) -> bool {
+        match self.listed.get_mut(self.count) {
+            Some(slot) => {
+                *slot = option;
+                self.count += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the field `name` is one the options name (and so is
+    /// hop-by-hop).
+    pub fn names(&self, name: &str) -> bool {
+        self.listed[..self.count]
+            .iter()
+            .any(|option| option.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+/// A field value as text, when `HeaderValue::to_str` would give it.
+pub fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
+/// The `Connection` options of `headers` that name other fields.
+fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| options_in(value.as_bytes()))
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
+        .collect()
+}
 
 /// Removes the hop-by-hop fields, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names instead of a hashed lookup per field: most
-    // messages carry none of them or only `Connection` (an upstream's
-    // `Connection: keep-alive`), and a removal hashes its name.
-    let mut present = [false; HOP_BY_HOP_FIELDS];
+    remove_where(headers, Field::is_hop_by_hop);
+}
+
+/// Removes every field `policy` picks, and those a `Connection` option
+/// names. One pass over the names, and nothing else when none is picked:
+/// most messages carry none of them, or only `Connection` (an upstream's
+/// `Connection: keep-alive`), and each removal hashes its name.
+fn remove_where(headers: &mut HeaderMap, policy: fn(Field) -> bool) {
+    let mut picked: Vec<HeaderName> = Vec::new();
+    let mut connection = false;
     for name in headers.keys() {
-        if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
-            present[at] = true;
+        let field = Field::of(name.as_str());
+        connection |= field == Field::Connection;
+        // `Host` is replaced by an insert; no need to remove it first.
+        if policy(field) && field != Field::Host {
+            picked.push(name.clone());
         }
     }
-    if !present.contains(&true) {
+    if picked.is_empty() {
         return;
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !HOP_BY_HOP.contains(name))
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    if connection {
+        picked.extend(connection_options(headers));
     }
-    for (name, present) in HOP_BY_HOP.iter().zip(present) {
-        if present {
-            headers.remove(name);
-        }
+    for name in picked {
+        headers.remove(name);
     }
 }
 
@@ -85,36 +187,61 @@ pub struct Forwarding<'a> {
     pub request_id: &'a str,
 }
 
-/// Rewrites a verified request's headers for the upstream.
+/// The names of the fields shield states. A `static`, not a `const`: a
+/// const array of names is built and dropped again at each use.
+static STATED: [HeaderName; 6] = [
+    header::HOST,
+    X_FORWARDED_FOR,
+    X_REAL_IP,
+    X_FORWARDED_PROTO,
+    CLIENT_CERT_SHA256,
+    REQUEST_ID,
+];
+
+/// The fields shield adds to every request for the upstream, in the order
+/// the direct path writes them; each path passes its own kind of value.
+pub fn statements<V: Clone>(
+    host: V,
+    visitor: V,
+    client_cert_sha256: V,
+    request_id: V,
+    https: V,
+) -> [(&'static HeaderName, V); 6] {
+    let [host_name, xff, real_ip, proto, cert, id] = &STATED;
+    [
+        (host_name, host),
+        (xff, visitor.clone()),
+        (real_ip, visitor),
+        (proto, https),
+        (cert, client_cert_sha256),
+        (id, request_id),
+    ]
+}
+
+/// The `X-Forwarded-Proto` shield states: Cloudflare reached it over TLS.
+pub const HTTPS: &str = "https";
+
+/// Rewrites a verified request's headers for the upstream (hyper's path;
+/// the direct path writes the same from the parsed head).
 pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     // Read before stripping: a client listing it in `Connection` addresses
     // it to us, which is where it is used.
-    let visitor = headers.get(&CF_CONNECTING_IP).and_then(visitor_address);
-    // The removals below hash every name they look up; a typical request
-    // has none of these fields, which one pass over its names shows.
-    if headers
-        .keys()
-        .any(|name| HOP_BY_HOP.contains(name) || REWRITTEN.contains(name) || is_ours(name))
-    {
-        strip_hop_by_hop(headers);
-        for name in &REWRITTEN {
-            headers.remove(name);
-        }
-        let ours: Vec<HeaderName> = headers.keys().filter(|n| is_ours(n)).cloned().collect();
-        for name in ours {
-            headers.remove(name);
-        }
-    }
-    let visitor = visitor.unwrap_or_else(|| fwd.peer_ip.clone());
-    headers.insert(X_FORWARDED_FOR, visitor.clone());
-    headers.insert(X_REAL_IP, visitor);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    if let Ok(host) = HeaderValue::from_str(fwd.host) {
-        headers.insert(header::HOST, host);
-    }
-    headers.insert(CLIENT_CERT_SHA256, fwd.client_cert_sha256.clone());
-    if let Ok(value) = HeaderValue::from_str(fwd.request_id) {
-        headers.insert(REQUEST_ID, value);
+    let visitor = headers
+        .get(&CF_CONNECTING_IP)
+        .and_then(visitor_address)
+        .unwrap_or_else(|| fwd.peer_ip.clone());
+    remove_where(headers, Field::replaced_upstream);
+    // Both are visible ASCII by construction (a normalized host, hex).
+    let text = |text| HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
+    let (host, request_id) = (text(fwd.host), text(fwd.request_id));
+    for (name, value) in statements(
+        host,
+        visitor,
+        fwd.client_cert_sha256.clone(),
+        request_id,
+        HeaderValue::from_static(HTTPS),
+    ) {
+        headers.insert(name, value);
     }
 }
 
@@ -137,10 +264,6 @@ pub fn canonical_visitor(text: &str) -> Option<Cow<'_, str>> {
         IpAddr::V4(_) if text.trim().len() == text.len() => Some(Cow::Borrowed(text)),
         ip => Some(Cow::Owned(ip.to_string())),
     }
-}
-
-fn is_ours(name: &HeaderName) -> bool {
-    is_ours_name(name.as_str())
 }
 
 /// Whether a field name, in any case, is one of shield's `x-shield-*`.
@@ -318,6 +441,41 @@ mod tests {
     fn peer_is_used_without_a_valid_cf_connecting_ip() {
         let headers = prepared_from_peer(&[("cf-connecting-ip", "not an ip")], "2001:db8::1");
         assert_eq!(headers["x-forwarded-for"], "2001:db8::1");
+    }
+
+    #[test]
+    fn the_field_table_knows_each_name_in_any_case() {
+        let table = [
+            (header::HOST, Field::Host),
+            (header::CONTENT_LENGTH, Field::ContentLength),
+            (header::TRANSFER_ENCODING, Field::TransferEncoding),
+            (header::EXPECT, Field::Expect),
+            (header::UPGRADE, Field::Upgrade),
+            (header::CONNECTION, Field::Connection),
+            (CF_CONNECTING_IP, Field::CfConnectingIp),
+            (header::DATE, Field::Date),
+            (header::TE, Field::HopByHop),
+            (HeaderName::from_static("keep-alive"), Field::HopByHop),
+            (HeaderName::from_static("proxy-connection"), Field::HopByHop),
+            (header::FORWARDED, Field::Rewritten),
+            (X_REAL_IP, Field::Rewritten),
+            (X_FORWARDED_FOR, Field::Rewritten),
+            (X_FORWARDED_PROTO, Field::Rewritten),
+            (CLIENT_CERT_SHA256, Field::Ours),
+            (REQUEST_ID, Field::Ours),
+            (header::ACCEPT, Field::Other),
+        ];
+        for (name, field) in table {
+            for spelling in [name.as_str().to_owned(), name.as_str().to_uppercase()] {
+                assert_eq!(Field::of(&spelling), field, "{spelling}");
+            }
+        }
+        assert_eq!(Field::of("X-Shield-Anything"), Field::Ours);
+        assert_eq!(Field::of("x-shield"), Field::Other);
+        // Every field shield states replaces whatever the client sent.
+        for (name, _) in statements("", "", "", "", "") {
+            assert!(Field::of(name.as_str()).replaced_upstream(), "{name}");
+        }
     }
 
     #[test]

@@ -4,8 +4,10 @@
 
 mod activity;
 mod direct;
+mod h1;
 mod handler;
 pub mod headers;
+mod lifecycle;
 pub mod metrics;
 pub mod plain;
 mod route;
@@ -13,6 +15,7 @@ mod serve;
 mod upstream;
 
 pub use handler::Client;
+pub use lifecycle::{H2_MAX_STREAMS, MAX_HEADER_BYTES};
 pub use route::{Route, Upstream};
-pub use serve::{serve, Protocol, H2_MAX_STREAMS, MAX_HEADER_BYTES};
+pub use serve::{serve, Protocol};
 pub use upstream::{client as upstream_client, UpstreamClient};

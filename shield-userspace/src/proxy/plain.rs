@@ -110,7 +110,7 @@ pub async fn run(listener: TcpListener, routes: Arc<ArcSwap<PlainRoutes>>, metri
             let result = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(super::serve::MAX_HEADER_BYTES)
+                .max_buf_size(super::MAX_HEADER_BYTES)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;

@@ -13,33 +13,20 @@ use hyper_util::{
     server::graceful::GracefulConnection,
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite},
     sync::watch,
-    time::{sleep_until, timeout},
+    time::sleep_until,
 };
 
 use super::{
     activity::{Activity, Check, Tracked},
     direct::{self, Direct},
     handler::{Client, Connection, GuardedBody},
+    lifecycle::{close, Limits, CLOSE_GRACE, H2_MAX_STREAMS, MAX_HEADER_BYTES, PARK_AFTER},
     metrics::HttpMetrics,
     upstream::UpstreamClient,
     Route,
 };
-
-/// Request head cap (start line and header fields). Cloudflare forwards at
-/// most 32 KiB of request headers to an origin; twice that leaves room for
-/// the headers it adds itself.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Concurrent h2 streams per connection.
-pub const H2_MAX_STREAMS: u32 = 128;
-/// After an idle or shutdown close is asked for, how long in-flight work
-/// may take before the connection is dropped.
-pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(30);
-/// An h1 connection with nothing to do for this long sets hyper aside (its
-/// read and write buffers, 16 KiB, are most of an idle connection's memory)
-/// and waits for the next request's first byte with the TLS stream alone.
-pub(super) const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// The protocol ALPN chose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,19 +218,6 @@ where
             }
         }
     }
-}
-
-/// What hyper does when it ends an idle connection: TLS close_notify, then
-/// the TCP write side.
-pub(super) async fn close<IO: AsyncWrite + Unpin>(io: &mut IO) {
-    let _ = timeout(CLOSE_GRACE, io.shutdown()).await;
-}
-
-#[derive(Clone, Copy)]
-pub(super) struct Limits<'a> {
-    pub header_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub label: &'a str,
 }
 
 enum Driven {

@@ -1,0 +1,48 @@
+//! The limits and clocks of a client connection, and how it ends: shared
+//! by hyper's path (`serve`) and the direct path, which both obey them.
+
+use std::time::Duration;
+
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt as _},
+    sync::watch,
+    time::{sleep_until, timeout, Instant},
+};
+
+/// Request head cap (start line and header fields). Cloudflare forwards at
+/// most 32 KiB of request headers to an origin; twice that leaves room for
+/// the headers it adds itself.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Concurrent h2 streams per connection.
+pub const H2_MAX_STREAMS: u32 = 128;
+/// After an idle or shutdown close is asked for, how long in-flight work
+/// may take before the connection is dropped.
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(30);
+/// An h1 connection with nothing to do for this long sets hyper aside (its
+/// read and write buffers, 16 KiB, are most of an idle connection's memory)
+/// and waits for the next request's first byte with the TLS stream alone.
+pub(super) const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// A site's clocks, as its connections apply them.
+#[derive(Clone, Copy)]
+pub(super) struct Limits<'a> {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub label: &'a str,
+}
+
+/// What hyper does when it ends an idle connection: TLS close_notify, then
+/// the TCP write side.
+pub(super) async fn close<IO: AsyncWrite + Unpin>(io: &mut IO) {
+    let _ = timeout(CLOSE_GRACE, io.shutdown()).await;
+}
+
+/// Resolves [`CLOSE_GRACE`] after shutdown is asked for.
+pub(super) async fn shutdown_then_grace(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    sleep_until(Instant::now() + CLOSE_GRACE).await;
+}
