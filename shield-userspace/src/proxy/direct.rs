@@ -25,7 +25,7 @@ use tokio::{
 use super::{
     activity::{Check, Tracked},
     h1::{
-        body::{self, write_out, Stop, READ_CHUNK},
+        body::{self, write_out, Broken, Stop, READ_CHUNK},
         request::{self, Forward, Prepared, Site},
         response::{self, Parsed, ResponseHead},
         wire::{push_date, push_field, push_status_line},
@@ -231,20 +231,31 @@ where
             return answer_failure(io, conn, failure, request_id, forward.close).await;
         }
     };
-    conn.count(head.status);
     let Buffers { upstream, out, .. } = buffers;
     let clean = match body::relay(io, &mut tcp, upstream, out, head.framing).await {
         Ok(clean) => clean,
-        Err(Stop::Upstream(error)) => {
-            tracing::warn!(site = %conn.route.label, request_id, %error, "upstream connection failed in the middle of a response body; closing the client connection");
+        Err(Broken { stop, sent }) => {
+            let error = match stop {
+                Stop::Upstream(error) => UpstreamError::Io(error),
+                Stop::UpstreamBody(error) => UpstreamError::Body(error),
+                Stop::Client => {
+                    conn.count(head.status);
+                    return Exchanged::Broken;
+                }
+            };
+            if !sent {
+                // Nothing of the response went out: the client can still
+                // get a 502 instead of a closed connection.
+                out.clear();
+                let failure = UpstreamFailure::Error(&error);
+                return answer_failure(io, conn, failure, request_id, forward.close).await;
+            }
+            conn.count(head.status);
+            tracing::warn!(site = %conn.route.label, request_id, error = %error, "upstream broke off a response body; closing the client connection");
             return Exchanged::Broken;
         }
-        Err(Stop::UpstreamBody(error)) => {
-            tracing::warn!(site = %conn.route.label, request_id, %error, "closing the client connection");
-            return Exchanged::Broken;
-        }
-        Err(Stop::Client) => return Exchanged::Broken,
     };
+    conn.count(head.status);
     if write_out(io, out).await.is_err() {
         return Exchanged::Broken;
     }

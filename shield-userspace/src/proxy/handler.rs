@@ -10,7 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use prometheus_client::metrics::counter::Counter;
@@ -19,7 +19,7 @@ use super::{
     activity::{Activity, RequestGuard},
     headers::{self, Forwarding},
     metrics::HttpMetrics,
-    upstream::UpstreamClient,
+    upstream::{ClientBody, Started, UpstreamClient, UpstreamError},
     Route,
 };
 
@@ -135,6 +135,19 @@ impl Connection {
     }
 
     async fn respond(&self, request: Request<Incoming>, request_id: &str) -> Response<ProxyBody> {
+        // A tunnel to wherever the client names is not a request to the
+        // site's application; Cloudflare sends none (nginx answers the same).
+        if request.method() == Method::CONNECT {
+            let mut response = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed: CONNECT\n".into(),
+            );
+            response.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+            return response;
+        }
         // RFC 9112 3.2: more than one Host field is a 400, whatever they say.
         if request
             .headers()
@@ -184,14 +197,41 @@ impl Connection {
                 request_id,
             },
         );
+        let (body, broken_by_client) = ClientBody::new(body);
         let call = self.upstream.request(
             self.route.upstream.authority(),
             Request::from_parts(parts, body),
         );
         match tokio::time::timeout(self.route.upstream_timeout, call).await {
-            Ok(Ok(mut response)) => {
-                headers::strip_hop_by_hop(response.headers_mut());
-                response.map(BodyExt::boxed)
+            // No upgrade was asked for (hyper's path forwards none), so
+            // the upstream cannot switch protocols: the direct path refuses
+            // the same.
+            Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let error = UpstreamError::Malformed(
+                    "101 Switching Protocols to a request without Upgrade",
+                );
+                let (status, body) =
+                    self.upstream_failed(UpstreamFailure::Error(&error), request_id);
+                text(status, body)
+            }
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                match Started::read(body).await {
+                    Ok(body) => Response::from_parts(parts, body.boxed()),
+                    Err(error) => {
+                        let (status, body) =
+                            self.upstream_failed(UpstreamFailure::Error(&error), request_id);
+                        text(status, body)
+                    }
+                }
+            }
+            Ok(Err(_)) if broken_by_client.get() => {
+                tracing::info!(site = %self.route.label, request_id, "400: the client's request body is malformed");
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!("Bad Request: malformed request body (request {request_id})\n"),
+                )
             }
             Ok(Err(error)) => {
                 let (status, body) =

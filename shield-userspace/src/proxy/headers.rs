@@ -78,10 +78,18 @@ impl Field {
         )
     }
 
-    /// Not passed upstream as the client sent it: hop-by-hop, or replaced by
-    /// what shield states ([`Forwarding`]).
+    /// Not passed upstream as the client sent it: hop-by-hop, replaced by
+    /// what shield states ([`Forwarding`]), or framing. The upstream's
+    /// framing is shield's own: hyper's client states the length of the
+    /// body it actually decoded (or sends it chunked), so a client's
+    /// `Content-Length` that its `Transfer-Encoding` overrode can never
+    /// reach the upstream and be read there as a different length.
     pub const fn replaced_upstream(self) -> bool {
-        self.is_hop_by_hop() || matches!(self, Field::Host | Field::Rewritten | Field::Ours)
+        self.is_hop_by_hop()
+            || matches!(
+                self,
+                Field::Host | Field::Rewritten | Field::Ours | Field::ContentLength
+            )
     }
 }
 

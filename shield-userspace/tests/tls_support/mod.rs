@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod raw;
 
 use std::{
     collections::BTreeMap,
@@ -133,6 +134,19 @@ impl Shield {
             FrontendOptions {
                 watch_interval: None,
                 workers: None,
+            },
+        )
+        .await
+    }
+
+    /// With a single connection worker, so every client shares one
+    /// upstream pool: what one leaves in it, the next one meets.
+    pub async fn one_worker(toml: &str) -> Shield {
+        Shield::start_with(
+            toml,
+            FrontendOptions {
+                watch_interval: None,
+                workers: std::num::NonZeroUsize::new(1),
             },
         )
         .await

@@ -71,7 +71,7 @@ pub(in crate::proxy) enum Progress {
 
 /// Why a body could not be passed on whole: the upstream's fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(in crate::proxy) enum BodyError {
+pub enum BodyError {
     #[error("malformed upstream body: {0}")]
     Malformed(Malformed),
     #[error("the upstream closed the connection in the middle of a body")]
@@ -239,6 +239,15 @@ pub(in crate::proxy) async fn write_out<IO: AsyncWrite + Unpin>(
     io.flush().await.map_err(|_| Stop::Client)
 }
 
+/// A relay that stopped before the body's end.
+#[derive(Debug)]
+pub(in crate::proxy) struct Broken {
+    pub stop: Stop,
+    /// Whether any of the response (its head included) reached the client
+    /// before: if not, the client can still be answered with an error.
+    pub sent: bool,
+}
+
 /// Passes a body on from `tcp` (of which `upstream` was read already) to
 /// the client, through `out`, which may hold the response head. What was
 /// read is written out before waiting for more, so a streamed body (server-
@@ -250,17 +259,29 @@ pub(in crate::proxy) async fn relay<IO: AsyncWrite + Unpin>(
     upstream: &mut BytesMut,
     out: &mut Vec<u8>,
     framing: Framing,
-) -> Result<bool, Stop> {
+) -> Result<bool, Broken> {
     let mut body = Reframe::new(framing);
+    let mut sent = false;
+    let broken = |stop, sent| Broken { stop, sent };
     loop {
-        if body.feed(upstream, out).map_err(Stop::UpstreamBody)? == Progress::Done {
-            return Ok(upstream.is_empty());
+        match body.feed(upstream, out) {
+            Ok(Progress::Done) => return Ok(upstream.is_empty()),
+            Ok(Progress::More) => {}
+            Err(error) => return Err(broken(Stop::UpstreamBody(error), sent)),
         }
-        write_out(io, out).await?;
+        write_out(io, out)
+            .await
+            .map_err(|stop| broken(stop, true))?;
+        sent = true;
         upstream.reserve(READ_CHUNK);
-        if tcp.read_buf(upstream).await.map_err(Stop::Upstream)? == 0 {
-            body.end(out).map_err(Stop::UpstreamBody)?;
-            return Ok(false);
+        match tcp.read_buf(upstream).await {
+            Ok(0) => {
+                body.end(out)
+                    .map_err(|error| broken(Stop::UpstreamBody(error), sent))?;
+                return Ok(false);
+            }
+            Ok(_) => {}
+            Err(error) => return Err(broken(Stop::Upstream(error), sent)),
         }
     }
 }
@@ -386,7 +407,9 @@ mod tests {
     async fn relayed(parts: &[&'static [u8]], framing: Framing) -> (Result<bool, Stop>, String) {
         let mut tcp = upstream_sending(parts).await;
         let (mut client, mut upstream, mut out) = (Vec::new(), BytesMut::new(), Vec::new());
-        let result = relay(&mut client, &mut tcp, &mut upstream, &mut out, framing).await;
+        let result = relay(&mut client, &mut tcp, &mut upstream, &mut out, framing)
+            .await
+            .map_err(|broken| broken.stop);
         client.extend_from_slice(&out);
         (result, String::from_utf8(client).expect("utf-8"))
     }

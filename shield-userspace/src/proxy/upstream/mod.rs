@@ -10,27 +10,19 @@
 //! The same pool also keeps plain TCP streams for the direct HTTP/1.1 path
 //! (`proxy::direct`), which writes and reads the upstream's HTTP itself.
 
+mod body;
 mod pool;
 
-use std::{
-    io,
-    pin::Pin,
-    sync::Arc,
-    task::{ready, Context, Poll},
-    time::Duration,
-};
+use std::{io, sync::Arc, time::Duration};
 
-use bytes::Bytes;
-use http::{header, uri::Authority, HeaderValue, Method, Request, Response, Uri};
-use hyper::{
-    body::{Body, Frame, Incoming, SizeHint},
-    client::conn::http1::{self, SendRequest},
-};
+use http::{header, uri::Authority, HeaderValue, Request, Response};
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use self::pool::Pool;
-use super::metrics::HttpMetrics;
+pub use self::body::{ClientBody, PooledBody, Started};
+use self::{body::Release, pool::Pool};
+use super::{h1::body::BodyError, metrics::HttpMetrics};
 
 /// A refused or unreachable upstream fails fast as a 502; this bounds only
 /// the TCP connect, the answer itself is bounded by `upstream_timeout`.
@@ -43,7 +35,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// because the worker's tasks must be `Send`).
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    pool: Arc<Pool<SendRequest<Incoming>>>,
+    pool: Arc<Pool<SendRequest<ClientBody>>>,
     streams: Arc<Pool<TcpStream>>,
 }
 
@@ -80,6 +72,8 @@ pub enum UpstreamError {
     ClosedEarly,
     #[error("malformed upstream response: {0}")]
     Malformed(&'static str),
+    #[error("the upstream's response body cannot be passed on")]
+    Body(#[source] BodyError),
 }
 
 impl UpstreamClient {
@@ -88,16 +82,13 @@ impl UpstreamClient {
     pub async fn request(
         &self,
         authority: &Authority,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         // What hyper-util's client did for HTTP/1: a Host header if none.
         if !request.headers().contains_key(header::HOST) {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
                 request.headers_mut().insert(header::HOST, host);
             }
-        }
-        if request.method() == Method::CONNECT {
-            *request.uri_mut() = Uri::from(authority.clone());
         }
         loop {
             let (mut sender, reused) = match self.checkout(authority).await {
@@ -131,7 +122,7 @@ impl UpstreamClient {
     }
 
     /// The newest idle connection that is still usable, if any.
-    async fn checkout(&self, authority: &Authority) -> Option<SendRequest<Incoming>> {
+    async fn checkout(&self, authority: &Authority) -> Option<SendRequest<ClientBody>> {
         loop {
             let mut sender = self.pool.pop_clean(authority)?;
             // Normally ready at once; an error means the connection closed.
@@ -161,7 +152,7 @@ impl UpstreamClient {
     }
 }
 
-async fn connect(authority: &Authority) -> Result<SendRequest<Incoming>, UpstreamError> {
+async fn connect(authority: &Authority) -> Result<SendRequest<ClientBody>, UpstreamError> {
     let tcp = connect_tcp(authority).await?;
     let (sender, connection) = http1::handshake(TokioIo::new(tcp))
         .await
@@ -218,73 +209,6 @@ async fn connect_tcp(authority: &Authority) -> Result<TcpStream, UpstreamError> 
     Ok(tcp)
 }
 
-/// An upstream response body that puts its connection back in the pool
-/// once it has been read to the end. Dropped before the end, the connection
-/// is closed instead (hyper cannot reuse it with unread body on the wire).
-#[derive(Debug)]
-pub struct PooledBody {
-    body: Incoming,
-    release: Option<Release>,
-}
-
-#[derive(Debug)]
-struct Release {
-    pool: Arc<Pool<SendRequest<Incoming>>>,
-    authority: Authority,
-    sender: SendRequest<Incoming>,
-}
-
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some(Release {
-            pool,
-            authority,
-            sender,
-        }) = self.release.take()
-        {
-            pool.put(&authority, sender);
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        match &frame {
-            // A broken body means a broken connection.
-            Some(Err(_)) => self.release = None,
-            Some(Ok(_)) if !self.body.is_end_stream() => {}
-            // Released as soon as the last frame is read: hyper's server
-            // stops polling a body once `is_end_stream` says it is done.
-            _ => self.release(),
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // An empty body (204, HEAD, Content-Length: 0) is never polled.
-        if self.body.is_end_stream() {
-            self.release();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{
@@ -292,7 +216,9 @@ mod tests {
         Mutex,
     };
 
+    use bytes::Bytes;
     use http_body_util::{BodyExt, Empty, Full};
+    use hyper::body::Incoming;
     use hyper::{server::conn::http1 as server, service::service_fn};
     use tokio::net::TcpListener;
 
@@ -333,7 +259,7 @@ mod tests {
 
     /// A request with an `Incoming` body, as the proxy forwards: taken from
     /// a throwaway loopback exchange, since `Incoming` cannot be built.
-    async fn request() -> Request<Incoming> {
+    async fn request() -> Request<ClientBody> {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (taken, take) = tokio::sync::oneshot::channel();
@@ -373,8 +299,8 @@ mod tests {
                 .await;
         });
         let (mut parts, body) = take.await.expect("request taken").into_parts();
-        parts.uri = Uri::from_static("/path");
-        Request::from_parts(parts, body)
+        parts.uri = http::Uri::from_static("/path");
+        Request::from_parts(parts, ClientBody::new(body).0)
     }
 
     /// One request to `authority`, its body read to the end.

@@ -10,9 +10,10 @@ use std::{
 };
 
 use http::uri::Authority;
-use hyper::{body::Incoming, client::conn::http1::SendRequest};
+use hyper::client::conn::http1::SendRequest;
 use tokio::net::TcpStream;
 
+use super::ClientBody;
 use crate::proxy::metrics::{Discard, HttpMetrics};
 
 /// Idle upstream connections are kept this long for reuse.
@@ -42,7 +43,7 @@ pub(super) trait Reusable: std::fmt::Debug + Send + 'static {
     }
 }
 
-impl Reusable for SendRequest<Incoming> {
+impl Reusable for SendRequest<ClientBody> {
     /// hyper's connection task reads the socket while it is idle and closes
     /// it on EOF or on bytes no request asked for, which `is_closed` shows.
     fn fitness(&self) -> Fitness {
