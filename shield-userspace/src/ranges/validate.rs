@@ -233,14 +233,14 @@ pub fn removed_fraction(old: &[IpNetwork], new: &[IpNetwork]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ranges::RangeSource;
+    use crate::ranges::Provenance;
 
     fn set(v4: &[&str], v6: &[&str]) -> RangeSet {
         RangeSet {
             ipv4: v4.iter().map(|p| p.parse().unwrap()).collect(),
             ipv6: v6.iter().map(|p| p.parse().unwrap()).collect(),
             etag: None,
-            source: RangeSource::Snapshot,
+            source: Provenance::Snapshot,
         }
     }
 
