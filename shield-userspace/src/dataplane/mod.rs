@@ -58,6 +58,9 @@ pub enum DataplaneError {
         #[source]
         source: io::Error,
     },
+    /// The pin root is outside bpffs, where pins cannot live.
+    #[error("{path} is not on bpffs; pins must live under /sys/fs/bpf (check SHIELD_PIN_ROOT)")]
+    NotOnBpffs { path: String },
     /// The embedded XDP object does not parse.
     #[error("cannot parse the XDP object")]
     Object(#[source] EbpfError),
