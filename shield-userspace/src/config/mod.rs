@@ -749,6 +749,41 @@ upstream = "http://127.0.0.1:8080"
     }
 
     #[test]
+    fn final_types_print_back_as_written() {
+        let pin = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+        let text = format!(
+            "[ranges]\nsources = [\"/var/lib/shield/ips.json\", \"https://www.cloudflare.com/ips-v4\"]\n\
+             [[site]]\nserver_names = [\"a.example\"]\ncert = \"/c\"\nkey = \"/k\"\n\
+             client_ca = [\"/etc/shield/zone-ca.pem\", \"cloudflare-shared\"]\n\
+             client_spki_pins = [\"{pin}\"]\nupstream = \"http://127.0.0.1:8080/app\"\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        let site = &config.sites[0];
+        assert_eq!(
+            site.client_ca,
+            vec![
+                ClientCa::File("/etc/shield/zone-ca.pem".into()),
+                ClientCa::CloudflareShared
+            ]
+        );
+        assert_eq!(site.client_spki_pins, vec![SpkiPin([7; 32])]);
+        assert!(matches!(
+            config.ranges.sources[..],
+            [RangeSource::File(_), RangeSource::Https(_)]
+        ));
+        let printed = toml::to_string(&config).unwrap();
+        for expected in [
+            "sources = [\"/var/lib/shield/ips.json\", \"https://www.cloudflare.com/ips-v4\"]",
+            "client_ca = [\"/etc/shield/zone-ca.pem\", \"cloudflare-shared\"]",
+            &format!("client_spki_pins = [\"{pin}\"]"),
+            "upstream = \"http://127.0.0.1:8080/app\"",
+        ] {
+            assert!(printed.contains(expected), "{expected} in:\n{printed}");
+        }
+        assert_eq!(Config::parse(&printed).unwrap(), config);
+    }
+
+    #[test]
     fn effective_config_round_trips_through_toml() {
         let config = Config::parse("[xdp]\ninterfaces=[\"eth0\"]\n[ranges]\nrefresh=\"off\"\nextra_allow=[\"192.0.2.0/24\"]").unwrap();
         let text = toml::to_string(&config).unwrap();
