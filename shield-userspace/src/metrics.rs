@@ -170,7 +170,7 @@ pub async fn serve(
                 let connection = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
                 if let Err(error) = connection.await {
-                    tracing::debug!(%error, "metrics connection ended");
+                    tracing::debug!(error = %crate::error::Chain(&error), "metrics connection ended");
                 }
             });
         }
