@@ -30,12 +30,15 @@ pub enum RefreshResult {
     Updated,
     /// Same etag and prefixes: nothing written to the kernel.
     Unchanged,
+    /// No complete answer in time.
     Timeout,
     /// The source's certificate is not trusted (or TLS failed otherwise).
     Tls,
     /// DNS, connect, reset, or a file that cannot be read.
     Network,
+    /// An HTTP status other than 2xx.
     HttpStatus,
+    /// A body over the size cap.
     TooLarge,
     /// A body (or file) that is not UTF-8 text.
     NotUtf8,
@@ -47,6 +50,7 @@ pub enum RefreshResult {
     InvalidCidr,
     /// An IPv6 prefix in the IPv4 list, or the reverse.
     WrongFamily,
+    /// The refusal causes of [`Refusal`], one result each.
     HostBits,
     PrefixTooShort,
     ReservedRange,
