@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     config::Config,
     dataplane::{self, Dataplane, DataplaneSettings, PinLayout},
+    error::Chain,
     proxy::metrics::HttpMetrics,
     ranges::{
         self,
@@ -39,6 +40,11 @@ impl Daemon {
     /// here, before any network request.
     pub fn start(config_path: &Path) -> anyhow::Result<Daemon> {
         let config = Config::load(config_path).context("fix the config, then start again")?;
+        // Before anything is attached: a site whose files are unusable
+        // would stop the start half-way, with XDP up and no TLS listener.
+        crate::tls::check(&config).context(
+            "a [[site]]'s certificate, key, CA or CRL file is unusable; fix it, then start again",
+        )?;
         // Last known good from the cache, else the embedded snapshot: no
         // network request happens before enforcement starts.
         let (ranges, fetched_at) = ranges::cache::load_or_snapshot(
@@ -111,7 +117,7 @@ impl Daemon {
         let config = match Config::load(&self.config_path) {
             Ok(config) => config,
             Err(error) => {
-                tracing::error!(%error, "reload refused: keeping the running config");
+                tracing::error!(error = %Chain(&error), "reload refused: keeping the running config");
                 return;
             }
         };
@@ -141,7 +147,7 @@ impl Daemon {
             Some(frontend) => match frontend.prepare_reload(config) {
                 Ok(prepared) => Some(prepared),
                 Err(error) => {
-                    tracing::error!(%error, "reload refused: keeping the running config");
+                    tracing::error!(error = %Chain(&error), "reload refused: keeping the running config");
                     return false;
                 }
             },
@@ -159,7 +165,7 @@ impl Daemon {
                     // The allowlist apply is add-before-remove, so whatever
                     // part landed drops no address that both the old and
                     // the new config allow.
-                    tracing::error!(%error, "reload could not update the kernel maps; keeping the running TLS config");
+                    tracing::error!(error = %Chain(&error), "reload could not update the kernel maps; keeping the running TLS config");
                     return false;
                 }
             }
@@ -171,17 +177,19 @@ impl Daemon {
     }
 
     /// Applies a range set through the single gapless apply path (add
-    /// before remove), with the running `extra_allow`.
+    /// before remove), with the running `extra_allow`. The error is the
+    /// whole cause chain, as the refresh report and log print it.
     fn apply_ranges(
         dataplane: &mut Option<Dataplane>,
         config: &Config,
         set: &RangeSet,
-    ) -> Result<(), dataplane::DataplaneError> {
+    ) -> Result<(), String> {
         match dataplane {
             Some(dataplane) => dataplane
                 .maps()
                 .apply_allowlist(&ranges::tagged_allowlist(set, &config.ranges.extra_allow))
-                .map(|_| ()),
+                .map(|_| ())
+                .map_err(|error| Chain(&error).to_string()),
             None => Ok(()),
         }
     }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod error;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

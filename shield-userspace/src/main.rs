@@ -42,7 +42,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig(args) => match Config::load(&args.config) {
+        Command::CheckConfig(args) => match check_config(&args.config) {
             Ok(config) => {
                 print!(
                     "{}",
@@ -51,7 +51,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Err(error) => {
-                eprintln!("invalid: {error}");
+                eprintln!("invalid: {error:#}");
                 Ok(ExitCode::from(1))
             }
         },
@@ -112,6 +112,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// What `shield run` would refuse without binding or attaching anything:
+/// every key, and every site's certificate, key, CA and CRL files.
+fn check_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let config = Config::load(path)?;
+    shield::tls::check(&config)?;
+    Ok(config)
 }
 
 /// `shield ranges [--refresh [--accept-shrink]]`.

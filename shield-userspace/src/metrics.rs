@@ -22,9 +22,11 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetricsError {
-    #[error("cannot listen for metrics on {listen}: {source} (change [metrics].listen)")]
+    /// `[metrics].listen` cannot be bound (in use, not a local address).
+    #[error("cannot listen for metrics on {listen} (change [metrics].listen)")]
     Bind {
         listen: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
 }
@@ -59,7 +61,7 @@ impl Collector for XdpCollector {
         let interfaces = match dataplane::status(&self.layout) {
             Ok(interfaces) => interfaces,
             Err(error) => {
-                tracing::warn!(%error, "metrics: cannot read the XDP counters");
+                tracing::warn!(error = %crate::error::Chain(&error), "metrics: cannot read the XDP counters");
                 return Ok(());
             }
         };
@@ -168,9 +170,28 @@ pub async fn serve(
                 let connection = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
                 if let Err(error) = connection.await {
-                    tracing::debug!(%error, "metrics connection ended");
+                    tracing::debug!(error = %crate::error::Chain(&error), "metrics connection ended");
                 }
             });
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::tests::count_in_chain;
+
+    #[test]
+    fn a_bind_failure_names_its_cause_once() {
+        let source = std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+        let cause = source.to_string();
+        let error = MetricsError::Bind {
+            listen: "192.0.2.1:9469".parse().unwrap(),
+            source,
+        };
+        let (count, text) = count_in_chain(error, &cause);
+        assert_eq!(count, 1, "{text}");
+        assert!(text.contains("[metrics].listen"), "{text}");
+    }
 }

@@ -101,3 +101,136 @@ fn check_config_prints_the_effective_config_or_names_the_bad_key() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/shield.toml"));
 }
+
+/// A site whose files are all present (a throwaway certificate and key)
+/// unless `extra` or a replacement says otherwise.
+fn site_config(dir: &std::path::Path, replace: (&str, &str)) -> tempfile::NamedTempFile {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["a.example".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    let cert_path = dir.join("site.pem");
+    let key_path = dir.join("site.key");
+    std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    let text = format!(
+        "[ranges]\nrefresh = \"off\"\ncache = {cache:?}\n\
+         [http]\naction = \"off\"\n\
+         [[site]]\nserver_names = [\"a.example\"]\nlisten = \"127.0.0.1:0\"\n\
+         cert = {cert:?}\nkey = {key:?}\nclient_ca = [\"cloudflare-shared\"]\n\
+         upstream = \"http://127.0.0.1:8080\"\n",
+        cache = dir.join("ranges.json"),
+        cert = cert_path,
+        key = key_path,
+    );
+    config(&text.replace(replace.0, replace.1))
+}
+
+#[test]
+fn check_config_refuses_what_run_would_refuse_and_names_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = site_config(dir.path(), ("", ""));
+    let output = shield(&["check-config", "--config", good.path().to_str().unwrap()]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("upstream = \"http://127.0.0.1:8080\"")
+    );
+
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let site_pem = dir.path().join("site.pem");
+    let site_pem = site_pem.to_str().unwrap();
+    let cases: &[((&str, &str), &str)] = &[
+        (
+            ("http://127.0.0.1:8080", "https://127.0.0.1:8443"),
+            "`site[0].upstream`: \"https://127.0.0.1:8443\": https upstreams are not supported",
+        ),
+        (
+            ("http://127.0.0.1:8080", "http://exa mple"),
+            "`site[0].upstream`: \"http://exa mple\" is not a URL",
+        ),
+        (
+            ("\"cloudflare-shared\"", "\"cloudflare_shared\""),
+            "`site[0].client_ca`: \"cloudflare_shared\" is neither",
+        ),
+        (
+            ("client_ca", "client_spki_pins = [\"abc\"]\nclient_ca"),
+            "`site[0].client_spki_pins`",
+        ),
+        (
+            ("refresh = \"off\"", "sources = [\"http://x.example/ips\"]"),
+            "`ranges.sources`: \"http://x.example/ips\": plain http is refused",
+        ),
+        ((site_pem, missing), "site a.example: cannot read"),
+    ];
+    for (replace, expected) in cases {
+        let bad = site_config(dir.path(), *replace);
+        let output = shield(&["check-config", "--config", bad.path().to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{replace:?}: {stderr}");
+        assert!(stderr.contains(expected), "{replace:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "nothing printed as effective");
+    }
+}
+
+/// Runs `shield run` that must fail at start; returns its stderr.
+fn run_failing(config: &std::path::Path) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shield"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shield");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("shield run did not fail");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+#[test]
+fn run_names_each_cause_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let site_pem = dir.path().join("site.pem");
+    let missing = dir.path().join("missing.pem");
+    let bad = site_config(
+        dir.path(),
+        (site_pem.to_str().unwrap(), missing.to_str().unwrap()),
+    );
+    let stderr = run_failing(bad.path());
+    let cause = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+    assert_eq!(stderr.matches(&cause).count(), 1, "{stderr}");
+    assert_eq!(
+        stderr
+            .matches(&format!("cannot read {}", missing.display()))
+            .count(),
+        1,
+        "{stderr}"
+    );
+
+    // An address no local interface has (TEST-NET-1).
+    let unbindable = config(&format!(
+        "[ranges]\nrefresh = \"off\"\ncache = {:?}\n[metrics]\nlisten = \"192.0.2.1:9469\"\n",
+        dir.path().join("ranges.json")
+    ));
+    let stderr = run_failing(unbindable.path());
+    let cause = std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL).to_string();
+    assert_eq!(stderr.matches(&cause).count(), 1, "{stderr}");
+    assert!(stderr.contains("[metrics].listen"), "{stderr}");
+}

@@ -197,7 +197,7 @@ fn snapshot_lists() -> (Vec<String>, Vec<String>) {
 
 fn refresher(fake_url: &str, ca: &TestCa, cache: &std::path::Path) -> Refresher {
     let config = RangesConfig {
-        sources: vec![fake_url.to_owned()],
+        sources: vec![fake_url.parse().expect("an https URL")],
         cache: cache.to_owned(),
         ..RangesConfig::default()
     };
@@ -362,6 +362,14 @@ async fn every_case_is_refused_with_its_own_label_and_keeps_the_last_good_set() 
                 body: api(&shrunk, &v6, "shrink"),
             },
             RefreshResult::Shrink,
+        ),
+        (
+            "not UTF-8",
+            Reply::Full {
+                status: 200,
+                body: b"173.245.48.0/20\n\xff\xfe".to_vec(),
+            },
+            RefreshResult::NotUtf8,
         ),
         (
             "10 MiB body",

@@ -118,16 +118,17 @@ async fn a_bad_file_keeps_the_old_state() {
     let error = shield
         .frontend
         .reload(&Config::parse(&toml).unwrap())
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    // The file is named in the cause chain, under the site.
+    let error = shield::error::Chain(&error).to_string();
     assert!(error.contains("client-ca-live.pem"), "{error}");
 
     let missing = toml.replace(&server.key.display().to_string(), "/nonexistent/key.pem");
     let error = shield
         .frontend
         .reload(&Config::parse(&missing).unwrap())
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let error = shield::error::Chain(&error).to_string();
     assert!(error.contains("/nonexistent/key.pem"), "{error}");
 
     let out = curl(

@@ -592,7 +592,8 @@ fn a_refused_program_reports_the_verifier_log() {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/refused-by-verifier"));
     let error = match TestProgram::load_object(REFUSED, "refused_by_verifier") {
         Ok(_) => panic!("the verifier accepted a program that reads past the packet bounds"),
-        Err(error) => error.to_string(),
+        // The verifier log is in aya's error, the cause of shield's.
+        Err(error) => shield::error::Chain(&error).to_string(),
     };
     assert!(
         error.contains("the kernel refused the XDP program for (test run)"),

@@ -32,10 +32,9 @@ pub fn ensure_mounted(pin_root: &Path) -> Result<(), DataplaneError> {
         return Ok(());
     }
     if !pin_root.starts_with(BPFFS_MOUNT_POINT) {
-        return Err(bpffs_error(io::Error::other(format!(
-            "{} is not on bpffs; pins must live under {BPFFS_MOUNT_POINT}",
-            pin_root.display()
-        ))));
+        return Err(DataplaneError::NotOnBpffs {
+            path: pin_root.display().to_string(),
+        });
     }
     let target = CString::new(BPFFS_MOUNT_POINT)
         .map_err(io::Error::other)

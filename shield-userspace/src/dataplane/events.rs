@@ -86,7 +86,7 @@ pub fn spawn_logger(
             let mut guard = match ring.readable_mut().await {
                 Ok(guard) => guard,
                 Err(error) => {
-                    tracing::error!(%error, "drop events: polling failed; no more drop logs");
+                    tracing::error!(error = %crate::error::Chain(&error), "drop events: polling failed; no more drop logs");
                     return;
                 }
             };

@@ -144,18 +144,18 @@ impl SharedMaps {
         for entry in self.allow_v4.iter() {
             let (key, tag) = entry.map_err(map_error("cannot read ALLOW_V4"))?;
             let network = ipnetwork::Ipv4Network::new(key.data().into(), key.prefix_len() as u8)
-                .map_err(|e| DataplaneError::CorruptMap {
+                .map_err(|source| DataplaneError::CorruptMap {
                     name: "ALLOW_V4",
-                    reason: e.to_string(),
+                    source,
                 })?;
             prefixes.push((IpNetwork::V4(network), tag));
         }
         for entry in self.allow_v6.iter() {
             let (key, tag) = entry.map_err(map_error("cannot read ALLOW_V6"))?;
             let network = ipnetwork::Ipv6Network::new(key.data().into(), key.prefix_len() as u8)
-                .map_err(|e| DataplaneError::CorruptMap {
+                .map_err(|source| DataplaneError::CorruptMap {
                     name: "ALLOW_V6",
-                    reason: e.to_string(),
+                    source,
                 })?;
             prefixes.push((IpNetwork::V6(network), tag));
         }
@@ -352,5 +352,69 @@ impl Counters {
             .iter()
             .filter(|((verdict, reason), _)| (*verdict == Verdict::Pass) != reason.drops())
             .map(|(&(verdict, reason), &counter)| (verdict, reason, counter))
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use std::{io, path::PathBuf};
+
+    use aya::{pin::PinError, sys::SyscallError};
+
+    use super::*;
+    use crate::error::tests::count_in_chain;
+
+    fn enoent() -> io::Error {
+        io::Error::from_raw_os_error(libc::ENOENT)
+    }
+
+    /// Each error keeps aya's or the OS's error as its `source()`, typed,
+    /// and `{:#}` prints that cause once.
+    #[test]
+    fn each_cause_is_printed_once() {
+        let cause = enoent().to_string();
+        let cases: Vec<DataplaneError> = vec![
+            DataplaneError::Map {
+                context: "cannot open /sys/fs/bpf/shield/POLICY".into(),
+                source: MapError::SyscallError(SyscallError {
+                    call: "bpf_obj_get",
+                    io_error: enoent(),
+                }),
+            },
+            DataplaneError::Pin {
+                what: "link",
+                path: PathBuf::from("/sys/fs/bpf/shield/ifaces/eth0/link"),
+                source: PinError::SyscallError(SyscallError {
+                    call: "BPF_OBJ_PIN",
+                    io_error: enoent(),
+                }),
+            },
+            DataplaneError::Io {
+                context: "cannot list pinned interfaces".into(),
+                source: enoent(),
+            },
+            DataplaneError::Bpffs {
+                path: "/sys/fs/bpf".into(),
+                source: enoent(),
+            },
+        ];
+        for error in cases {
+            let (count, text) = count_in_chain(error, &cause);
+            assert_eq!(count, 1, "{text}");
+        }
+        let error = DataplaneError::Pin {
+            what: "program",
+            path: PathBuf::from("/p"),
+            source: PinError::NoFd {
+                name: "shield".into(),
+            },
+        };
+        assert!(matches!(
+            std::error::Error::source(&error).and_then(|s| s.downcast_ref::<PinError>()),
+            Some(PinError::NoFd { .. })
+        ));
+        let (count, text) = count_in_chain(error, "FD is not known");
+        assert_eq!(count, 1, "{text}");
+        assert!(text.starts_with("cannot pin the program at /p: "), "{text}");
     }
 }

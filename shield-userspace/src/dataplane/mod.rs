@@ -22,7 +22,11 @@ use std::{
 
 use aya::{
     maps::{Array, MapData, MapError, PerCpuArray},
-    programs::{links::FdLink, links::PinnedLink, ProgramError, Xdp, XdpMode},
+    pin::PinError,
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use shield_common::{
@@ -39,42 +43,91 @@ use crate::config::{self, Config};
 pub static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shield-xdp"));
 
+/// Why the dataplane could not be set up, read or changed. The cause, an
+/// aya or OS error, is the `source()`, never part of the message.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataplaneError {
+    /// An `[xdp].interfaces` entry names no interface on this host.
     #[error("interface {name:?} does not exist (see `ip link`); fix [xdp].interfaces")]
     NoSuchInterface { name: String },
-    #[error("bpffs is not mounted at {path} and mounting it failed: {source} (shield needs CAP_SYS_ADMIN to mount it)")]
-    Bpffs { path: String, source: io::Error },
-    #[error("cannot parse the XDP object: {0}")]
+    /// The pin root is not on bpffs and bpffs could not be mounted.
+    #[error("bpffs is not mounted at {path} and mounting it failed (shield needs CAP_SYS_ADMIN to mount it)")]
+    Bpffs {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The pin root is outside bpffs, where pins cannot live.
+    #[error("{path} is not on bpffs; pins must live under /sys/fs/bpf (check SHIELD_PIN_ROOT)")]
+    NotOnBpffs { path: String },
+    /// The embedded XDP object does not parse.
+    #[error("cannot parse the XDP object")]
     Object(#[source] EbpfError),
-    #[error("the kernel refused the XDP program for {interface}: {source}")]
+    /// The verifier or the kernel refused the program.
+    #[error("the kernel refused the XDP program for {interface}")]
     Load {
         interface: String,
+        #[source]
         source: ProgramError,
     },
-    #[error("cannot attach XDP to {interface} in {mode} mode: {source}")]
+    /// The program could not be attached (or its link taken over).
+    #[error("cannot attach XDP to {interface} in {mode} mode")]
     Attach {
         interface: String,
         mode: &'static str,
+        #[source]
         source: ProgramError,
     },
-    #[error("the pinned link {path} is not an XDP bpf_link ({reason}); the kernel needs bpf_link XDP support (Linux 5.9+)")]
-    BadLink { path: String, reason: String },
+    /// A link that is not an XDP bpf_link, pinned or just made.
+    #[error("the link {path} is not an XDP bpf_link; the kernel needs bpf_link XDP support (Linux 5.9+)")]
+    BadLink {
+        path: String,
+        #[source]
+        source: LinkError,
+    },
+    /// A pin from a shield with another map layout.
     #[error("pinned map {path} does not match this shield version ({reason}); run `shield detach` and start again")]
     IncompatiblePin { path: String, reason: String },
+    /// The XDP object lacks a map this shield expects.
     #[error("the XDP object has no map {name}")]
     MissingMap { name: String },
+    /// The XDP object lacks the program this shield expects.
     #[error("the XDP object has no XDP program {name}")]
     MissingProgram { name: String },
-    #[error("map {name} holds an invalid entry: {reason}")]
-    CorruptMap { name: &'static str, reason: String },
-    #[error("{context}: {source}")]
-    Map { context: String, source: MapError },
-    #[error("{context}: {source}")]
-    Io { context: String, source: io::Error },
+    /// A map entry that cannot be what this shield wrote.
+    #[error("map {name} holds an invalid entry")]
+    CorruptMap {
+        name: &'static str,
+        #[source]
+        source: ipnetwork::IpNetworkError,
+    },
+    /// A map operation failed; `context` says which.
+    #[error("{context}")]
+    Map {
+        context: String,
+        #[source]
+        source: MapError,
+    },
+    /// A program, link or map could not be pinned.
+    #[error("cannot pin the {what} at {}", path.display())]
+    Pin {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: PinError,
+    },
+    /// A file-system or OS operation failed; `context` says which.
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Nothing to attach to.
     #[error("[xdp].interfaces is empty: there is nothing to attach to")]
     NoInterfaces,
+    /// `shield detach` or `status` found no pins.
     #[error("no shield pins at {0}: nothing is attached")]
     NotPinned(String),
 }
@@ -320,10 +373,13 @@ impl Starting<'_> {
         // Re-pin the program so `bpftool prog show pinned` finds the one in force.
         let program_path = self.layout.program(&target.name);
         let _ = std::fs::remove_file(&program_path);
-        program.pin(&program_path).map_err(|e| DataplaneError::Io {
-            context: format!("cannot pin program at {}", program_path.display()),
-            source: io::Error::other(e.to_string()),
-        })?;
+        program
+            .pin(&program_path)
+            .map_err(|source| DataplaneError::Pin {
+                what: "program",
+                path: program_path.clone(),
+                source,
+            })?;
         write_state(
             &state_path,
             InterfaceState {
@@ -346,7 +402,7 @@ impl Starting<'_> {
     fn roll_back(&mut self) {
         for name in self.fresh.drain(..) {
             if let Err(error) = remove_interface_pins(self.layout, &name) {
-                tracing::error!(interface = %name, %error, "rollback: could not detach");
+                tracing::error!(interface = %name, error = %crate::error::Chain(&error), "rollback: could not detach");
             }
         }
         // Remove only what this start created (maps pinned inside the root
@@ -391,16 +447,12 @@ fn adopt(
         let _ = std::fs::remove_file(link_path);
         return Ok(None);
     }
-    let pinned = PinnedLink::from_pin(link_path).map_err(|e| DataplaneError::BadLink {
+    let bad_link = |source| DataplaneError::BadLink {
         path: link_path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned)).map_err(|e| {
-        DataplaneError::BadLink {
-            path: link_path.display().to_string(),
-            reason: e.to_string(),
-        }
-    })?;
+        source,
+    };
+    let pinned = PinnedLink::from_pin(link_path).map_err(bad_link)?;
+    let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned)).map_err(bad_link)?;
     match program.attach_to_link(link) {
         Ok(link_id) => {
             // The link stays pinned; dropping our handle only closes an fd.
@@ -447,7 +499,7 @@ fn attach_fresh(
         config::XdpMode::Auto => match attempt(program, AttachMode::Native) {
             Ok(id) => (id, AttachMode::Native),
             Err(error) => {
-                tracing::warn!(interface = %target.name, reason = %error, "native XDP refused; falling back to generic mode");
+                tracing::warn!(interface = %target.name, reason = %crate::error::Chain(&error), "native XDP refused; falling back to generic mode");
                 (attempt(program, AttachMode::Generic)?, AttachMode::Generic)
             }
         },
@@ -459,13 +511,15 @@ fn attach_fresh(
             mode: mode.name(),
             source,
         })?;
-    let link = FdLink::try_from(link).map_err(|e| DataplaneError::BadLink {
+    // Fails when the kernel attached through netlink instead of bpf_link.
+    let link = FdLink::try_from(link).map_err(|source| DataplaneError::BadLink {
         path: link_path.display().to_string(),
-        reason: format!("{e}: the kernel attached through netlink, not bpf_link"),
+        source,
     })?;
-    link.pin(link_path).map_err(|e| DataplaneError::Io {
-        context: format!("cannot pin link at {}", link_path.display()),
-        source: io::Error::other(e.to_string()),
+    link.pin(link_path).map_err(|source| DataplaneError::Pin {
+        what: "link",
+        path: link_path.to_owned(),
+        source,
     })?;
     Ok(mode)
 }
@@ -642,9 +696,10 @@ fn write_state(path: &std::path::Path, state: InterfaceState) -> Result<(), Data
         Ok(map) => Array::try_from(aya::maps::Map::Array(map)).map_err(map_error)?,
         Err(_) => {
             let array = Array::<MapData, InterfaceState>::create(1, 0).map_err(map_error)?;
-            array.pin(path).map_err(|e| DataplaneError::Io {
-                context: format!("cannot pin {}", path.display()),
-                source: io::Error::other(e.to_string()),
+            array.pin(path).map_err(|source| DataplaneError::Pin {
+                what: "interface state map",
+                path: path.to_owned(),
+                source,
             })?;
             Array::try_from(aya::maps::Map::Array(
                 MapData::from_pin(path).map_err(map_error)?,

@@ -115,7 +115,7 @@ pub async fn run(listener: TcpListener, routes: Arc<ArcSwap<PlainRoutes>>, metri
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
             if let Err(error) = result {
-                tracing::debug!(%error, "port 80 connection ended with an error");
+                tracing::debug!(error = %crate::error::Chain(&error), "port 80 connection ended with an error");
             }
             drop(permit);
         });

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     validate::{self, Limits},
-    RangeSet, RangeSource,
+    Provenance, RangeSet,
 };
 
 const FORMAT: u32 = 1;
@@ -39,23 +39,49 @@ pub struct Cached {
     pub fetched_at: SystemTime,
 }
 
+/// The range cache could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CacheError {
-    #[error("cannot write the range cache {path}: {error}; check that its directory exists and is writable by shield")]
+    /// Writing (temp file, fsync, rename) failed.
+    #[error("cannot write the range cache {path}; check that its directory exists and is writable by shield")]
     Write {
         path: PathBuf,
-        error: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
-    #[error("cannot read the range cache {path}: {error}")]
+    /// The file exists but cannot be read.
+    #[error("cannot read the range cache {path}")]
     Read {
         path: PathBuf,
-        error: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
-    #[error(
-        "the range cache {path} is corrupt ({reason}); delete it or run `shield ranges --refresh`"
-    )]
-    Corrupt { path: PathBuf, reason: String },
+    /// The file was read but is not a valid cache.
+    #[error("the range cache {path} is corrupt; delete it or run `shield ranges --refresh`")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: Corruption,
+    },
+}
+
+/// What is wrong with a corrupt cache.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// Not the cache's JSON shape.
+    #[error(transparent)]
+    Json(serde_json::Error),
+    /// Written by a shield with another cache format.
+    #[error("unknown format {0}")]
+    Format(u32),
+    /// A list entry that is not a CIDR of its family.
+    #[error(transparent)]
+    Ranges(super::RangesError),
+    /// A set that validation refuses: edited or damaged.
+    #[error(transparent)]
+    Refused(validate::Refusal),
 }
 
 fn unix_seconds(time: SystemTime) -> u64 {
@@ -66,9 +92,9 @@ fn unix_seconds(time: SystemTime) -> u64 {
 
 /// Writes `cached` to `path` atomically.
 pub fn write(path: &Path, cached: &Cached) -> Result<(), CacheError> {
-    let write_error = |error| CacheError::Write {
+    let write_error = |source| CacheError::Write {
         path: path.to_owned(),
-        error,
+        source,
     };
     let file = CacheFile {
         format: FORMAT,
@@ -107,20 +133,20 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Option<Cached>, CacheError> 
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => {
+        Err(source) => {
             return Err(CacheError::Read {
                 path: path.to_owned(),
-                error,
+                source,
             })
         }
     };
-    let corrupt = |reason: String| CacheError::Corrupt {
+    let corrupt = |source: Corruption| CacheError::Corrupt {
         path: path.to_owned(),
-        reason,
+        source,
     };
-    let file: CacheFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    let file: CacheFile = serde_json::from_str(&text).map_err(|e| corrupt(Corruption::Json(e)))?;
     if file.format != FORMAT {
-        return Err(corrupt(format!("unknown format {}", file.format)));
+        return Err(corrupt(Corruption::Format(file.format)));
     }
     // Reuse the API parser: the cache holds the same two lists.
     let api = serde_json::json!({
@@ -131,11 +157,11 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Option<Cached>, CacheError> 
             "etag": file.etag,
         }
     });
-    let ranges = RangeSet::from_api_json(&api.to_string(), RangeSource::Named(file.source))
-        .map_err(|e| corrupt(e.to_string()))?;
+    let ranges = RangeSet::from_api_json(&api.to_string(), Provenance::Named(file.source))
+        .map_err(|e| corrupt(Corruption::Ranges(e)))?;
     // A cache is only ever written from a validated set; one that fails now
     // was edited or damaged, and must not be enforced.
-    validate::validate(&ranges, limits).map_err(|e| corrupt(e.to_string()))?;
+    validate::validate(&ranges, limits).map_err(|e| corrupt(Corruption::Refused(e)))?;
     Ok(Some(Cached {
         ranges,
         fetched_at: UNIX_EPOCH + Duration::from_secs(file.fetched_at),
@@ -152,7 +178,7 @@ pub fn load_or_snapshot(path: &Path, limits: &Limits) -> (RangeSet, Option<Syste
             (RangeSet::snapshot(), None)
         }
         Err(error) => {
-            tracing::warn!(%error, "falling back to the embedded snapshot");
+            tracing::warn!(error = %crate::error::Chain(&error), "falling back to the embedded snapshot");
             (RangeSet::snapshot(), None)
         }
     }
@@ -165,6 +191,28 @@ pub fn modified(path: &Path) -> Option<SystemTime> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_cause_is_printed_once() {
+        use crate::error::tests::count_in_chain;
+        let source = std::io::Error::from_raw_os_error(libc::EACCES);
+        let cause = source.to_string();
+        let error = CacheError::Write {
+            path: "/var/lib/shield/ranges.json".into(),
+            source,
+        };
+        let (count, text) = count_in_chain(error, &cause);
+        assert_eq!(count, 1, "{text}");
+
+        let json = serde_json::from_str::<serde_json::Value>("[").unwrap_err();
+        let cause = json.to_string();
+        let error = CacheError::Corrupt {
+            path: "/var/lib/shield/ranges.json".into(),
+            source: Corruption::Json(json),
+        };
+        let (count, text) = count_in_chain(error, &cause);
+        assert_eq!(count, 1, "{text}");
+    }
+
     use super::*;
 
     #[test]
@@ -175,7 +223,7 @@ mod tests {
         assert_eq!(read(&path, &limits).unwrap(), None);
 
         let mut ranges = RangeSet::snapshot();
-        ranges.source = RangeSource::Named("https://api.example/ips".into());
+        ranges.source = Provenance::Named("https://api.example/ips".into());
         let cached = Cached {
             ranges,
             fetched_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),

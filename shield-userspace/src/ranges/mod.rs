@@ -25,33 +25,39 @@ const SNAPSHOT_JSON: &str = include_str!("../../data/cloudflare-ips-api.json");
 /// When the embedded snapshot was taken, for `shield ranges`.
 pub const SNAPSHOT_DATE: &str = "2026";
 
+/// Why a text is not a range list.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RangesError {
-    #[error("range list is not valid JSON of the Cloudflare API shape: {0}")]
+    /// Not JSON, or JSON of another shape (truncated, malformed).
+    #[error("range list is not valid JSON of the Cloudflare API shape")]
     Json(#[from] serde_json::Error),
+    /// The API answered, but with `success: false`.
     #[error("the Cloudflare API reported success = false")]
     NotSuccessful,
+    /// An IPv6 prefix in the IPv4 list, or the reverse.
     #[error("{family} list holds {entry:?}, which is not a {family} CIDR")]
     WrongFamily { family: &'static str, entry: String },
+    /// An entry that is not a CIDR at all.
     #[error("{entry:?} is not a CIDR (expected e.g. 173.245.48.0/20)")]
     InvalidCidr { entry: String },
 }
 
-/// Where a range set came from.
+/// Where a range set in force came from (the configured sources are
+/// [`crate::config::RangeSource`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RangeSource {
+pub enum Provenance {
     /// The list compiled into the binary.
     Snapshot,
-    /// A cache file or a fetched URL/path (the refresh issue fills this in).
+    /// A cache file, or the fetched URL(s) or path(s).
     Named(String),
 }
 
-impl std::fmt::Display for RangeSource {
+impl std::fmt::Display for Provenance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RangeSource::Snapshot => write!(f, "embedded snapshot ({SNAPSHOT_DATE})"),
-            RangeSource::Named(name) => f.write_str(name),
+            Provenance::Snapshot => write!(f, "embedded snapshot ({SNAPSHOT_DATE})"),
+            Provenance::Named(name) => f.write_str(name),
         }
     }
 }
@@ -62,7 +68,7 @@ pub struct RangeSet {
     pub ipv4: Vec<IpNetwork>,
     pub ipv6: Vec<IpNetwork>,
     pub etag: Option<String>,
-    pub source: RangeSource,
+    pub source: Provenance,
 }
 
 #[derive(Deserialize)]
@@ -83,12 +89,12 @@ impl RangeSet {
     /// The snapshot compiled into the binary.
     pub fn snapshot() -> RangeSet {
         // The JSON is a build input checked by `snapshot_matches_published_counts`.
-        RangeSet::from_api_json(SNAPSHOT_JSON, RangeSource::Snapshot)
+        RangeSet::from_api_json(SNAPSHOT_JSON, Provenance::Snapshot)
             .unwrap_or_else(|e| unreachable!("embedded snapshot is invalid: {e}"))
     }
 
     /// Parses the `GET /client/v4/ips` response shape.
-    pub fn from_api_json(text: &str, source: RangeSource) -> Result<RangeSet, RangesError> {
+    pub fn from_api_json(text: &str, source: Provenance) -> Result<RangeSet, RangesError> {
         let response: ApiResponse = serde_json::from_str(text)?;
         if !response.success {
             return Err(RangesError::NotSuccessful);
@@ -105,7 +111,7 @@ impl RangeSet {
     /// served, with or without a trailing newline). Blank lines and `#`
     /// comments are skipped. The lists carry no etag, so one is derived
     /// from the content: equal lists get equal etags.
-    pub fn from_text(text: &str, source: RangeSource) -> Result<RangeSet, RangesError> {
+    pub fn from_text(text: &str, source: Provenance) -> Result<RangeSet, RangesError> {
         let mut set = RangeSet {
             ipv4: Vec::new(),
             ipv6: Vec::new(),
@@ -230,17 +236,17 @@ mod tests {
         let wrong =
             r#"{"success":true,"result":{"ipv4_cidrs":["2400:cb00::/32"],"ipv6_cidrs":[]}}"#;
         assert!(matches!(
-            RangeSet::from_api_json(wrong, RangeSource::Snapshot),
+            RangeSet::from_api_json(wrong, Provenance::Snapshot),
             Err(RangesError::WrongFamily { .. })
         ));
         let failed = r#"{"success":false,"result":{"ipv4_cidrs":[],"ipv6_cidrs":[]}}"#;
         assert!(matches!(
-            RangeSet::from_api_json(failed, RangeSource::Snapshot),
+            RangeSet::from_api_json(failed, Provenance::Snapshot),
             Err(RangesError::NotSuccessful)
         ));
         let garbage = r#"{"success":true,"result":{"ipv4_cidrs":["1.2.3"],"ipv6_cidrs":[]}}"#;
         assert!(matches!(
-            RangeSet::from_api_json(garbage, RangeSource::Snapshot),
+            RangeSet::from_api_json(garbage, Provenance::Snapshot),
             Err(RangesError::InvalidCidr { .. })
         ));
     }
@@ -250,15 +256,15 @@ mod tests {
         let v4 = include_str!("../../data/cloudflare-ips-v4.txt");
         let v6 = include_str!("../../data/cloudflare-ips-v6.txt");
         assert!(!v4.ends_with('\n'), "the fixture mirrors the served list");
-        let text = RangeSet::from_text(&format!("{v4}\n{v6}"), RangeSource::Snapshot).unwrap();
+        let text = RangeSet::from_text(&format!("{v4}\n{v6}"), Provenance::Snapshot).unwrap();
         let snapshot = RangeSet::snapshot();
         assert!(text.same_prefixes(&snapshot));
         let reordered = format!("{v6}\n{v4}\n");
-        let again = RangeSet::from_text(&reordered, RangeSource::Snapshot).unwrap();
+        let again = RangeSet::from_text(&reordered, Provenance::Snapshot).unwrap();
         assert_eq!(text.etag, again.etag);
         assert!(text.etag.as_deref().unwrap().starts_with("sha256:"));
         assert!(matches!(
-            RangeSet::from_text("173.245.48.0/20\nnot-a-cidr", RangeSource::Snapshot),
+            RangeSet::from_text("173.245.48.0/20\nnot-a-cidr", Provenance::Snapshot),
             Err(RangesError::InvalidCidr { .. })
         ));
     }

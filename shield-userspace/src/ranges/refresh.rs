@@ -19,6 +19,7 @@ use super::{
     validate::{self, Limits, Refusal},
     RangeSet, RangesError,
 };
+use crate::{config::RangeSource, error::Chain};
 
 /// How a refresh ended; the `result` label of `shield_ranges_refresh_total`.
 /// Every refusal cause has its own value so an alert can say which.
@@ -29,19 +30,27 @@ pub enum RefreshResult {
     Updated,
     /// Same etag and prefixes: nothing written to the kernel.
     Unchanged,
+    /// No complete answer in time.
     Timeout,
     /// The source's certificate is not trusted (or TLS failed otherwise).
     Tls,
     /// DNS, connect, reset, or a file that cannot be read.
     Network,
+    /// An HTTP status other than 2xx.
     HttpStatus,
+    /// A body over the size cap.
     TooLarge,
+    /// A body (or file) that is not UTF-8 text.
+    NotUtf8,
     /// Not the API's JSON shape (truncated, malformed).
     BadJson,
     /// The API answered `success: false`.
     NotSuccessful,
+    /// An entry that is not a CIDR.
     InvalidCidr,
+    /// An IPv6 prefix in the IPv4 list, or the reverse.
     WrongFamily,
+    /// The refusal causes of [`Refusal`], one result each.
     HostBits,
     PrefixTooShort,
     ReservedRange,
@@ -58,7 +67,7 @@ pub enum RefreshResult {
 }
 
 impl RefreshResult {
-    pub const ALL: [RefreshResult; 20] = [
+    pub const ALL: [RefreshResult; 21] = [
         RefreshResult::Updated,
         RefreshResult::Unchanged,
         RefreshResult::Timeout,
@@ -79,6 +88,7 @@ impl RefreshResult {
         RefreshResult::Shrink,
         RefreshResult::ApplyError,
         RefreshResult::CacheError,
+        RefreshResult::NotUtf8,
     ];
 
     /// The label value (lower_snake_case).
@@ -104,6 +114,7 @@ impl RefreshResult {
             RefreshResult::Shrink => "shrink",
             RefreshResult::ApplyError => "apply_error",
             RefreshResult::CacheError => "cache_error",
+            RefreshResult::NotUtf8 => "not_utf8",
         }
     }
 
@@ -129,9 +140,11 @@ impl EncodeLabelValue for RefreshResult {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RefreshError {
-    #[error("range update not fetched: {0}")]
+    /// No source gave a range set.
+    #[error("range update not fetched")]
     Fetch(#[from] FetchError),
-    #[error("range update refused, keeping the last known good set: {0}")]
+    /// A set was fetched and refused by validation or the shrink guard.
+    #[error("range update refused, keeping the last known good set")]
     Refused(#[from] Refusal),
 }
 
@@ -143,7 +156,8 @@ impl RefreshError {
                 FetchError::Tls { .. } => RefreshResult::Tls,
                 FetchError::Status { .. } => RefreshResult::HttpStatus,
                 FetchError::TooLarge { .. } => RefreshResult::TooLarge,
-                FetchError::Parse { error, .. } => match error {
+                FetchError::NotUtf8 { .. } => RefreshResult::NotUtf8,
+                FetchError::Parse { source, .. } => match source {
                     RangesError::Json(_) => RefreshResult::BadJson,
                     RangesError::NotSuccessful => RefreshResult::NotSuccessful,
                     RangesError::WrongFamily { .. } => RefreshResult::WrongFamily,
@@ -208,7 +222,7 @@ impl fmt::Display for Diff {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Same etag and prefixes as the set in force, confirmed by `source`.
-    Unchanged { source: super::RangeSource },
+    Unchanged { source: super::Provenance },
     /// Valid and within the shrink guard: apply it, then cache it.
     Accepted { ranges: RangeSet, diff: Diff },
 }
@@ -225,7 +239,7 @@ impl Outcome {
 /// Fetches and judges one update against the set in force.
 pub async fn check(
     fetcher: &Fetcher,
-    sources: &[String],
+    sources: &[RangeSource],
     current: &RangeSet,
     limits: &Limits,
     accept_shrink: bool,
@@ -274,7 +288,7 @@ pub struct Report {
 /// meanwhile); [`Refresher::commit`] then applies, caches and counts.
 #[derive(Debug)]
 pub struct Refresher {
-    pub sources: Vec<String>,
+    pub sources: Vec<RangeSource>,
     pub limits: Limits,
     pub cache: PathBuf,
     fetcher: Fetcher,
@@ -357,11 +371,12 @@ impl Refresher {
         let report = match decision {
             Err(error) => {
                 let result = error.result();
+                let error = Chain(&error).to_string();
                 tracing::warn!(%result, %error, "range refresh failed; keeping the last known good set");
                 Report {
                     result,
                     diff: None,
-                    error: Some(error.to_string()),
+                    error: Some(error),
                 }
             }
             Ok(Outcome::Unchanged { source }) => {
@@ -370,7 +385,7 @@ impl Refresher {
                 self.metrics.succeeded_at(now);
                 // Only the fetch time changes; the kernel is not touched.
                 if let Err(error) = self.write_cache() {
-                    tracing::warn!(%error, "ranges unchanged, but the cache could not be refreshed");
+                    tracing::warn!(error = %Chain(&error), "ranges unchanged, but the cache could not be refreshed");
                 }
                 tracing::debug!(etag = ?self.current.etag, "ranges unchanged");
                 Report {
@@ -408,11 +423,12 @@ impl Refresher {
                         error: None,
                     },
                     Err(error) => {
+                        let error = Chain(&error).to_string();
                         tracing::error!(%error, "ranges applied, but a restart would fall back to the older cache or snapshot");
                         Report {
                             result: RefreshResult::CacheError,
                             diff: Some(diff),
-                            error: Some(error.to_string()),
+                            error: Some(error),
                         }
                     }
                 }
@@ -434,7 +450,7 @@ impl Refresher {
             Ok(Some(cached)) => cached,
             Ok(None) => return None,
             Err(error) => {
-                tracing::warn!(%error, "ignoring the range cache; the set in force stays");
+                tracing::warn!(error = %Chain(&error), "ignoring the range cache; the set in force stays");
                 return None;
             }
         };
@@ -524,7 +540,7 @@ pub fn format_age(age: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ranges::RangeSource;
+    use crate::ranges::Provenance;
 
     #[test]
     fn labels_are_distinct_lower_snake_case() {
@@ -535,6 +551,27 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
         }
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_has_its_own_result() {
+        let body = vec![0xff, b'1'];
+        let source = std::str::from_utf8(&body).unwrap_err();
+        let error = RefreshError::Fetch(FetchError::NotUtf8 {
+            source_name: "https://api.example/ips".into(),
+            source,
+        });
+        assert_eq!(error.result(), RefreshResult::NotUtf8);
+        assert_eq!(error.result().as_str(), "not_utf8");
+        assert!(RefreshResult::ALL.contains(&RefreshResult::NotUtf8));
+        let (count, text) = crate::error::tests::count_in_chain(error, &source.to_string());
+        assert_eq!(count, 1, "{text}");
+        assert!(
+            text.starts_with(
+                "range update not fetched: https://api.example/ips: the body is not UTF-8"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -560,13 +597,13 @@ mod tests {
         let current = RangeSet::snapshot();
         let limits = Limits::default();
         let same = RangeSet {
-            source: RangeSource::Named("x".into()),
+            source: Provenance::Named("x".into()),
             ..current.clone()
         };
         assert_eq!(
             judge(same.clone(), &current, &limits, false).unwrap(),
             Outcome::Unchanged {
-                source: RangeSource::Named("x".into())
+                source: Provenance::Named("x".into())
             }
         );
         // Same etag, other content: judged as new data.
@@ -592,7 +629,7 @@ mod tests {
         shrunk.ipv4.retain(|p| p.prefix() >= 16);
         let error = judge(shrunk.clone(), &current, &limits, false).unwrap_err();
         assert_eq!(error.result(), RefreshResult::Shrink);
-        assert!(error.to_string().contains("--accept-shrink"));
+        assert!(Chain(&error).to_string().contains("--accept-shrink"));
         assert!(matches!(
             judge(shrunk, &current, &limits, true),
             Ok(Outcome::Accepted { .. })

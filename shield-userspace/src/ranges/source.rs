@@ -6,7 +6,8 @@ use std::{path::Path, time::Duration};
 
 use rustls::pki_types::CertificateDer;
 
-use super::{RangeSet, RangeSource, RangesError};
+use super::{Provenance, RangeSet, RangesError};
+use crate::{config::RangeSource, error::Chain};
 
 /// Limits of one fetch.
 #[derive(Debug, Clone)]
@@ -36,31 +37,57 @@ impl Default for FetchOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {
+    /// No complete answer within the fetch timeout.
     #[error("{source_name}: timed out after {timeout:?}; check the host's connectivity to it")]
     Timeout {
         source_name: String,
         timeout: Duration,
     },
-    #[error("{source_name}: TLS failed ({reason}); the certificate is not trusted or the connection is intercepted")]
-    Tls { source_name: String, reason: String },
-    #[error("{source_name}: cannot connect or read ({reason}); check DNS, routes and proxies")]
-    Network { source_name: String, reason: String },
+    /// The TLS handshake failed: an untrusted certificate, or interception.
+    #[error("{source_name}: TLS failed; the certificate is not trusted or the connection is intercepted")]
+    Tls {
+        source_name: String,
+        #[source]
+        source: rustls::Error,
+    },
+    /// DNS, connect, reset, or a broken body.
+    #[error("{source_name}: cannot connect or read; check DNS, routes and proxies")]
+    Network {
+        source_name: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// An answer other than 2xx.
     #[error("{source_name}: HTTP status {status}; the source is failing, try again later")]
     Status { source_name: String, status: u16 },
+    /// A body over [`FetchOptions::max_body`].
     #[error("{source_name}: body larger than {limit} bytes; that is not a range list")]
     TooLarge { source_name: String, limit: usize },
-    #[error("{source_name}: cannot read the file: {error}")]
+    /// A body that is not UTF-8 text, so neither JSON nor a text list.
+    #[error("{source_name}: the body is not UTF-8 text; that is not a range list")]
+    NotUtf8 {
+        source_name: String,
+        #[source]
+        source: std::str::Utf8Error,
+    },
+    /// A file source that cannot be read.
+    #[error("{source_name}: cannot read the file")]
     File {
         source_name: String,
-        error: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
-    #[error("{source_name}: {error}")]
+    /// Text that is not a range list.
+    #[error("{source_name}")]
     Parse {
         source_name: String,
-        error: RangesError,
+        #[source]
+        source: RangesError,
     },
-    #[error("cannot build the HTTPS client: {0}")]
-    Client(String),
+    /// The HTTPS client could not be set up (TLS roots, system config).
+    #[error("cannot build the HTTPS client")]
+    Client(#[source] reqwest::Error),
+    /// Nothing to fetch from.
     #[error("[ranges].sources is empty; list the Cloudflare API or the text lists")]
     NoSources,
 }
@@ -88,12 +115,10 @@ impl Fetcher {
                 .iter()
                 .map(|der| reqwest::Certificate::from_der(der))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| FetchError::Client(e.to_string()))?;
+                .map_err(FetchError::Client)?;
             builder = builder.tls_certs_only(roots);
         }
-        let client = builder
-            .build()
-            .map_err(|e| FetchError::Client(error_chain(&e)))?;
+        let client = builder.build().map_err(FetchError::Client)?;
         Ok(Fetcher { client, options })
     }
 
@@ -106,83 +131,87 @@ impl Fetcher {
     /// the text sources that answer are merged into one set, used when no
     /// JSON source answered. Data that parses but is bad is not a reason to
     /// fall back: validation refuses it loudly instead.
-    pub async fn fetch(&self, sources: &[String]) -> Result<RangeSet, FetchError> {
+    pub async fn fetch(&self, sources: &[RangeSource]) -> Result<RangeSet, FetchError> {
         let mut first_error = None;
         let mut text: Option<(Vec<String>, String)> = None;
         for source in sources {
+            let name = source.to_string();
             let body = match self.fetch_body(source).await {
                 Ok(body) => body,
                 Err(error) => {
-                    tracing::warn!(%error, "range source failed; trying the next one");
+                    tracing::warn!(error = %Chain(&error), "range source failed; trying the next one");
                     first_error.get_or_insert(error);
                     continue;
                 }
             };
             if body.trim_start().starts_with('{') {
-                match RangeSet::from_api_json(&body, RangeSource::Named(source.clone())) {
+                match RangeSet::from_api_json(&body, Provenance::Named(name.clone())) {
                     Ok(set) => return Ok(set),
-                    Err(error) => {
+                    Err(source) => {
                         let error = FetchError::Parse {
-                            source_name: source.clone(),
-                            error,
+                            source_name: name,
+                            source,
                         };
-                        tracing::warn!(%error, "range source failed; trying the next one");
+                        tracing::warn!(error = %Chain(&error), "range source failed; trying the next one");
                         first_error.get_or_insert(error);
                     }
                 }
             } else {
                 let (names, joined) = text.get_or_insert_with(Default::default);
-                names.push(source.clone());
+                names.push(name);
                 joined.push_str(&body);
                 // The lists are served without a trailing newline.
                 joined.push('\n');
             }
         }
         if let Some((names, joined)) = text {
-            let source = RangeSource::Named(names.join(" + "));
-            return RangeSet::from_text(&joined, source).map_err(|error| FetchError::Parse {
-                source_name: names.join(" + "),
-                error,
-            });
+            let name = names.join(" + ");
+            return RangeSet::from_text(&joined, Provenance::Named(name.clone())).map_err(
+                |source| FetchError::Parse {
+                    source_name: name,
+                    source,
+                },
+            );
         }
         Err(first_error.unwrap_or(FetchError::NoSources))
     }
 
     /// The body of one source, as text, within the size cap.
-    pub async fn fetch_body(&self, source: &str) -> Result<String, FetchError> {
-        if source.starts_with("http://") {
-            return Err(FetchError::Network {
-                source_name: source.to_owned(),
-                reason: "plain HTTP is refused (ranges must not be open to tampering on the path); use https://".into(),
-            });
-        }
-        if source.starts_with("https://") {
-            // The total timeout is enforced by reqwest too; this outer one
-            // also bounds a body trickled in small chunks.
-            match tokio::time::timeout(self.options.timeout, self.fetch_url(source)).await {
-                Ok(result) => result,
-                Err(_) => Err(FetchError::Timeout {
-                    source_name: source.to_owned(),
-                    timeout: self.options.timeout,
-                }),
+    pub async fn fetch_body(&self, source: &RangeSource) -> Result<String, FetchError> {
+        match source {
+            RangeSource::Https(url) => {
+                // The total timeout is enforced by reqwest too; this outer
+                // one also bounds a body trickled in small chunks.
+                match tokio::time::timeout(self.options.timeout, self.fetch_url(url)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(FetchError::Timeout {
+                        source_name: url.to_string(),
+                        timeout: self.options.timeout,
+                    }),
+                }
             }
-        } else {
-            read_file(Path::new(source), self.options.max_body)
+            RangeSource::File(path) => read_file(path, self.options.max_body),
         }
     }
 
-    async fn fetch_url(&self, url: &str) -> Result<String, FetchError> {
-        let classify = |error: reqwest::Error| self.classify(url, error);
-        let mut response = self.client.get(url).send().await.map_err(classify)?;
+    async fn fetch_url(&self, url: &url::Url) -> Result<String, FetchError> {
+        let url_text = url.as_str();
+        let classify = |error: reqwest::Error| self.classify(url_text, error);
+        let mut response = self
+            .client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(classify)?;
         let status = response.status();
         if !status.is_success() {
             return Err(FetchError::Status {
-                source_name: url.to_owned(),
+                source_name: url_text.to_owned(),
                 status: status.as_u16(),
             });
         }
         let too_large = || FetchError::TooLarge {
-            source_name: url.to_owned(),
+            source_name: url_text.to_owned(),
             limit: self.options.max_body,
         };
         if response
@@ -198,30 +227,25 @@ impl Fetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        String::from_utf8(body).map_err(|_| FetchError::Parse {
-            source_name: url.to_owned(),
-            error: RangesError::InvalidCidr {
-                entry: "(body is not UTF-8)".into(),
-            },
-        })
+        text(body, url_text)
     }
 
-    fn classify(&self, url: &str, error: reqwest::Error) -> FetchError {
+    fn classify(&self, url_text: &str, error: reqwest::Error) -> FetchError {
         if error.is_timeout() {
             return FetchError::Timeout {
-                source_name: url.to_owned(),
+                source_name: url_text.to_owned(),
                 timeout: self.options.timeout,
             };
         }
-        if let Some(reason) = tls_cause(&error) {
+        if let Some(source) = tls_cause(&error) {
             return FetchError::Tls {
-                source_name: url.to_owned(),
-                reason,
+                source_name: url_text.to_owned(),
+                source,
             };
         }
         FetchError::Network {
-            source_name: url.to_owned(),
-            reason: error_chain(&error),
+            source_name: url_text.to_owned(),
+            source: error,
         }
     }
 }
@@ -229,11 +253,11 @@ impl Fetcher {
 /// The rustls error somewhere in the chain, if the failure was TLS. rustls
 /// errors reach us wrapped in (nested) `io::Error`s, whose `source()` skips
 /// the wrapped error itself, so each `io::Error` is unwrapped by hand.
-fn tls_cause(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+fn tls_cause(error: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(error) = current {
         if let Some(tls) = error.downcast_ref::<rustls::Error>() {
-            return Some(tls.to_string());
+            return Some(tls.clone());
         }
         current = match error.downcast_ref::<std::io::Error>() {
             // io::Errors nest (hyper wraps the TLS stream's own io::Error).
@@ -247,29 +271,27 @@ fn tls_cause(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
-    while let Some(error) = current {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
-        current = error.source();
-    }
-    text
+/// A body as text; a range list is ASCII, so anything else is refused
+/// with its own result rather than as a bad entry.
+fn text(body: Vec<u8>, source_name: &str) -> Result<String, FetchError> {
+    String::from_utf8(body).map_err(|error| FetchError::NotUtf8 {
+        source_name: source_name.to_owned(),
+        source: error.utf8_error(),
+    })
 }
 
 fn read_file(path: &Path, max_body: usize) -> Result<String, FetchError> {
     use std::io::Read as _;
     let source_name = path.display().to_string();
-    let file_error = |error| FetchError::File {
+    let file_error = |source| FetchError::File {
         source_name: source_name.clone(),
-        error,
+        source,
     };
     let file = std::fs::File::open(path).map_err(file_error)?;
-    let mut body = String::new();
+    let mut body = Vec::new();
     // One byte past the cap tells "exactly at the cap" from "over it".
     file.take(max_body as u64 + 1)
-        .read_to_string(&mut body)
+        .read_to_end(&mut body)
         .map_err(file_error)?;
     if body.len() > max_body {
         return Err(FetchError::TooLarge {
@@ -277,7 +299,7 @@ fn read_file(path: &Path, max_body: usize) -> Result<String, FetchError> {
             limit: max_body,
         });
     }
-    Ok(body)
+    text(body, &source_name)
 }
 
 #[cfg(test)]
@@ -293,7 +315,7 @@ mod tests {
         std::fs::write(&v4, include_str!("../../data/cloudflare-ips-v4.txt")).unwrap();
         let v6 = dir.path().join("ips-v6");
         std::fs::write(&v6, include_str!("../../data/cloudflare-ips-v6.txt")).unwrap();
-        let name = |p: &std::path::Path| p.display().to_string();
+        let name = |p: &std::path::Path| RangeSource::File(p.to_owned());
         let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
 
         let set = fetcher.fetch(&[name(&json)]).await.unwrap();
@@ -309,7 +331,7 @@ mod tests {
         assert!(set.same_prefixes(&RangeSet::snapshot()));
         assert_eq!(
             set.source.to_string(),
-            format!("{} + {}", name(&v4), name(&v6))
+            format!("{} + {}", v4.display(), v6.display())
         );
 
         let error = fetcher.fetch(&[name(&missing)]).await.unwrap_err();
@@ -319,5 +341,36 @@ mod tests {
         std::fs::write(&big, vec![b' '; (1 << 20) + 1]).unwrap();
         let error = fetcher.fetch(&[name(&big)]).await.unwrap_err();
         assert!(matches!(error, FetchError::TooLarge { .. }), "{error}");
+
+        let binary = dir.path().join("binary");
+        std::fs::write(&binary, [0xff, 0xfe, b'1']).unwrap();
+        let error = fetcher.fetch(&[name(&binary)]).await.unwrap_err();
+        assert!(matches!(error, FetchError::NotUtf8 { .. }), "{error}");
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        use crate::error::tests::count_in_chain;
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let cause = io.to_string();
+        let error = FetchError::File {
+            source_name: "/x/ips.json".into(),
+            source: io,
+        };
+        let (count, text) = count_in_chain(error, &cause);
+        assert_eq!(count, 1, "{text}");
+
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let cause = json.to_string();
+        let error = FetchError::Parse {
+            source_name: "/x/ips.json".into(),
+            source: RangesError::Json(json),
+        };
+        let (count, text) = count_in_chain(error, &cause);
+        assert_eq!(count, 1, "{text}");
+        assert!(
+            text.starts_with("/x/ips.json: range list is not valid JSON"),
+            "{text}"
+        );
     }
 }

@@ -48,29 +48,36 @@ impl Limits {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
+    /// A prefix whose address has bits past its length.
     #[error("{prefix} has host bits set (the network is {network}); a source that publishes this is broken, so the update is refused")]
     HostBits {
         prefix: IpNetwork,
         network: IpNetwork,
     },
+    /// A prefix shorter than `[ranges].min_prefix_v4`/`v6`.
     #[error("{prefix} is shorter than the /{floor} floor ([ranges].min_prefix_v4/v6); no CDN owns that much, so the update is refused")]
     PrefixTooShort { prefix: IpNetwork, floor: u8 },
+    /// A prefix in private, loopback, documentation or other reserved space.
     #[error("{prefix} overlaps {reserved} ({what}), which can never be a Cloudflare address; the update is refused")]
     ReservedRange {
         prefix: IpNetwork,
         reserved: IpNetwork,
         what: &'static str,
     },
+    /// No IPv4 prefix at all.
     #[error("the update has no IPv4 prefixes; an empty family would drop every IPv4 visitor, so it is refused")]
     EmptyIpv4,
+    /// No IPv6 prefix at all.
     #[error("the update has no IPv6 prefixes; an empty family would drop every IPv6 visitor, so it is refused")]
     EmptyIpv6,
+    /// More prefixes in one family than any CDN publishes.
     #[error("the update has {count} {family} prefixes, more than the cap of {max}; refused")]
     TooManyPrefixes {
         family: &'static str,
         count: usize,
         max: usize,
     },
+    /// The shrink guard: over half of a family's allowed space would go.
     #[error("the update removes {removed_percent:.1}% of the allowed {family} address space (more than half); if Cloudflare really shrank its ranges, run `shield ranges --refresh --accept-shrink`")]
     Shrink {
         family: &'static str,
@@ -233,14 +240,14 @@ pub fn removed_fraction(old: &[IpNetwork], new: &[IpNetwork]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ranges::RangeSource;
+    use crate::ranges::Provenance;
 
     fn set(v4: &[&str], v6: &[&str]) -> RangeSet {
         RangeSet {
             ipv4: v4.iter().map(|p| p.parse().unwrap()).collect(),
             ipv6: v6.iter().map(|p| p.parse().unwrap()).collect(),
             etag: None,
-            source: RangeSource::Snapshot,
+            source: Provenance::Snapshot,
         }
     }
 

@@ -448,7 +448,7 @@ async fn watch_files(inner: Weak<Inner>, interval: Duration) {
         };
         tracing::info!(file = %path.display(), "TLS file changed, reloading");
         if let Err(error) = frontend.reload(&config) {
-            tracing::error!(%error, "reload after file change failed; the previous certificates stay in force");
+            tracing::error!(error = %crate::error::Chain(&error), "reload after file change failed; the previous certificates stay in force");
             // Remember the broken version so the next poll does not retry
             // until the file changes again.
             frontend.state().stamps = Stamps::of(&config);

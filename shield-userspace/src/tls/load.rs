@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::{
-    pem::PemObject, CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
+    pem::{self, PemObject},
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
 };
 
 use super::TlsError;
@@ -23,10 +24,18 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn bad(path: &Path, reason: impl Into<String>) -> TlsError {
+fn bad(path: &Path, reason: &'static str) -> TlsError {
     TlsError::BadFile {
         path: path.to_owned(),
-        reason: reason.into(),
+        reason,
+    }
+}
+
+fn pem<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(pem::Error) -> TlsError + 'a {
+    move |source| TlsError::Pem {
+        path: path.to_owned(),
+        what,
+        source,
     }
 }
 
@@ -41,7 +50,7 @@ pub(crate) fn certificates_from(
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(path, format!("not a PEM certificate file: {e}")))?;
+        .map_err(pem(path, "certificate"))?;
     if certs.is_empty() {
         return Err(bad(path, "contains no CERTIFICATE block"));
     }
@@ -50,8 +59,10 @@ pub(crate) fn certificates_from(
 
 /// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(&read(path)?)
-        .map_err(|e| bad(path, format!("no usable private key: {e}")))
+    PrivateKeyDer::from_pem_slice(&read(path)?).map_err(|source| TlsError::Key {
+        path: path.to_owned(),
+        source: super::KeyError::Pem(source),
+    })
 }
 
 /// CRLs of a file: PEM `X509 CRL` blocks, or a single DER CRL.
@@ -59,7 +70,7 @@ pub fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, T
     let bytes = read(path)?;
     let from_pem = CertificateRevocationListDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(path, format!("not a PEM CRL file: {e}")))?;
+        .map_err(pem(path, "CRL"))?;
     if !from_pem.is_empty() {
         return Ok(from_pem);
     }
@@ -74,6 +85,6 @@ pub fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, T
 pub fn shared_ca_path() -> PathBuf {
     PathBuf::from(format!(
         "<embedded {}>",
-        crate::config::CLOUDFLARE_SHARED_CA
+        crate::config::ClientCa::CLOUDFLARE_SHARED
     ))
 }

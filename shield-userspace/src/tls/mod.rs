@@ -33,26 +33,92 @@ pub use workers::WorkerError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    /// A certificate, key, CA or CRL file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A file's PEM structure is broken.
+    #[error("{path}: not a PEM {what} file")]
+    Pem {
+        path: PathBuf,
+        /// What the file should hold: "certificate", "CRL".
+        what: &'static str,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A file that parses but holds nothing usable.
     #[error("{path}: {reason}")]
-    BadFile { path: PathBuf, reason: String },
-    #[error("client_spki_pins: {0:?} is not the base64 of a SHA-256 digest")]
-    BadPin(String),
-    #[error("client certificate verifier: {0}")]
-    Verifier(String),
-    #[error("upstream {upstream:?}: {reason}")]
-    Upstream { upstream: String, reason: String },
-    #[error("site {site}: {source}")]
+    BadFile { path: PathBuf, reason: &'static str },
+    /// The private key file holds no key rustls can use.
+    #[error("{path}: no usable private key")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: KeyError,
+    },
+    /// The key is not the certificate's.
+    #[error("{key} does not match {cert}")]
+    KeyMismatch {
+        key: PathBuf,
+        cert: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    /// A `client_ca` certificate cannot be a trust anchor.
+    #[error("{path}: not a usable CA certificate")]
+    BadCa {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client-certificate verifier refused its CAs or CRLs.
+    #[error("cannot build the client certificate verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// The crypto provider offers no safe protocol version.
+    #[error("the crypto provider offers no safe TLS versions")]
+    Protocol(#[source] rustls::Error),
+    /// One of the other errors, in the named site.
+    #[error("site {site}")]
     InSite {
         site: String,
         #[source]
         source: Box<TlsError>,
     },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// A connection worker could not be started.
     #[error(transparent)]
     Workers(#[from] WorkerError),
+}
+
+/// Why a private key file was refused: not PEM, or a key rustls cannot use.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// No PKCS#8, PKCS#1 or SEC1 key in the file.
+    #[error(transparent)]
+    Pem(rustls::pki_types::pem::Error),
+    /// A key of a type or curve the crypto provider does not support.
+    #[error(transparent)]
+    Unsupported(rustls::Error),
+}
+
+/// Builds every site's TLS state from its files (certificate, key, CAs,
+/// CRLs) and drops it: what a start or reload would refuse about the files,
+/// with nothing bound and nothing applied.
+pub fn check(config: &crate::config::Config) -> Result<(), TlsError> {
+    for site in &config.sites {
+        Site::build(site)?;
+    }
+    Ok(())
 }
 
 /// The rustls crypto provider for every site and for tests' clients.
@@ -81,4 +147,61 @@ fn build_provider() -> CryptoProvider {
 #[cfg(feature = "ring")]
 fn build_provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::tests::count_in_chain;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let enoent = || io::Error::from_raw_os_error(libc::ENOENT);
+        let cause = enoent().to_string();
+        let read = TlsError::InSite {
+            site: "www.example.com".into(),
+            source: Box::new(TlsError::Read {
+                path: "/x/missing.pem".into(),
+                source: enoent(),
+            }),
+        };
+        let (count, text) = count_in_chain(read, &cause);
+        assert_eq!(count, 1, "{text}");
+        assert_eq!(
+            text.matches("cannot read /x/missing.pem").count(),
+            1,
+            "{text}"
+        );
+
+        let source = io::Error::from_raw_os_error(libc::EADDRINUSE);
+        let cause = source.to_string();
+        let bind = TlsError::Bind {
+            addr: "0.0.0.0:443".parse().unwrap(),
+            source,
+        };
+        let (count, text) = count_in_chain(bind, &cause);
+        assert_eq!(count, 1, "{text}");
+
+        let pem = rustls::pki_types::pem::Error::MissingSectionEnd {
+            end_marker: b"-----END CERTIFICATE-----".to_vec(),
+        };
+        let cause = pem.to_string();
+        let error = TlsError::Pem {
+            path: "/x/ca.pem".into(),
+            what: "certificate",
+            source: pem,
+        };
+        let (count, text) = count_in_chain(error, &cause);
+        assert_eq!(count, 1, "{text}");
+
+        let mismatch = rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch);
+        let cause = mismatch.to_string();
+        let error = TlsError::KeyMismatch {
+            key: "/k".into(),
+            cert: "/c".into(),
+            source: mismatch,
+        };
+        let (count, text) = count_in_chain(error, &cause);
+        assert_eq!(count, 1, "{text}");
+    }
 }

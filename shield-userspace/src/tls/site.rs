@@ -1,12 +1,7 @@
 //! A site's TLS side (certificate, client policy, session cache) built from
 //! its [`SiteConfig`], and the per-listener table that SNI selects from.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use rustls::{
     server::{ResolvesServerCert, ServerSessionMemoryCache},
@@ -14,13 +9,9 @@ use rustls::{
     RootCertStore, ServerConfig,
 };
 
-use super::{
-    load,
-    verify::{self, ClientPolicy},
-    TlsError,
-};
+use super::{load, verify::ClientPolicy, TlsError};
 use crate::{
-    config::{SiteConfig, CLOUDFLARE_SHARED_CA},
+    config::{ClientCa, SiteConfig},
     proxy::Route,
 };
 
@@ -61,44 +52,52 @@ impl Site {
         let signing_key = provider
             .key_provider
             .load_private_key(key)
-            .map_err(|e| bad_file(&config.key, e))?;
+            .map_err(|source| TlsError::Key {
+                path: config.key.clone(),
+                source: super::KeyError::Unsupported(source),
+            })?;
         let certified = CertifiedKey::new(chain, signing_key);
-        certified.keys_match().map_err(|e| {
-            bad_file(
-                &config.key,
-                format!("does not match {}: {e}", config.cert.display()),
-            )
-        })?;
+        certified
+            .keys_match()
+            .map_err(|source| TlsError::KeyMismatch {
+                key: config.key.clone(),
+                cert: config.cert.clone(),
+                source,
+            })?;
 
         let mut roots = RootCertStore::empty();
         let mut uses_shared_ca = false;
         for entry in &config.client_ca {
-            let (path, certs) = if entry == CLOUDFLARE_SHARED_CA {
-                uses_shared_ca = true;
-                let path = load::shared_ca_path();
-                let certs = load::certificates_from(load::CLOUDFLARE_ORIGIN_PULL_CA, &path)?;
-                (path, certs)
-            } else {
-                let path = PathBuf::from(entry);
-                let certs = load::certificates(&path)?;
-                (path, certs)
+            let (path, certs) = match entry {
+                ClientCa::CloudflareShared => {
+                    uses_shared_ca = true;
+                    let path = load::shared_ca_path();
+                    let certs = load::certificates_from(load::CLOUDFLARE_ORIGIN_PULL_CA, &path)?;
+                    (path, certs)
+                }
+                ClientCa::File(path) => (path.clone(), load::certificates(path)?),
             };
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| bad_file(&path, format!("not a usable CA certificate: {e}")))?;
+                roots.add(cert).map_err(|source| TlsError::BadCa {
+                    path: path.clone(),
+                    source,
+                })?;
             }
         }
         let mut crls = Vec::new();
         for path in &config.client_crl {
             crls.extend(load::crls(path)?);
         }
-        let pins = verify::parse_pins(&config.client_spki_pins)?;
-        let policy = ClientPolicy::new(roots, crls, pins, provider.clone())?;
+        let policy = ClientPolicy::new(
+            roots,
+            crls,
+            config.client_spki_pins.clone(),
+            provider.clone(),
+        )?;
 
         let mut tls = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?
+            .map_err(TlsError::Protocol)?
             .with_client_cert_verifier(Arc::new(policy))
             .with_cert_resolver(Arc::new(SingleCert(Arc::new(certified))));
         tls.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
@@ -107,12 +106,8 @@ impl Site {
         // a proxy gains nothing from it. (rustls' default, stated here.)
         tls.max_early_data_size = 0;
 
-        let route = Route::new(config).map_err(|reason| TlsError::Upstream {
-            upstream: config.upstream.clone(),
-            reason,
-        })?;
         Ok(Site {
-            route: Arc::new(route),
+            route: Arc::new(Route::new(config)),
             tls: Arc::new(tls),
             uses_shared_ca,
             handshake_timeout: config.handshake_timeout,
@@ -122,13 +117,6 @@ impl Site {
 
     pub fn label(&self) -> &str {
         &self.route.label
-    }
-}
-
-fn bad_file(path: &Path, reason: impl ToString) -> TlsError {
-    TlsError::BadFile {
-        path: path.to_owned(),
-        reason: reason.to_string(),
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::{io, sync::Arc};
 
-use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 use rustls::{
     client::danger::HandshakeSignatureValid,
     crypto::CryptoProvider,
@@ -18,26 +17,10 @@ use rustls::{
 use sha2::{Digest, Sha256};
 
 use super::{metrics::HandshakeResult, TlsError};
-
-/// A SHA-256 digest of a DER SubjectPublicKeyInfo, as HPKP and
-/// `openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64` produce.
-pub type SpkiPin = [u8; 32];
-
-/// Parses `client_spki_pins` entries (base64 of 32 bytes).
-pub fn parse_pins(pins: &[String]) -> Result<Vec<SpkiPin>, TlsError> {
-    pins.iter()
-        .map(|text| {
-            BASE64
-                .decode(text.trim())
-                .ok()
-                .and_then(|bytes| SpkiPin::try_from(bytes.as_slice()).ok())
-                .ok_or_else(|| TlsError::BadPin(text.clone()))
-        })
-        .collect()
-}
+use crate::config::SpkiPin;
 
 pub fn spki_pin(spki_der: &[u8]) -> SpkiPin {
-    Sha256::digest(spki_der).into()
+    SpkiPin(Sha256::digest(spki_der).into())
 }
 
 /// webpki chain validation (CAs, validity, `clientAuth` EKU, CRLs) followed by
@@ -62,9 +45,7 @@ impl ClientPolicy {
             // not fail as "status unknown".
             builder = builder.with_crls(crls).allow_unknown_revocation_status();
         }
-        let webpki = builder
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let webpki = builder.build().map_err(TlsError::Verifier)?;
         Ok(ClientPolicy { webpki, pins })
     }
 }
@@ -174,14 +155,6 @@ fn classify_certificate(error: &CertificateError) -> HandshakeResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pins_are_base64_sha256() {
-        let pin = BASE64.encode([7u8; 32]);
-        assert_eq!(parse_pins(&[pin]).unwrap(), vec![[7u8; 32]]);
-        assert!(parse_pins(&["not base64!".into()]).is_err());
-        assert!(parse_pins(&[BASE64.encode([1u8; 20])]).is_err());
-    }
 
     #[test]
     fn errors_map_to_labels() {

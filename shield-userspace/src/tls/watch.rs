@@ -6,7 +6,7 @@
 
 use std::{os::unix::fs::MetadataExt, path::PathBuf, time::SystemTime};
 
-use crate::config::{Config, CLOUDFLARE_SHARED_CA};
+use crate::config::Config;
 
 /// What identifies a file's version: change time, modification time, size,
 /// inode. `None` when it cannot be read (that is a change too).
@@ -57,7 +57,7 @@ fn files(config: &Config) -> Vec<PathBuf> {
         files.extend(
             site.client_ca
                 .iter()
-                .filter(|entry| *entry != CLOUDFLARE_SHARED_CA)
+                .filter_map(|ca| ca.file())
                 .map(PathBuf::from),
         );
         files.extend(site.client_crl.iter().cloned());

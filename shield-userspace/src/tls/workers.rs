@@ -40,9 +40,10 @@ struct Worker {
 
 /// A worker thread or its runtime could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start connection worker {index}: {source}")]
+#[error("cannot start connection worker {index}")]
 pub struct WorkerError {
     index: usize,
+    #[source]
     source: io::Error,
 }
 
@@ -117,6 +118,15 @@ impl Workers {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_worker_error_names_its_cause_once() {
+        let source = io::Error::from_raw_os_error(libc::EAGAIN);
+        let cause = source.to_string();
+        let error = WorkerError { index: 1, source };
+        let (count, text) = crate::error::tests::count_in_chain(error, &cause);
+        assert_eq!(count, 1, "{text}");
+    }
+
     use tokio::{io::AsyncWriteExt as _, net::TcpListener, sync::mpsc};
 
     use super::*;
