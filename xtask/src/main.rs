@@ -40,7 +40,12 @@ enum Task {
     /// Build the .deb into target/dist (and check what it holds).
     Dist,
     /// Every test, privileged ones included (needs root); what CI runs.
-    Test,
+    Test {
+        /// The kernel-versus-reference differential on ten million frames
+        /// instead of one million.
+        #[arg(long)]
+        long: bool,
+    },
     /// The benchmarks of docs/BENCHMARKS.md (needs root).
     Bench {
         /// `xdp`, `ranges` or `tls`; all when omitted.
@@ -54,7 +59,7 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => build::all(release),
         Task::Run { args } => run::run(args),
         Task::Dist => dist::build().and_then(|deb| dist::check(&deb)),
-        Task::Test => test::all(),
+        Task::Test { long } => test::all(long),
         Task::Bench { which } => bench::run(which.as_deref()),
     }
 }

@@ -10,7 +10,10 @@ use crate::{dist, setup, shell};
 /// Prefix of what the end-to-end tests create (see tests/src/lib.rs).
 const TEST_PREFIX: &str = "shtest-";
 
-pub fn all() -> anyhow::Result<()> {
+/// Frames of the differential test under `--long`.
+const LONG_DIFFERENTIAL: &str = "10000000";
+
+pub fn all(long: bool) -> anyhow::Result<()> {
     if !shell::is_root() {
         bail!("`cargo xtask test` runs privileged tests (XDP, network namespaces): run it as root");
     }
@@ -30,6 +33,9 @@ pub fn all() -> anyhow::Result<()> {
         ],
     )?;
     shell::cargo(&["build"])?;
+    if long {
+        std::env::set_var("SHIELD_DIFF_CASES", LONG_DIFFERENTIAL);
+    }
     let result = shell::cargo(&["test", "--", "--test-threads=2"]);
     sweep_leftovers()?;
     result?;
