@@ -79,11 +79,11 @@ pub enum ProtoArg {
     Udp,
 }
 
-impl From<ProtoArg> for crate::policy::Protocol {
+impl From<ProtoArg> for shield_common::PortProtocol {
     fn from(value: ProtoArg) -> Self {
         match value {
-            ProtoArg::Tcp => crate::policy::Protocol::Tcp,
-            ProtoArg::Udp => crate::policy::Protocol::Udp,
+            ProtoArg::Tcp => shield_common::PortProtocol::Tcp,
+            ProtoArg::Udp => shield_common::PortProtocol::Udp,
         }
     }
 }

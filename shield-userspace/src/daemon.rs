@@ -289,7 +289,7 @@ impl Daemon {
                         Err(error) => {
                             tracing::error!(%error, "range refresh task failed; retrying later");
                             next_refresh = tokio::time::Instant::now()
-                                + schedule.next(refresh::RefreshResult::Network, 0.5);
+                                + schedule.next(crate::ranges::metrics::RefreshResult::Network, 0.5);
                         }
                     }
                 }

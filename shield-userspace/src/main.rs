@@ -7,7 +7,7 @@ use shield::{
     config::Config,
     daemon::Daemon,
     dataplane::{self, PinLayout},
-    policy::Policy,
+    policy::{Allowlist, Classifier},
 };
 use shield_common::Verdict;
 
@@ -67,8 +67,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 &config.ranges.cache,
                 &shield::ranges::validate::Limits::from_config(&config.ranges),
             );
+            let allowed = Allowlist::new(
+                ranges
+                    .prefixes()
+                    .chain(config.ranges.extra_allow.iter().copied()),
+            );
             let decision =
-                Policy::from_config(&config, &ranges).classify_flow(address, proto.into(), port);
+                Classifier::new(&config.xdp, allowed).classify_flow(address, proto.into(), port);
             println!("{decision}");
             Ok(if decision.verdict == Verdict::Pass {
                 ExitCode::SUCCESS

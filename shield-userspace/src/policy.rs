@@ -12,7 +12,11 @@ use std::{
 };
 
 use ipnetwork::IpNetwork;
-use shield_common::{FragmentPolicy, Reason, Verdict, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
+use shield_common::{
+    FragmentPolicy, PortProtocol, Reason, Verdict, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
+};
+
+use crate::config::XdpConfig;
 
 /// The allowed prefixes with the longest-prefix match the kernel's LPM trie
 /// performs.
@@ -39,9 +43,10 @@ impl Allowlist {
     }
 }
 
-/// Everything the verdict depends on: the dataplane's settings and maps.
+/// The reference classifier, holding everything the verdict depends on:
+/// the dataplane's settings and maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
+pub struct Classifier {
     pub enforce: bool,
     pub fragments: FragmentPolicy,
     pub protected_tcp_ports: BTreeSet<u16>,
@@ -68,22 +73,6 @@ impl fmt::Display for Decision {
     }
 }
 
-/// The transport protocols `shield classify` can ask about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => IPPROTO_TCP,
-            Protocol::Udp => IPPROTO_UDP,
-        }
-    }
-}
-
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -95,6 +84,13 @@ const EXT_ROUTING: u8 = 43;
 const EXT_FRAGMENT: u8 = 44;
 const EXT_AH: u8 = 51;
 const EXT_DSTOPTS: u8 = 60;
+
+fn protocol_number(protocol: PortProtocol) -> u8 {
+    match protocol {
+        PortProtocol::Tcp => IPPROTO_TCP,
+        PortProtocol::Udp => IPPROTO_UDP,
+    }
+}
 
 /// What parsing found before the allowlist is consulted.
 enum Parsed {
@@ -109,21 +105,21 @@ enum Parsed {
 }
 
 enum Transport {
-    Port(Protocol, u16),
+    Port(PortProtocol, u16),
     Other,
     NonFirstFragment,
     Malformed,
 }
 
-impl Policy {
-    /// The policy a config enforces with these ranges.
-    pub fn from_config(config: &crate::config::Config, ranges: &crate::ranges::RangeSet) -> Policy {
-        Policy {
-            enforce: config.xdp.enforce,
-            fragments: config.xdp.fragments.into(),
-            protected_tcp_ports: config.xdp.protected_tcp_ports.iter().copied().collect(),
-            protected_udp_ports: config.xdp.protected_udp_ports.iter().copied().collect(),
-            allowed: crate::ranges::allowlist(ranges, &config.ranges.extra_allow),
+impl Classifier {
+    /// What the dataplane does under these settings with this allowlist.
+    pub fn new(xdp: &XdpConfig, allowed: Allowlist) -> Classifier {
+        Classifier {
+            enforce: xdp.enforce,
+            fragments: xdp.fragments.into(),
+            protected_tcp_ports: xdp.protected_tcp_ports.iter().copied().collect(),
+            protected_udp_ports: xdp.protected_udp_ports.iter().copied().collect(),
+            allowed,
         }
     }
 
@@ -168,26 +164,26 @@ impl Policy {
         }
     }
 
-    fn is_protected(&self, protocol: Protocol, port: u16) -> bool {
+    fn is_protected(&self, protocol: PortProtocol, port: u16) -> bool {
         match protocol {
-            Protocol::Tcp => self.protected_tcp_ports.contains(&port),
-            Protocol::Udp => self.protected_udp_ports.contains(&port),
+            PortProtocol::Tcp => self.protected_tcp_ports.contains(&port),
+            PortProtocol::Udp => self.protected_udp_ports.contains(&port),
         }
     }
 
     /// The verdict for a plain, unfragmented packet from `source` to `port`:
     /// what `shield classify` answers.
-    pub fn classify_flow(&self, source: IpAddr, protocol: Protocol, port: u16) -> Decision {
+    pub fn classify_flow(&self, source: IpAddr, protocol: PortProtocol, port: u16) -> Decision {
         self.classify_packet(&flow_packet(source, protocol, port))
     }
 }
 
 /// A minimal well-formed Ethernet frame for one flow.
-pub fn flow_packet(source: IpAddr, protocol: Protocol, port: u16) -> Vec<u8> {
+pub fn flow_packet(source: IpAddr, protocol: PortProtocol, port: u16) -> Vec<u8> {
     let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
     let l4_len = match protocol {
-        Protocol::Tcp => 20,
-        Protocol::Udp => 8,
+        PortProtocol::Tcp => 20,
+        PortProtocol::Udp => 8,
     };
     match source {
         IpAddr::V4(source) => {
@@ -195,7 +191,7 @@ pub fn flow_packet(source: IpAddr, protocol: Protocol, port: u16) -> Vec<u8> {
             let total = (20 + l4_len) as u16;
             frame.extend_from_slice(&[0x45, 0]);
             frame.extend_from_slice(&total.to_be_bytes());
-            frame.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol.number(), 0, 0]);
+            frame.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol_number(protocol), 0, 0]);
             frame.extend_from_slice(&source.octets());
             frame.extend_from_slice(&Ipv4Addr::new(192, 0, 2, 1).octets());
         }
@@ -203,7 +199,7 @@ pub fn flow_packet(source: IpAddr, protocol: Protocol, port: u16) -> Vec<u8> {
             frame.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
             frame.extend_from_slice(&[0x60, 0, 0, 0]);
             frame.extend_from_slice(&(l4_len as u16).to_be_bytes());
-            frame.extend_from_slice(&[protocol.number(), 64]);
+            frame.extend_from_slice(&[protocol_number(protocol), 64]);
             frame.extend_from_slice(&source.octets());
             frame.extend_from_slice(
                 &"2001:db8::1"
@@ -216,7 +212,7 @@ pub fn flow_packet(source: IpAddr, protocol: Protocol, port: u16) -> Vec<u8> {
     let mut l4 = vec![0u8; l4_len];
     l4[0..2].copy_from_slice(&40000u16.to_be_bytes());
     l4[2..4].copy_from_slice(&port.to_be_bytes());
-    if protocol == Protocol::Tcp {
+    if protocol == PortProtocol::Tcp {
         l4[12] = 5 << 4;
         l4[13] = 0x02; // SYN
     } else {
@@ -350,8 +346,8 @@ fn parse_ipv6(packet: &[u8]) -> Parsed {
 
 fn transport(protocol: u8, l4: &[u8]) -> Transport {
     let (protocol, min_len) = match protocol {
-        IPPROTO_TCP => (Protocol::Tcp, 20),
-        IPPROTO_UDP => (Protocol::Udp, 8),
+        IPPROTO_TCP => (PortProtocol::Tcp, 20),
+        IPPROTO_UDP => (PortProtocol::Udp, 8),
         _ => return Transport::Other,
     };
     if l4.len() < min_len {
@@ -364,8 +360,8 @@ fn transport(protocol: u8, l4: &[u8]) -> Transport {
 mod tests {
     use super::*;
 
-    fn policy() -> Policy {
-        Policy {
+    fn policy() -> Classifier {
+        Classifier {
             enforce: true,
             fragments: FragmentPolicy::JudgeFirst,
             protected_tcp_ports: [80, 443].into(),
@@ -380,25 +376,25 @@ mod tests {
     #[test]
     fn flows_get_spec_verdicts() {
         let policy = policy();
-        let cases: &[(&str, Protocol, u16, &str)] = &[
+        let cases: &[(&str, PortProtocol, u16, &str)] = &[
             (
                 "173.245.48.1",
-                Protocol::Tcp,
+                PortProtocol::Tcp,
                 443,
                 "pass allowed 173.245.48.0/20",
             ),
-            ("203.0.113.9", Protocol::Tcp, 443, "drop outside_ranges"),
-            ("203.0.113.9", Protocol::Tcp, 80, "drop outside_ranges"),
-            ("203.0.113.9", Protocol::Udp, 443, "drop outside_ranges"),
-            ("203.0.113.9", Protocol::Tcp, 22, "pass unprotected"),
-            ("203.0.113.9", Protocol::Udp, 53, "pass unprotected"),
+            ("203.0.113.9", PortProtocol::Tcp, 443, "drop outside_ranges"),
+            ("203.0.113.9", PortProtocol::Tcp, 80, "drop outside_ranges"),
+            ("203.0.113.9", PortProtocol::Udp, 443, "drop outside_ranges"),
+            ("203.0.113.9", PortProtocol::Tcp, 22, "pass unprotected"),
+            ("203.0.113.9", PortProtocol::Udp, 53, "pass unprotected"),
             (
                 "2400:cb00::1",
-                Protocol::Tcp,
+                PortProtocol::Tcp,
                 443,
                 "pass allowed 2400:cb00::/32",
             ),
-            ("2001:db8::9", Protocol::Udp, 443, "drop outside_ranges"),
+            ("2001:db8::9", PortProtocol::Udp, 443, "drop outside_ranges"),
         ];
         for (source, protocol, port, expected) in cases {
             let decision = policy.classify_flow(source.parse().unwrap(), *protocol, *port);
@@ -414,7 +410,7 @@ mod tests {
     fn monitor_mode_would_drop() {
         let mut policy = policy();
         policy.enforce = false;
-        let decision = policy.classify_flow("203.0.113.9".parse().unwrap(), Protocol::Tcp, 443);
+        let decision = policy.classify_flow("203.0.113.9".parse().unwrap(), PortProtocol::Tcp, 443);
         assert_eq!(decision.verdict, Verdict::WouldDrop);
     }
 
@@ -438,7 +434,7 @@ mod tests {
     #[test]
     fn truncated_frames_never_panic() {
         let policy = policy();
-        let frame = flow_packet("203.0.113.9".parse().unwrap(), Protocol::Tcp, 443);
+        let frame = flow_packet("203.0.113.9".parse().unwrap(), PortProtocol::Tcp, 443);
         for len in 0..frame.len() {
             let _ = policy.classify_packet(&frame[..len]);
         }

@@ -15,8 +15,8 @@ use shield::{
     config::RangesConfig,
     ranges::{
         cache,
-        metrics::RangeMetrics,
-        refresh::{RefreshResult, Refresher},
+        metrics::{RangeMetrics, RefreshResult},
+        refresh::Refresher,
         source::{FetchOptions, Fetcher},
         validate::Limits,
         RangeSet,

@@ -16,7 +16,7 @@ const OUTSIDE_V6: &str = "2001:db8:bad::7";
 
 struct Harness {
     program: TestProgram,
-    policy: shield::policy::Policy,
+    policy: shield::policy::Classifier,
 }
 
 impl Harness {

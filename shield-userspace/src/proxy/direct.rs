@@ -26,13 +26,13 @@ use super::{
     activity::{Check, Tracked},
     h1::{
         body::{self, write_out, Broken, Stop, READ_CHUNK},
-        request::{self, Forward, Prepared, Site},
+        request::{self, Context, Forward, Prepared},
         response::{self, Parsed, ResponseHead},
         wire::{push_date, push_field, push_status_line},
         Malformed,
     },
     handler::{Connection, RequestId, UpstreamFailure},
-    lifecycle::{close, shutdown_then_grace, Limits, PARK_AFTER},
+    lifecycle::{close, shutdown_then_grace, Clocks, PARK_AFTER},
     upstream::UpstreamError,
     MAX_HEADER_BYTES,
 };
@@ -51,8 +51,8 @@ pub(super) enum Direct {
 }
 
 impl Connection {
-    fn site(&self) -> Site<'_> {
-        Site {
+    fn context(&self) -> Context<'_> {
+        Context {
             sni: &self.sni,
             route: &self.route,
             peer_ip: &self.peer_ip,
@@ -78,7 +78,7 @@ struct Buffers {
 pub(super) async fn serve<IO>(
     io: &mut Tracked<IO>,
     conn: &Connection,
-    limits: &Limits<'_>,
+    clocks: &Clocks<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Direct
 where
@@ -95,7 +95,7 @@ where
         buffers.request.clear();
         let forward = match request::prepare_request(
             &buffers.client,
-            conn.site(),
+            conn.context(),
             request_id.as_str(),
             &mut buffers.request,
         ) {
@@ -103,7 +103,7 @@ where
             Prepared::Defer => return Direct::Defer(buffers.client.split().freeze()),
             Prepared::Partial => {
                 if let Some(left) =
-                    read_client(io, &mut buffers.client, conn, limits, &mut timer, shutdown).await
+                    read_client(io, &mut buffers.client, conn, clocks, &mut timer, shutdown).await
                 {
                     return left;
                 }
@@ -116,7 +116,7 @@ where
             biased;
             exchanged = exchange(io, conn, &mut buffers, &forward, request_id.as_str()) => exchanged,
             () = shutdown_then_grace(shutdown) => {
-                tracing::debug!(site = %limits.label, "closing: request still in flight after the shutdown grace");
+                tracing::debug!(site = %clocks.label, "closing: request still in flight after the shutdown grace");
                 Exchanged::Broken
             }
         };
@@ -138,7 +138,7 @@ async fn read_client<IO>(
     io: &mut Tracked<IO>,
     buffer: &mut BytesMut,
     conn: &Connection,
-    limits: &Limits<'_>,
+    clocks: &Clocks<'_>,
     timer: &mut std::pin::Pin<&mut tokio::time::Sleep>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Direct>
@@ -159,20 +159,20 @@ where
                     Ok(0) => Some(Direct::Ended),
                     Ok(_) => None,
                     Err(error) => {
-                        tracing::debug!(site = %limits.label, %error, "connection ended with an error");
+                        tracing::debug!(site = %clocks.label, %error, "connection ended with an error");
                         Some(Direct::Ended)
                     }
                 };
             }
             () = timer.as_mut() => {
-                match conn.activity.check(limits.header_timeout, limits.idle_timeout, Some(PARK_AFTER)) {
+                match conn.activity.check(clocks.header_timeout, clocks.idle_timeout, Some(PARK_AFTER)) {
                     Check::WaitUntil(at) => timer.as_mut().reset(at),
                     Check::HeaderTimeout => {
-                        tracing::debug!(site = %limits.label, "closing: request head not complete within header_timeout");
+                        tracing::debug!(site = %clocks.label, "closing: request head not complete within header_timeout");
                         return Some(Direct::Ended);
                     }
                     Check::Idle => {
-                        tracing::debug!(site = %limits.label, "closing idle connection");
+                        tracing::debug!(site = %clocks.label, "closing idle connection");
                         close(io).await;
                         return Some(Direct::Ended);
                     }

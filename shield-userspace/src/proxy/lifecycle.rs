@@ -25,7 +25,7 @@ pub(super) const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// A site's clocks, as its connections apply them.
 #[derive(Clone, Copy)]
-pub(super) struct Limits<'a> {
+pub(super) struct Clocks<'a> {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub label: &'a str,

@@ -17,5 +17,5 @@ mod upstream;
 pub use handler::Client;
 pub use lifecycle::{H2_MAX_STREAMS, MAX_HEADER_BYTES};
 pub use route::{Route, Upstream};
-pub use serve::{serve, Protocol};
+pub use serve::{serve, HttpProtocol};
 pub use upstream::{client as upstream_client, UpstreamClient};

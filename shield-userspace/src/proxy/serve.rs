@@ -22,7 +22,7 @@ use super::{
     activity::{Activity, Check, Tracked},
     direct::{self, Direct},
     handler::{Client, Connection, GuardedBody},
-    lifecycle::{close, Limits, CLOSE_GRACE, H2_MAX_STREAMS, MAX_HEADER_BYTES, PARK_AFTER},
+    lifecycle::{close, Clocks, CLOSE_GRACE, H2_MAX_STREAMS, MAX_HEADER_BYTES, PARK_AFTER},
     metrics::HttpMetrics,
     upstream::UpstreamClient,
     Route,
@@ -30,7 +30,7 @@ use super::{
 
 /// The protocol ALPN chose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub enum HttpProtocol {
     Http1,
     Http2,
 }
@@ -40,7 +40,7 @@ pub enum Protocol {
 /// finish first).
 pub async fn serve<IO>(
     io: IO,
-    protocol: Protocol,
+    protocol: HttpProtocol,
     route: Arc<Route>,
     client: Client,
     upstream: UpstreamClient,
@@ -49,7 +49,7 @@ pub async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new(protocol == Protocol::Http1));
+    let activity = Arc::new(Activity::new(protocol == HttpProtocol::Http1));
     let conn = Arc::new(Connection::new(
         route,
         client,
@@ -62,13 +62,13 @@ pub async fn serve<IO>(
     let direct = Arc::clone(&conn);
     let service = service_fn(move |request| conn.clone().handle(request));
     let io = Tracked::new(io, activity.clone());
-    let limits = Limits {
+    let clocks = Clocks {
         header_timeout,
         idle_timeout,
         label: &label,
     };
     match protocol {
-        Protocol::Http1 => {
+        HttpProtocol::Http1 => {
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -86,12 +86,12 @@ pub async fn serve<IO>(
                 &direct,
                 service,
                 &activity,
-                &limits,
+                &clocks,
                 &mut shutdown,
             )
             .await;
         }
-        Protocol::Http2 => {
+        HttpProtocol::Http2 => {
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(H2_MAX_STREAMS)
@@ -102,7 +102,7 @@ pub async fn serve<IO>(
             drive(
                 Box::pin(connection).as_mut(),
                 &activity,
-                &limits,
+                &clocks,
                 None,
                 &mut shutdown,
             )
@@ -121,17 +121,17 @@ async fn serve_http1<IO, S>(
     conn: &Connection,
     mut service: S,
     activity: &Activity,
-    limits: &Limits<'_>,
+    clocks: &Clocks<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<Incoming, ResBody = GuardedBody, Error = Infallible> + Unpin,
 {
     loop {
-        match direct::serve(&mut io, conn, limits, shutdown).await {
+        match direct::serve(&mut io, conn, clocks, shutdown).await {
             Direct::Ended => return,
             Direct::Park => {
-                if !park(&mut io, activity, limits, shutdown).await {
+                if !park(&mut io, activity, clocks, shutdown).await {
                     return;
                 }
                 continue;
@@ -143,7 +143,7 @@ async fn serve_http1<IO, S>(
         match drive(
             Pin::new(&mut *connection),
             activity,
-            limits,
+            clocks,
             Some(PARK_AFTER),
             shutdown,
         )
@@ -165,7 +165,7 @@ async fn serve_http1<IO, S>(
             continue;
         }
         drop(read_ahead);
-        if !park(&mut io, activity, limits, shutdown).await {
+        if !park(&mut io, activity, clocks, shutdown).await {
             return;
         }
     }
@@ -176,7 +176,7 @@ async fn serve_http1<IO, S>(
 async fn park<IO>(
     io: &mut Tracked<IO>,
     activity: &Activity,
-    limits: &Limits<'_>,
+    clocks: &Clocks<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool
 where
@@ -184,10 +184,10 @@ where
 {
     let mut first = [0; 1];
     loop {
-        let wake = match activity.check(limits.header_timeout, limits.idle_timeout, None) {
+        let wake = match activity.check(clocks.header_timeout, clocks.idle_timeout, None) {
             Check::WaitUntil(at) => at,
             Check::HeaderTimeout | Check::Idle | Check::Park => {
-                tracing::debug!(site = %limits.label, "closing idle connection");
+                tracing::debug!(site = %clocks.label, "closing idle connection");
                 close(io).await;
                 return false;
             }
@@ -204,7 +204,7 @@ where
                         true
                     }
                     Err(error) => {
-                        tracing::debug!(site = %limits.label, %error, "connection ended with an error");
+                        tracing::debug!(site = %clocks.label, %error, "connection ended with an error");
                         false
                     }
                 };
@@ -229,7 +229,7 @@ enum Driven {
 async fn drive<C>(
     mut connection: Pin<&mut C>,
     activity: &Activity,
-    limits: &Limits<'_>,
+    clocks: &Clocks<'_>,
     park_after: Option<Duration>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Driven
@@ -237,11 +237,11 @@ where
     C: GracefulConnection + Future<Output = Result<(), <C as GracefulConnection>::Error>>,
     <C as GracefulConnection>::Error: std::fmt::Display,
 {
-    let Limits {
+    let Clocks {
         header_timeout,
         idle_timeout,
         label,
-    } = *limits;
+    } = *clocks;
     let mut closing_since = None;
     loop {
         let wake = match closing_since {

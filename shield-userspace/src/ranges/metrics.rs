@@ -12,7 +12,122 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{refresh::RefreshResult, RangeSet};
+use super::RangeSet;
+
+/// How a refresh ended; the `result` label of `shield_ranges_refresh_total`.
+/// Every refusal cause has its own value so an alert can say which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefreshResult {
+    /// A new set was accepted and applied.
+    Updated,
+    /// Same etag and prefixes: nothing written to the kernel.
+    Unchanged,
+    /// No complete answer in time.
+    Timeout,
+    /// The source's certificate is not trusted (or TLS failed otherwise).
+    Tls,
+    /// DNS, connect, reset, or a file that cannot be read.
+    Network,
+    /// An HTTP status other than 2xx.
+    HttpStatus,
+    /// A body over the size cap.
+    TooLarge,
+    /// A body (or file) that is not UTF-8 text.
+    NotUtf8,
+    /// Not the API's JSON shape (truncated, malformed).
+    BadJson,
+    /// The API answered `success: false`.
+    NotSuccessful,
+    /// An entry that is not a CIDR.
+    InvalidCidr,
+    /// An IPv6 prefix in the IPv4 list, or the reverse.
+    WrongFamily,
+    /// The refusal causes of [`Refusal`], one result each.
+    HostBits,
+    PrefixTooShort,
+    ReservedRange,
+    EmptyIpv4,
+    EmptyIpv6,
+    TooManyPrefixes,
+    /// More than half of the address space would go; needs `--accept-shrink`.
+    Shrink,
+    /// Accepted, but the kernel maps could not be updated; the old set
+    /// stays in force.
+    ApplyError,
+    /// Accepted and applied, but the cache file could not be written.
+    CacheError,
+}
+
+impl RefreshResult {
+    pub const ALL: [RefreshResult; 21] = [
+        RefreshResult::Updated,
+        RefreshResult::Unchanged,
+        RefreshResult::Timeout,
+        RefreshResult::Tls,
+        RefreshResult::Network,
+        RefreshResult::HttpStatus,
+        RefreshResult::TooLarge,
+        RefreshResult::BadJson,
+        RefreshResult::NotSuccessful,
+        RefreshResult::InvalidCidr,
+        RefreshResult::WrongFamily,
+        RefreshResult::HostBits,
+        RefreshResult::PrefixTooShort,
+        RefreshResult::ReservedRange,
+        RefreshResult::EmptyIpv4,
+        RefreshResult::EmptyIpv6,
+        RefreshResult::TooManyPrefixes,
+        RefreshResult::Shrink,
+        RefreshResult::ApplyError,
+        RefreshResult::CacheError,
+        RefreshResult::NotUtf8,
+    ];
+
+    /// The label value (lower_snake_case).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RefreshResult::Updated => "updated",
+            RefreshResult::Unchanged => "unchanged",
+            RefreshResult::Timeout => "timeout",
+            RefreshResult::Tls => "tls",
+            RefreshResult::Network => "network",
+            RefreshResult::HttpStatus => "http_status",
+            RefreshResult::TooLarge => "too_large",
+            RefreshResult::BadJson => "bad_json",
+            RefreshResult::NotSuccessful => "not_successful",
+            RefreshResult::InvalidCidr => "invalid_cidr",
+            RefreshResult::WrongFamily => "wrong_family",
+            RefreshResult::HostBits => "host_bits",
+            RefreshResult::PrefixTooShort => "prefix_too_short",
+            RefreshResult::ReservedRange => "reserved_range",
+            RefreshResult::EmptyIpv4 => "empty_ipv4",
+            RefreshResult::EmptyIpv6 => "empty_ipv6",
+            RefreshResult::TooManyPrefixes => "too_many_prefixes",
+            RefreshResult::Shrink => "shrink",
+            RefreshResult::ApplyError => "apply_error",
+            RefreshResult::CacheError => "cache_error",
+            RefreshResult::NotUtf8 => "not_utf8",
+        }
+    }
+
+    /// Whether the refresh counts as a success (resets the backoff).
+    pub const fn is_success(self) -> bool {
+        matches!(self, RefreshResult::Updated | RefreshResult::Unchanged)
+    }
+}
+
+impl fmt::Display for RefreshResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for RefreshResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
 
 /// The `family` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -204,15 +204,6 @@ pub fn tagged_allowlist(ranges: &RangeSet, extra_allow: &[IpNetwork]) -> Vec<(Ip
     tagged.into_iter().collect()
 }
 
-/// The reference classifier's view of the same allowlist.
-pub fn allowlist(ranges: &RangeSet, extra_allow: &[IpNetwork]) -> crate::policy::Allowlist {
-    crate::policy::Allowlist::new(
-        tagged_allowlist(ranges, extra_allow)
-            .into_iter()
-            .map(|(p, _)| p),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

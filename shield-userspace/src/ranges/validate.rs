@@ -44,7 +44,7 @@ impl Limits {
 }
 
 /// Why an update was refused. Each cause has its own metric label
-/// ([`super::refresh::RefreshResult`]).
+/// ([`super::metrics::RefreshResult`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {

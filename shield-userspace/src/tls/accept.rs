@@ -22,7 +22,7 @@ use super::{metrics::HandshakeResult, verify, workers::Workers, Site, SiteTable,
 use crate::proxy::{
     self,
     metrics::{HttpMetrics, NO_SITE},
-    Client, Protocol, UpstreamClient,
+    Client, HttpProtocol, UpstreamClient,
 };
 
 /// What every connection of every listener shares.
@@ -119,8 +119,8 @@ async fn connection(
     };
     let (_, session) = tls.get_ref();
     let protocol = match session.alpn_protocol() {
-        Some(b"h2") => Protocol::Http2,
-        _ => Protocol::Http1,
+        Some(b"h2") => HttpProtocol::Http2,
+        _ => HttpProtocol::Http1,
     };
     let cert_sha256 = session
         .peer_certificates()

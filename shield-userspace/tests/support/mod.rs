@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use ipnetwork::IpNetwork;
 use shield::{
     dataplane::{testrun::TestProgram, write_policy, DataplaneSettings},
-    policy::{Allowlist, Policy},
+    policy::{Allowlist, Classifier},
 };
 use shield_common::{FragmentPolicy, Reason, Verdict, PREFIX_FROM_RANGES};
 
@@ -27,8 +27,8 @@ pub fn require_root() -> bool {
     false
 }
 
-pub fn policy(prefixes: &[&str], enforce: bool, fragments: FragmentPolicy) -> Policy {
-    Policy {
+pub fn policy(prefixes: &[&str], enforce: bool, fragments: FragmentPolicy) -> Classifier {
+    Classifier {
         enforce,
         fragments,
         protected_tcp_ports: [80, 443].into(),
@@ -42,7 +42,7 @@ pub fn policy(prefixes: &[&str], enforce: bool, fragments: FragmentPolicy) -> Po
 }
 
 /// Writes `policy` into the program's maps exactly as the daemon would.
-pub fn apply(program: &mut TestProgram, policy: &Policy) {
+pub fn apply(program: &mut TestProgram, policy: &Classifier) {
     let settings = DataplaneSettings {
         enforce: policy.enforce,
         fragments: policy.fragments,
@@ -68,7 +68,7 @@ pub fn apply(program: &mut TestProgram, policy: &Policy) {
 
 /// Kernel and oracle on one frame: returns (kernel action, kernel reason,
 /// oracle reason). The kernel reason is the counter slot that moved.
-pub fn judge(program: &TestProgram, policy: &Policy, frame: &[u8]) -> (u32, Reason, Reason) {
+pub fn judge(program: &TestProgram, policy: &Classifier, frame: &[u8]) -> (u32, Reason, Reason) {
     let before = program.counters().expect("read counters");
     let action = program.run(frame).expect("test run");
     let after = program.counters().expect("read counters");

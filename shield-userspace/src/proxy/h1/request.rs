@@ -21,9 +21,9 @@ use crate::proxy::{
     Route, MAX_HEADER_BYTES,
 };
 
-/// What a connection's requests need to know about their site.
+/// What a connection's requests need to know about their site and client.
 #[derive(Debug, Clone, Copy)]
-pub(in crate::proxy) struct Site<'a> {
+pub(in crate::proxy) struct Context<'a> {
     pub sni: &'a str,
     pub route: &'a Route,
     pub peer_ip: &'a HeaderValue,
@@ -55,7 +55,7 @@ pub(in crate::proxy) enum Prepared {
 /// policy as [`headers::prepare_request`].
 pub(in crate::proxy) fn prepare_request(
     buf: &[u8],
-    site: Site<'_>,
+    context: Context<'_>,
     request_id: &str,
     out: &mut Vec<u8>,
 ) -> Prepared {
@@ -80,7 +80,7 @@ pub(in crate::proxy) fn prepare_request(
     };
     let target = match request.path.map(PathAndQuery::try_from) {
         Some(Ok(path)) if path.as_str().starts_with('/') => {
-            match site.route.upstream.target_for(&method, Some(&path)) {
+            match context.route.upstream.target_for(&method, Some(&path)) {
                 Some(target) => target,
                 None => return Prepared::Defer,
             }
@@ -117,7 +117,7 @@ pub(in crate::proxy) fn prepare_request(
     else {
         return Prepared::Defer;
     };
-    if host != site.sni || !site.route.serves(&host) {
+    if host != context.sni || !context.route.serves(&host) {
         return Prepared::Defer;
     }
     let visitor = match visitor
@@ -126,7 +126,7 @@ pub(in crate::proxy) fn prepare_request(
     {
         Some(Cow::Borrowed(text)) => Cow::Borrowed(text.as_bytes()),
         Some(Cow::Owned(text)) => Cow::Owned(text.into_bytes()),
-        None => Cow::Borrowed(site.peer_ip.as_bytes()),
+        None => Cow::Borrowed(context.peer_ip.as_bytes()),
     };
 
     out.extend_from_slice(method.as_str().as_bytes());
@@ -146,7 +146,7 @@ pub(in crate::proxy) fn prepare_request(
     let statements = headers::statements(
         host.as_bytes(),
         &visitor,
-        site.client_cert_sha256.as_bytes(),
+        context.client_cert_sha256.as_bytes(),
         request_id.as_bytes(),
         headers::HTTPS.as_bytes(),
     );
@@ -194,14 +194,14 @@ mod tests {
             HeaderValue::from_static(PEER),
             HeaderValue::from_static(CERT),
         );
-        let site = Site {
+        let context = Context {
             sni: SITE,
             route: &route,
             peer_ip: &peer_ip,
             client_cert_sha256: &cert,
         };
         let mut out = Vec::new();
-        let prepared = prepare_request(head.as_bytes(), site, "r1", &mut out);
+        let prepared = prepare_request(head.as_bytes(), context, "r1", &mut out);
         (prepared, String::from_utf8(out).expect("utf-8"))
     }
 
