@@ -336,14 +336,25 @@ impl AttachMode {
 #[cfg(feature = "user")]
 mod user {
     use super::*;
-    // SAFETY: all are #[repr(C)] structs of integers without padding holes
-    // that the kernel could read as uninitialised.
-    unsafe impl aya::Pod for Counter {}
-    unsafe impl aya::Pod for CpuCounters {}
-    unsafe impl aya::Pod for Settings {}
-    unsafe impl aya::Pod for Policy {}
-    unsafe impl aya::Pod for InterfaceState {}
-    unsafe impl aya::Pod for DropEvent {}
+
+    /// Map values the kernel and userspace exchange as plain bytes.
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: a #[repr(C)] struct of integers (or arrays and
+            // structs of them) without padding holes that the kernel
+            // could read as uninitialised; any bit pattern is valid.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    pod!(
+        Counter,
+        CpuCounters,
+        Settings,
+        Policy,
+        InterfaceState,
+        DropEvent
+    );
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! `load`, the source denied). Figures are medians over interleaved rounds;
 //! ratios to the anchors are what docs/BENCHMARKS.md records, because the
 //! absolute numbers move with the machine.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
 
 #[path = "../tests/support/packet.rs"]
 mod packet;

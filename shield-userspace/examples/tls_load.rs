@@ -12,6 +12,8 @@
 //! nginx 1.22 lacks) and it does not verify the server's certificate. The
 //! server's side of the handshake is complete: it signs, and it verifies
 //! the client's chain and signature.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use std::{
     io::Read as _,

@@ -10,6 +10,8 @@
 //! nothing forwarded for the refused request), or each request the client
 //! sent reaches the upstream exactly once, canonically framed, and the
 //! client gets exactly those answers, in order.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod tls_support;
 

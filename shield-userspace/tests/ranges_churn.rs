@@ -4,6 +4,9 @@
 //! times through the daemon's apply path. Every packet is counted: none of
 //! the steady address's may be dropped. An address only in one set must be
 //! dropped after each switch away from it completes.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::{

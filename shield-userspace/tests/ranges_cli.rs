@@ -1,5 +1,7 @@
 //! `shield ranges` and `shield ranges --refresh` from a file source: the
 //! diff is shown, a shrink is refused unless accepted, the cache is written.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 

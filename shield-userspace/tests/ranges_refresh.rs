@@ -2,6 +2,8 @@
 //! test CA, loopback only), driven through every good and bad case. Each bad
 //! case must be refused with its own `result` label while the last known
 //! good set stays in force, in memory and in the cache.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use std::{
     net::SocketAddr,

@@ -1,5 +1,7 @@
 //! Client-certificate verification against real curl and openssl clients:
 //! every refusal is counted under its own `result` label.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod tls_support;
 

@@ -3,6 +3,8 @@
 //! upstream streams that turn out closed, pipelining, a connection moving
 //! between the direct path and hyper, ambiguous upstream framing (502), and
 //! a smuggling attempt that must never reach the upstream.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod tls_support;
 

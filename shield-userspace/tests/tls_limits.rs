@@ -1,5 +1,7 @@
 //! Safety limits: handshake, header and idle timeouts, the connection cap,
 //! the h2 stream cap, and memory at 1,000 connections.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod tls_support;
 

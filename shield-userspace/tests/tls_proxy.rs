@@ -1,5 +1,7 @@
 //! The HTTP side against real curl: header policy, Host/SNI binding,
 //! 502/504, the header cap, h2 settings and port 80.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod tls_support;
 

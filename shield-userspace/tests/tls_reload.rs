@@ -1,5 +1,7 @@
 //! Reload (explicit and on file change) and session isolation between
 //! sites.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod tls_support;
 

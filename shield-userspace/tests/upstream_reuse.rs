@@ -3,6 +3,8 @@
 //! 204, an unsolicited second response) must never reach the next request,
 //! whichever client sends it. One connection worker, so every client shares
 //! the one pool the bytes landed in; victims on fresh connections.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod tls_support;
 

@@ -1,6 +1,9 @@
 //! BPF_PROG_TEST_RUN unit tests of the XDP program on hand-built frames.
 //! Every case checks the kernel's action, the counter slot it bumped, and
 //! that the reference classifier agrees.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use shield::dataplane::testrun::TestProgram;

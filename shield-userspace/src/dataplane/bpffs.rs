@@ -9,8 +9,10 @@ const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 
 fn is_bpffs(path: &Path) -> io::Result<bool> {
     let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: statfs writes into the zeroed struct we own.
+    // SAFETY: statfs is a plain C struct of integers, valid when zeroed.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct we own, which statfs(2)
+    // only writes.
     if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
         return Err(io::Error::last_os_error());
     }
