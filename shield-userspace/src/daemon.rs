@@ -14,6 +14,7 @@ use crate::{
     config::Config,
     dataplane::{self, Dataplane, DataplaneSettings, PinLayout},
     error::Chain,
+    listen::Frontend,
     proxy::metrics::HttpMetrics,
     ranges::{
         self,
@@ -22,7 +23,7 @@ use crate::{
         source::{FetchOptions, Fetcher},
         RangeSet,
     },
-    tls::{Frontend, TlsMetrics},
+    tls::TlsMetrics,
 };
 
 pub struct Daemon {

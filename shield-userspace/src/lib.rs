@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod error;
+pub mod listen;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -7,7 +7,7 @@ mod tls_support;
 
 use std::time::Duration;
 
-use shield::{config::Config, tls::FrontendOptions, tls::HandshakeResult};
+use shield::{config::Config, listen::FrontendOptions, tls::HandshakeResult};
 use tls_support::{
     curl, one_site_toml, pki::Pki, s_client, site_toml, upstream, Req, Shield, HTTP_OFF,
 };

@@ -238,10 +238,17 @@ pub struct SiteConfig {
     pub upstream_timeout: Duration,
 }
 
+/// The `site` label of what belongs to no configured site: a handshake
+/// with an unknown SNI, a port-80 request with an unknown Host.
+pub const NO_SITE: &str = "";
+
 impl SiteConfig {
     /// The site's name in metrics (`site` label) and logs.
     pub fn label(&self) -> &str {
-        self.server_names.first().map(String::as_str).unwrap_or("")
+        self.server_names
+            .first()
+            .map(String::as_str)
+            .unwrap_or(NO_SITE)
     }
 }
 

@@ -9,10 +9,6 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// The `site` label of responses that belong to no configured site (an
-/// unknown Host on port 80).
-pub const NO_SITE: &str = "";
-
 /// Why an idle pooled upstream connection was not reused; the `reason`
 /// label of `shield_upstream_discarded_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

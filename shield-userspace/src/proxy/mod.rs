@@ -1,6 +1,6 @@
 //! The HTTP side of the terminator: serving h1/h2 on verified TLS
-//! connections, binding Host to SNI, the header policy, the pooled upstream
-//! client, and the port-80 handler.
+//! connections, binding Host to SNI, the header policy, and the pooled
+//! upstream client.
 
 mod activity;
 mod direct;
@@ -9,12 +9,11 @@ mod handler;
 pub mod headers;
 mod lifecycle;
 pub mod metrics;
-pub mod plain;
 mod route;
 mod serve;
 mod upstream;
 
-pub use handler::Client;
+pub use handler::{text, Client, ProxyBody};
 pub use lifecycle::{H2_MAX_STREAMS, MAX_HEADER_BYTES};
 pub use route::{Route, Upstream};
 pub use serve::{serve, HttpProtocol};

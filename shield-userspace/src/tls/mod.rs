@@ -1,33 +1,26 @@
-//! The mTLS terminator: sites and their certificates, client-certificate
-//! verification (CAs, pins, CRLs, the shared-CA warning), the acceptor with
-//! its limits, and reload.
-//!
-//! [`Frontend`] is the entry point: it binds every site's listener, picks the
-//! site by SNI, requires a client certificate that the site's policy accepts,
-//! and hands the connection to [`crate::proxy`].
+//! The mTLS terminator: sites and their certificates by SNI, client-
+//! certificate verification (CAs, pins, CRLs, the shared-CA warning), each
+//! connection's handshake, and what a reload must check. The listeners
+//! that use it are `listen`'s.
 
-mod accept;
-mod frontend;
+mod handshake;
 pub mod load;
 pub mod metrics;
 mod site;
 pub mod verify;
-mod watch;
-mod workers;
+pub(crate) mod watch;
 
 use std::{
     io,
-    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, OnceLock},
 };
 
 use rustls::crypto::CryptoProvider;
 
-pub use frontend::{Frontend, FrontendOptions, PreparedReload};
+pub use handshake::{handshake, Refuse, Verified};
 pub use metrics::{HandshakeResult, TlsMetrics};
 pub use site::{Site, SiteTable};
-pub use workers::WorkerError;
 
 /// Why TLS state could not be built; the running state is kept.
 #[derive(Debug, thiserror::Error)]
@@ -87,16 +80,6 @@ pub enum TlsError {
         #[source]
         source: Box<TlsError>,
     },
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    /// A connection worker could not be started.
-    #[error(transparent)]
-    Workers(#[from] WorkerError),
 }
 
 /// Why a private key file was refused: not PEM, or a key rustls cannot use.
@@ -172,15 +155,6 @@ mod tests {
             1,
             "{text}"
         );
-
-        let source = io::Error::from_raw_os_error(libc::EADDRINUSE);
-        let cause = source.to_string();
-        let bind = TlsError::Bind {
-            addr: "0.0.0.0:443".parse().unwrap(),
-            source,
-        };
-        let (count, text) = count_in_chain(bind, &cause);
-        assert_eq!(count, 1, "{text}");
 
         let pem = rustls::pki_types::pem::Error::MissingSectionEnd {
             end_marker: b"-----END CERTIFICATE-----".to_vec(),

@@ -23,8 +23,9 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use shield::{
     config::Config,
+    listen::{Frontend, FrontendOptions},
     proxy::metrics::HttpMetrics,
-    tls::{Frontend, FrontendOptions, HandshakeResult, TlsMetrics},
+    tls::{HandshakeResult, TlsMetrics},
 };
 use tokio::{io::AsyncWriteExt, net::TcpListener, process::Command};
 

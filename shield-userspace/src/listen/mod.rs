@@ -1,4 +1,10 @@
-//! The running terminator: listeners, their site tables, reload, shutdown.
+//! The listeners, above `tls` and `proxy`: every site's TLS listener with
+//! its site table and connection cap, port 80, the per-core workers that
+//! serve accepted connections, reload and shutdown.
+
+mod accept;
+pub mod plain;
+mod workers;
 
 use std::{
     collections::HashMap,
@@ -15,16 +21,33 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{
-    accept::{self, Shared},
-    watch::Stamps,
-    workers::Workers,
-    Site, SiteTable, TlsError, TlsMetrics,
-};
+pub use self::workers::WorkerError;
+use self::{accept::Shared, plain::PlainRoutes, workers::Workers};
 use crate::{
     config::{Config, HttpAction},
-    proxy::{self, metrics::HttpMetrics, plain::PlainRoutes},
+    proxy::metrics::HttpMetrics,
+    tls::{watch::Stamps, Refuse, Site, SiteTable, TlsError, TlsMetrics},
 };
+
+/// Why the listeners could not be started or reloaded; the running state
+/// is kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// A site's TLS state could not be built from its files.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A connection worker could not be started.
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
+}
 
 /// Pending connections the kernel queues per listener: room for Cloudflare's
 /// bursts, and for the backlog that builds while accepting is paused at
@@ -132,7 +155,7 @@ impl Frontend {
         config: &Config,
         metrics: TlsMetrics,
         http_metrics: HttpMetrics,
-    ) -> Result<Frontend, TlsError> {
+    ) -> Result<Frontend, ListenError> {
         Frontend::start_with(config, metrics, http_metrics, FrontendOptions::default())
     }
 
@@ -141,7 +164,7 @@ impl Frontend {
         metrics: TlsMetrics,
         http_metrics: HttpMetrics,
         options: FrontendOptions,
-    ) -> Result<Frontend, TlsError> {
+    ) -> Result<Frontend, ListenError> {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             metrics,
@@ -150,7 +173,7 @@ impl Frontend {
                 None => Workers::per_core(&http_metrics)?,
             },
             http_metrics,
-            refuse: Shared::refuse_config(),
+            refuse: Refuse::new(),
             shutdown: shutdown_rx,
         });
         let empty = State {
@@ -188,7 +211,7 @@ impl Frontend {
     /// Applies `config`: new certificates, CAs, CRLs, pins and upstreams
     /// for new connections, listeners opened and closed as needed. On error
     /// nothing changes and the error says which file or key is at fault.
-    pub fn reload(&self, config: &Config) -> Result<(), TlsError> {
+    pub fn reload(&self, config: &Config) -> Result<(), ListenError> {
         self.prepare_reload(config)?.commit();
         Ok(())
     }
@@ -200,7 +223,7 @@ impl Frontend {
     pub fn prepare_reload<'a>(
         &'a self,
         config: &'a Config,
-    ) -> Result<PreparedReload<'a>, TlsError> {
+    ) -> Result<PreparedReload<'a>, ListenError> {
         let state = self.state();
         let prepared = prepare(config, &state)?;
         Ok(PreparedReload {
@@ -311,7 +334,7 @@ impl Frontend {
                 if let Some(tcp) = plain_bound {
                     let local_addr = tcp.local_addr().unwrap_or(config.http.listen);
                     let routes = Arc::new(ArcSwap::from_pointee(plain_routes));
-                    let task = tokio::spawn(proxy::plain::run(
+                    let task = tokio::spawn(plain::run(
                         tcp,
                         routes.clone(),
                         self.inner.shared.http_metrics.clone(),
@@ -359,7 +382,7 @@ impl Frontend {
 }
 
 /// Builds everything `config` needs without touching the running state.
-fn prepare(config: &Config, state: &State) -> Result<Prepared, TlsError> {
+fn prepare(config: &Config, state: &State) -> Result<Prepared, ListenError> {
     // Stamps first: a file that changes while we read it is seen as changed
     // again by the next poll.
     let stamps = Stamps::of(config);
@@ -392,8 +415,8 @@ fn prepare(config: &Config, state: &State) -> Result<Prepared, TlsError> {
     })
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, TlsError> {
-    let fail = |source| TlsError::Bind { addr, source };
+fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    let fail = |source| ListenError::Bind { addr, source };
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -453,5 +476,24 @@ async fn watch_files(inner: Weak<Inner>, interval: Duration) {
             // until the file changes again.
             frontend.state().stamps = Stamps::of(&config);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::tests::count_in_chain;
+
+    #[test]
+    fn a_bind_failure_prints_its_cause_once() {
+        let source = std::io::Error::from_raw_os_error(libc::EADDRINUSE);
+        let cause = source.to_string();
+        let bind = ListenError::Bind {
+            addr: "0.0.0.0:443".parse().unwrap(),
+            source,
+        };
+        let (count, text) = count_in_chain(bind, &cause);
+        assert_eq!(count, 1, "{text}");
+        assert!(text.contains("cannot listen on 0.0.0.0:443"), "{text}");
     }
 }

@@ -8,13 +8,9 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use super::{
-    handler::{text, ProxyBody},
-    headers, Route,
-};
 use crate::{
-    config::HttpAction,
-    proxy::metrics::{HttpMetrics, NO_SITE},
+    config::{HttpAction, NO_SITE},
+    proxy::{headers, metrics::HttpMetrics, text, ProxyBody, Route, MAX_HEADER_BYTES},
 };
 
 /// Plain-HTTP connections open at once; port 80 only ever answers with a
@@ -110,7 +106,7 @@ pub async fn run(listener: TcpListener, routes: Arc<ArcSwap<PlainRoutes>>, metri
             let result = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(super::MAX_HEADER_BYTES)
+                .max_buf_size(MAX_HEADER_BYTES)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
