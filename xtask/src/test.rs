@@ -29,7 +29,7 @@ pub fn all() -> anyhow::Result<()> {
             ),
         ],
     )?;
-    shell::cargo(&["build"])?;
+    crate::build::workspace(false)?;
     let result = shell::cargo(&["test", "--", "--test-threads=2"]);
     sweep_leftovers()?;
     result?;
