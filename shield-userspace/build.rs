@@ -10,7 +10,19 @@
 //! through, the nested cargo's progress lines are kept back, and everything
 //! else (rustc's diagnostics for shield-ebpf) stays a warning. When the
 //! nested build fails, all of its output is shown.
-use std::process::{Command, ExitCode};
+//!
+//! The child also gets its own OUT_DIR, one directory for every profile
+//! and tool ([`shared_dir`]): aya-build keeps the nested build's target
+//! directory under OUT_DIR, which differs between `cargo build`, `cargo
+//! build --release` and `cargo clippy`, while the eBPF build it makes is
+//! the same in all of them (always `--release`, with fixed flags). So the
+//! first `cargo xtask test` compiles the eBPF crate and its `core` once
+//! instead of once per profile and tool; the objects are copied from there.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
 
 use anyhow::Context as _;
 
@@ -23,9 +35,20 @@ fn main() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("cargo:rerun-if-changed=../shield-common/src");
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    let shared = shared_dir(&out_dir)?;
+    fs::create_dir_all(&shared).with_context(|| format!("cannot create {}", shared.display()))?;
+    // Builds of two profiles may run at once; without the lock one could
+    // copy objects while the other one writes them.
+    let lock_path = shared.join(".lock");
+    let lock = fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
     let script = std::env::current_exe().context("cannot find the build script's own path")?;
     let child = Command::new(&script)
         .env(CHILD, "1")
+        .env("OUT_DIR", &shared)
         .output()
         .with_context(|| format!("cannot run {} for the eBPF build", script.display()))?;
     let stdout = String::from_utf8_lossy(&child.stdout);
@@ -37,6 +60,9 @@ fn main() -> anyhow::Result<ExitCode> {
         }
     }
     if child.status.success() {
+        if !skipped() {
+            copy_objects(&shared, &out_dir)?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     // Cargo shows a failed build script's stderr: the nested build's
@@ -63,6 +89,49 @@ fn build_ebpf() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::default(),
     )
+}
+
+/// Where the nested build goes: OUT_DIR is `PROFILE/build/PACKAGE-HASH/out`,
+/// PROFILE being `target/debug`, `target/release` (or the same under a
+/// target triple), so next to the profiles, in `target/shield-ebpf`.
+fn shared_dir(out_dir: &Path) -> anyhow::Result<PathBuf> {
+    let build = out_dir.ancestors().nth(2);
+    let profile = build
+        .filter(|build| build.file_name().is_some_and(|name| name == "build"))
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .with_context(|| {
+            format!(
+                "OUT_DIR {} is not under a profile's build directory",
+                out_dir.display()
+            )
+        })?;
+    Ok(profile.join("shield-ebpf"))
+}
+
+/// aya-build's own switch, read the same way: when set, the shared
+/// directory may hold objects of an older build, which must not be used.
+fn skipped() -> bool {
+    std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// The objects aya-build copied into the shared directory (the files at
+/// its top; the nested target directory and the lock are not objects).
+fn copy_objects(shared: &Path, out_dir: &Path) -> anyhow::Result<()> {
+    let entries =
+        fs::read_dir(shared).with_context(|| format!("cannot list {}", shared.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !entry.file_type()?.is_file() || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let to = out_dir.join(&name);
+        fs::copy(entry.path(), &to).with_context(|| {
+            format!("cannot copy {} to {}", entry.path().display(), to.display())
+        })?;
+    }
+    Ok(())
 }
 
 /// A cargo status line, such as `   Compiling core v0.0.0` or
