@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
-use crate::{setup, shell};
+use crate::{build, shell};
 
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
@@ -38,9 +38,8 @@ fn cargo_deb() -> anyhow::Result<()> {
 
 /// Builds the package and returns its path.
 pub fn build() -> anyhow::Result<PathBuf> {
-    setup::build_tools()?;
     cargo_deb()?;
-    shell::cargo(&["build", "--release", "--package", "shield-userspace"])?;
+    build::all(true)?;
     let target = target_dir();
     let shield = target.join("release/shield");
     // Generated assets live under target/release/ because cargo-deb maps

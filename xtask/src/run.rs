@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
+
 use crate::{build, lab, shell};
 
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
@@ -9,17 +11,11 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     if args.is_empty() {
         return lab::run(&shield_binary());
     }
-    let mut cargo_args = vec![
-        "run",
-        "--quiet",
-        "--package",
-        "shield-userspace",
-        "--bin",
-        "shield",
-        "--",
-    ];
-    cargo_args.extend(args.iter().map(String::as_str));
-    shell::cargo(&cargo_args)
+    // The binary itself rather than `cargo run --package shield-userspace`,
+    // which would build the package alone (see `build::workspace`).
+    let shield = shield_binary();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    shell::status(shield.to_str().context("target path is not UTF-8")?, &args)
 }
 
 pub fn shield_binary() -> PathBuf {

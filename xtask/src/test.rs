@@ -32,7 +32,7 @@ pub fn all(long: bool) -> anyhow::Result<()> {
             ),
         ],
     )?;
-    shell::cargo(&["build"])?;
+    crate::build::workspace(false)?;
     if long {
         std::env::set_var("SHIELD_DIFF_CASES", LONG_DIFFERENTIAL);
     }

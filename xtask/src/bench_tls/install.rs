@@ -1,0 +1,44 @@
+//! The bench's tools: nginx-light and valgrind from Debian, oha from
+//! crates.io; each skipped when present.
+
+use anyhow::{bail, Context as _};
+
+use crate::shell;
+
+/// oha 1.16 builds with rustc 1.95 and speaks client certificates.
+pub const OHA_VERSION: &str = "1.16.0";
+
+pub fn bench_tools() -> anyhow::Result<()> {
+    if !shell::succeeds("nginx", &["-v"]) {
+        apt_install("nginx-light")?;
+    }
+    if !shell::succeeds("valgrind", &["--version"]) {
+        apt_install("valgrind")?;
+    }
+    if !shell::succeeds("openssl", &["version"]) {
+        bail!("openssl is missing (`cargo xtask setup` installs it)");
+    }
+    let oha_ok =
+        shell::output("oha", &["--version"]).is_ok_and(|version| version.contains(OHA_VERSION));
+    if !oha_ok {
+        println!("bench: building oha {OHA_VERSION} (a few minutes)");
+        shell::cargo(&["install", "oha", "--version", OHA_VERSION, "--locked"])
+            .context("cargo install oha failed")?;
+    }
+    Ok(())
+}
+
+/// One Debian package, with its dependencies but not its recommendations.
+fn apt_install(package: &str) -> anyhow::Result<()> {
+    if !shell::is_root() {
+        bail!("{package} is missing: run as root (it is installed with apt-get)");
+    }
+    println!("bench: installing {package}");
+    std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
+    shell::status("apt-get", &["update", "-q"])?;
+    shell::status(
+        "apt-get",
+        &["install", "-y", "-q", "--no-install-recommends", package],
+    )
+    .with_context(|| format!("cannot install {package}; install it by hand and rerun"))
+}
