@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use aya::{
-    maps::{Map, MapData, PerCpuArray},
+    maps::{Map, MapData, MapInfo, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -111,6 +111,26 @@ impl TestProgram {
                 Map::Array(take(map_names::PREFILTER_V6)?),
             ],
         )
+    }
+
+    /// The kernel's description of each of this program's maps, by name,
+    /// so a test can hold the object to the table of map layouts.
+    pub fn map_infos(&self) -> Result<Vec<(String, MapInfo)>, DataplaneError> {
+        let ids = self
+            .program()?
+            .info()
+            .and_then(|info| info.map_ids())
+            .map_err(run_error)?
+            .unwrap_or_default();
+        let mut infos = Vec::new();
+        for id in ids {
+            let info = MapInfo::from_id(id).map_err(|source| DataplaneError::Map {
+                context: format!("cannot inspect map {id}"),
+                source,
+            })?;
+            infos.push((info.name_as_str().unwrap_or_default().to_owned(), info));
+        }
+        Ok(infos)
     }
 
     fn program(&self) -> Result<&Xdp, DataplaneError> {
