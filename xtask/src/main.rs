@@ -6,6 +6,7 @@
 mod bench;
 mod bench_tls;
 mod build;
+mod compat;
 mod dist;
 mod lab;
 mod pki;
