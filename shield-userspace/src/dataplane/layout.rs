@@ -162,14 +162,25 @@ impl Retirements {
             actions.push((spec, decide(spec, inspect(&path)?), path));
         }
         let mut retirements = Retirements::default();
+        if let Err(error) = retirements.retire(actions) {
+            retirements.restore();
+            return Err(error);
+        }
+        Ok(retirements)
+    }
+
+    fn retire(
+        &mut self,
+        actions: Vec<(&MapSpec, PinAction, PathBuf)>,
+    ) -> Result<(), DataplaneError> {
         for (spec, action, path) in actions {
+            let retired = retired_path(&path);
+            // A retired pin left by a start that died half-way: the map it
+            // names is held only by programs about to be replaced, if any.
+            remove_if_present(&retired)?;
             let PinAction::Replace { found, expected } = action else {
                 continue;
             };
-            let retired = retired_path(&path);
-            // Left by a start that died half-way; the map it named is held
-            // only by programs that are about to be replaced, if at all.
-            remove_if_present(&retired)?;
             std::fs::rename(&path, &retired).map_err(|source| DataplaneError::Io {
                 context: format!("cannot move {} aside", path.display()),
                 source,
@@ -186,9 +197,9 @@ impl Retirements {
                 %expected,
                 "pinned map has another layout; replacing it without a detach: {consequence}"
             );
-            retirements.retired.push(Retired { pin: path, retired });
+            self.retired.push(Retired { pin: path, retired });
         }
-        Ok(retirements)
+        Ok(())
     }
 
     /// Every interface runs the new program: the old maps are no longer
@@ -353,5 +364,14 @@ mod tests {
             !layout.counters("eth0").exists(),
             "the load pins the new one"
         );
+
+        // A retired pin left by a start that died goes with the next start.
+        let stale = PerCpuArray::<MapData, [u8; 8]>::create(1, 0).expect("stale map");
+        stale
+            .pin(retired_path(&layout.counters("eth0")))
+            .expect("pin stale");
+        let retirements = Retirements::prepare(&layout, &["eth0"]).expect("prepare");
+        assert!(retirements.pins().is_empty());
+        assert!(!retired_path(&layout.counters("eth0")).exists());
     }
 }
