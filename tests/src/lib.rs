@@ -547,7 +547,9 @@ pub fn previous_shield_binary() -> Option<PathBuf> {
                 std::env::var("CI").map_or(true, |v| v != "true"),
                 "the upgrade test needs the previous shield: {why} (`cargo xtask test` builds it)"
             );
-            eprintln!("NOT RUN: {why}; `cargo xtask test` builds the previous shield");
+            eprintln!(
+                "NOT RUN: {why}; `cargo xtask previous-shield` builds it and prints its path"
+            );
             None
         }
     }

@@ -42,6 +42,9 @@ enum Task {
     Dist,
     /// Every test, privileged ones included (needs root); what CI runs.
     Test,
+    /// Build the previous release's shield for the upgrade test (once) and
+    /// print its path, for `SHIELD_PREVIOUS_BIN` when running that test alone.
+    PreviousShield,
     /// The benchmarks of docs/BENCHMARKS.md (needs root).
     Bench {
         /// `xdp`, `ranges` or `tls`; all when omitted.
@@ -56,6 +59,10 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run::run(args),
         Task::Dist => dist::build().and_then(|deb| dist::check(&deb)),
         Task::Test => test::all(),
+        Task::PreviousShield => {
+            println!("{}", compat::previous_shield()?.display());
+            Ok(())
+        }
         Task::Bench { which } => bench::run(which.as_deref()),
     }
 }
