@@ -5,65 +5,80 @@
 //! metric label), the map layouts, and the program settings.
 #![no_std]
 
-/// Why the dataplane gave a packet its verdict.
+/// Generates [`Reason`] from one table: the enum, `COUNT`, `ALL`, names,
+/// whether it drops, and the reverse lookup, so nothing is spelled twice.
 ///
-/// The discriminant indexes the counter map (see [`counter_index`]); the
-/// [`Reason::name`] is the `reason` label in metrics and `shield status`.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Reason {
+/// Numbers are append-only. A reason's number is kernel state: it indexes
+/// the pinned counter map that outlives every shield process, and it is in
+/// the drop events. So a new reason takes the next free number, a number is
+/// never reused or changed, and a retired reason leaves its number as a
+/// hole. The compile-time checks below refuse numbers out of order or
+/// beyond [`REASON_SLOTS`].
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $variant:ident = $number:literal, $name:literal, drops: $drops:literal;)*) => {
+        /// Why the dataplane gave a packet its verdict.
+        ///
+        /// The discriminant indexes the counter map (see [`counter_index`]);
+        /// the [`Reason::name`] is the `reason` label in metrics and
+        /// `shield status`.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Reason {
+            $($(#[$doc])* $variant = $number,)*
+        }
+
+        impl Reason {
+            /// How many reasons exist today (at most [`REASON_SLOTS`]).
+            pub const COUNT: usize = [$($number),*].len();
+
+            /// Every reason, in number order.
+            pub const ALL: [Reason; Reason::COUNT] = [$(Reason::$variant),*];
+
+            /// The lower_snake_case name used as the `reason` label.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $name,)*
+                }
+            }
+
+            /// Whether this reason drops the packet when enforcing.
+            pub const fn drops(self) -> bool {
+                match self {
+                    $(Reason::$variant => $drops,)*
+                }
+            }
+
+            /// The reason with this number (from a drop event), if any.
+            pub const fn from_u32(value: u32) -> Option<Reason> {
+                match value {
+                    $($number => Some(Reason::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+reasons! {
     /// Not IPv4 or IPv6 after at most two VLAN tags (ARP, LLDP, ...), or an
     /// Ethernet header too short to say.
-    NonIp = 0,
+    NonIp = 0, "non_ip", drops: false;
     /// IP, but not TCP/UDP to a protected port (SSH, ICMP, ESP, DNS replies).
-    Unprotected = 1,
+    Unprotected = 1, "unprotected", drops: false;
     /// Source inside the Cloudflare ranges or `extra_allow`.
-    Allowed = 2,
+    Allowed = 2, "allowed", drops: false;
     /// A non-first fragment under `fragments = "judge-first"`.
-    NonFirstFragment = 3,
+    NonFirstFragment = 3, "non_first_fragment", drops: false;
     /// TCP/UDP to a protected port from a source outside the ranges.
-    OutsideRanges = 4,
+    OutsideRanges = 4, "outside_ranges", drops: true;
     /// From outside the ranges, with headers too short or too deep to find
     /// the destination port.
-    Malformed = 5,
+    Malformed = 5, "malformed", drops: true;
     /// A fragment from outside the ranges under `fragments = "drop-outside"`.
-    Fragment = 6,
+    Fragment = 6, "fragment", drops: true;
 }
 
 impl Reason {
-    pub const COUNT: usize = 7;
-
-    pub const ALL: [Reason; Reason::COUNT] = [
-        Reason::NonIp,
-        Reason::Unprotected,
-        Reason::Allowed,
-        Reason::NonFirstFragment,
-        Reason::OutsideRanges,
-        Reason::Malformed,
-        Reason::Fragment,
-    ];
-
-    /// The lower_snake_case name used as the `reason` label.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Reason::NonIp => "non_ip",
-            Reason::Unprotected => "unprotected",
-            Reason::Allowed => "allowed",
-            Reason::NonFirstFragment => "non_first_fragment",
-            Reason::OutsideRanges => "outside_ranges",
-            Reason::Malformed => "malformed",
-            Reason::Fragment => "fragment",
-        }
-    }
-
-    /// Whether this reason drops the packet when enforcing.
-    pub const fn drops(self) -> bool {
-        matches!(
-            self,
-            Reason::OutsideRanges | Reason::Malformed | Reason::Fragment
-        )
-    }
-
     /// The verdict this reason gives under the given enforcement setting.
     pub const fn verdict(self, enforce: bool) -> Verdict {
         if !self.drops() {
@@ -74,45 +89,95 @@ impl Reason {
             Verdict::WouldDrop
         }
     }
+}
 
-    pub const fn from_u32(value: u32) -> Option<Reason> {
-        if (value as usize) < Reason::COUNT {
-            Some(Reason::ALL[value as usize])
-        } else {
-            None
+/// Generates [`Verdict`] from one table; the same append-only rule as
+/// [`Reason`] holds (the number picks a row of counter slots), bounded by
+/// [`VERDICT_SLOTS`].
+macro_rules! verdicts {
+    ($($(#[$doc:meta])* $variant:ident = $number:literal, $name:literal;)*) => {
+        /// What happened to the packet; `WouldDrop` is monitor mode's drop.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Verdict {
+            $($(#[$doc])* $variant = $number,)*
         }
-    }
-}
 
-/// What happened to the packet; `WouldDrop` is monitor mode's drop.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Verdict {
-    Pass = 0,
-    Drop = 1,
-    WouldDrop = 2,
-}
+        impl Verdict {
+            /// How many verdicts exist today (at most [`VERDICT_SLOTS`]).
+            pub const COUNT: usize = [$($number),*].len();
 
-impl Verdict {
-    pub const COUNT: usize = 3;
-    pub const ALL: [Verdict; Verdict::COUNT] = [Verdict::Pass, Verdict::Drop, Verdict::WouldDrop];
+            /// Every verdict, in number order.
+            pub const ALL: [Verdict; Verdict::COUNT] = [$(Verdict::$variant),*];
 
-    /// The lower_snake_case name used as the `verdict` label.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Verdict::Pass => "pass",
-            Verdict::Drop => "drop",
-            Verdict::WouldDrop => "would_drop",
+            /// The lower_snake_case name used as the `verdict` label.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Verdict::$variant => $name,)*
+                }
+            }
+
+            /// The verdict with this number, if any.
+            pub const fn from_u32(value: u32) -> Option<Verdict> {
+                match value {
+                    $($number => Some(Verdict::$variant),)*
+                    _ => None,
+                }
+            }
         }
-    }
+    };
 }
 
-/// Slots in the per-CPU counter array: one per (verdict, reason) pair, so a
-/// flip of monitor mode never mixes drops with would-drops.
-pub const COUNTER_SLOTS: u32 = (Verdict::COUNT * Reason::COUNT) as u32;
+verdicts! {
+    /// The packet went on to the kernel's stack.
+    Pass = 0, "pass";
+    /// The packet was dropped in XDP.
+    Drop = 1, "drop";
+    /// Monitor mode: it would have been dropped, and was passed.
+    WouldDrop = 2, "would_drop";
+}
 
+/// Reasons the counter layout has room for. Part of the pinned layout: a
+/// change here changes the size of every `COUNTERS` value, which restarts
+/// the counts on upgrade, so it stays fixed while reasons are added below it.
+pub const REASON_SLOTS: u32 = 32;
+
+/// Verdicts the counter layout has room for (one more than today: a program
+/// that answers packets itself needs its own row).
+pub const VERDICT_SLOTS: u32 = 4;
+
+/// Slots in the per-CPU counter array: one per possible (verdict, reason)
+/// pair, so a flip of monitor mode never mixes drops with would-drops, and a
+/// new reason or verdict lands in a slot that already exists.
+pub const COUNTER_SLOTS: u32 = VERDICT_SLOTS * REASON_SLOTS;
+
+/// Reasons today, their numbers in order, and room for at least 16 more.
+const _: () = {
+    assert!(Reason::COUNT + 16 <= REASON_SLOTS as usize);
+    let mut i = 0;
+    while i < Reason::COUNT {
+        assert!((Reason::ALL[i] as u32) < REASON_SLOTS);
+        assert!(i == 0 || (Reason::ALL[i - 1] as u32) < Reason::ALL[i] as u32);
+        i += 1;
+    }
+};
+
+/// Verdicts today, their numbers in order, and room for at least one more.
+const _: () = {
+    assert!(Verdict::COUNT < VERDICT_SLOTS as usize);
+    let mut i = 0;
+    while i < Verdict::COUNT {
+        assert!((Verdict::ALL[i] as u32) < VERDICT_SLOTS);
+        assert!(i == 0 || (Verdict::ALL[i - 1] as u32) < Verdict::ALL[i] as u32);
+        i += 1;
+    }
+};
+
+/// The counter slot of a (verdict, reason) pair. A power-of-two row length
+/// keeps the index a shift and an add in the XDP program.
+#[inline(always)]
 pub const fn counter_index(verdict: Verdict, reason: Reason) -> u32 {
-    verdict as u32 * Reason::COUNT as u32 + reason as u32
+    verdict as u32 * REASON_SLOTS + reason as u32
 }
 
 /// One counter slot; userspace sums the CPUs at read time.
@@ -264,11 +329,27 @@ pub struct DropEvent {
 /// slots and its drop-event budget. One value for both, so a dropped packet
 /// costs one per-CPU map lookup, not two.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuCounters {
     /// Indexed by [`counter_index`].
     pub slots: [Counter; COUNTER_SLOTS as usize],
     pub event_budget: EventBudget,
+}
+
+impl Default for CpuCounters {
+    // Arrays longer than 32 have no derived `Default`.
+    fn default() -> Self {
+        CpuCounters {
+            slots: [Counter {
+                packets: 0,
+                bytes: 0,
+            }; COUNTER_SLOTS as usize],
+            event_budget: EventBudget {
+                window_start_ns: 0,
+                emitted: 0,
+            },
+        }
+    }
 }
 
 /// Events each CPU may emit per second; the rest are only counted.
@@ -283,15 +364,142 @@ pub struct EventBudget {
     pub emitted: u64,
 }
 
+/// The kind of a kernel map, as far as its pinned layout goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Array,
+    PerCpuArray,
+    LpmTrie,
+    RingBuf,
+}
+
+/// Where a map is pinned: once for every interface, or once per interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapScope {
+    /// In the pin root, shared by every interface's program.
+    Shared,
+    /// In `ifaces/<name>/`, one per attached interface.
+    PerInterface,
+}
+
+/// What a map holds, which decides how an upgrade may replace a pinned map
+/// whose layout changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapContents {
+    /// What the program filters by: a replacement must be filled before any
+    /// program that reads it is attached.
+    Policy,
+    /// Counts: a replacement starts from zero.
+    Counts,
+    /// A ring of events in flight: a replacement starts empty.
+    Events,
+}
+
+/// The layout of one of the XDP program's maps. The program declares its
+/// maps from these numbers and userspace checks every pin against them,
+/// so this table is the one description of the kernel state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    /// The map's name in the object, as `bpftool map` shows it, and its pin
+    /// file name.
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub scope: MapScope,
+    pub contents: MapContents,
+}
+
+/// The XDP program's maps.
+pub mod map_specs {
+    use super::*;
+    use core::mem::size_of;
+
+    pub const POLICY: MapSpec = MapSpec {
+        name: "POLICY",
+        kind: MapKind::Array,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<Policy>() as u32,
+        max_entries: 1,
+        scope: MapScope::Shared,
+        contents: MapContents::Policy,
+    };
+    /// LPM keys are a `u32` prefix length and the address bytes.
+    pub const ALLOW_V4: MapSpec = MapSpec {
+        name: "ALLOW_V4",
+        kind: MapKind::LpmTrie,
+        key_size: (size_of::<u32>() + 4) as u32,
+        value_size: size_of::<u8>() as u32,
+        max_entries: MAX_PREFIXES,
+        scope: MapScope::Shared,
+        contents: MapContents::Policy,
+    };
+    pub const ALLOW_V6: MapSpec = MapSpec {
+        name: "ALLOW_V6",
+        kind: MapKind::LpmTrie,
+        key_size: (size_of::<u32>() + 16) as u32,
+        value_size: size_of::<u8>() as u32,
+        max_entries: MAX_PREFIXES,
+        scope: MapScope::Shared,
+        contents: MapContents::Policy,
+    };
+    pub const PREFILTER_V4: MapSpec = MapSpec {
+        name: "PREFILTER_V4",
+        kind: MapKind::Array,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<u64>() as u32,
+        max_entries: PREFILTER_WORDS,
+        scope: MapScope::Shared,
+        contents: MapContents::Policy,
+    };
+    pub const PREFILTER_V6: MapSpec = MapSpec {
+        name: "PREFILTER_V6",
+        ..PREFILTER_V4
+    };
+    /// A ring buffer has no key or value; its size is `max_entries` bytes.
+    pub const DROP_EVENTS: MapSpec = MapSpec {
+        name: "DROP_EVENTS",
+        kind: MapKind::RingBuf,
+        key_size: 0,
+        value_size: 0,
+        max_entries: DROP_EVENTS_BYTES,
+        scope: MapScope::Shared,
+        contents: MapContents::Events,
+    };
+    pub const COUNTERS: MapSpec = MapSpec {
+        name: "COUNTERS",
+        kind: MapKind::PerCpuArray,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<CpuCounters>() as u32,
+        max_entries: 1,
+        scope: MapScope::PerInterface,
+        contents: MapContents::Counts,
+    };
+
+    /// Every map of the program.
+    pub const ALL: [MapSpec; 7] = [
+        POLICY,
+        ALLOW_V4,
+        ALLOW_V6,
+        PREFILTER_V4,
+        PREFILTER_V6,
+        DROP_EVENTS,
+        COUNTERS,
+    ];
+}
+
 /// Map names, as `bpftool map` shows them.
 pub mod map_names {
-    pub const POLICY: &str = "POLICY";
-    pub const ALLOW_V4: &str = "ALLOW_V4";
-    pub const ALLOW_V6: &str = "ALLOW_V6";
-    pub const PREFILTER_V4: &str = "PREFILTER_V4";
-    pub const PREFILTER_V6: &str = "PREFILTER_V6";
-    pub const DROP_EVENTS: &str = "DROP_EVENTS";
-    pub const COUNTERS: &str = "COUNTERS";
+    use super::map_specs;
+
+    pub const POLICY: &str = map_specs::POLICY.name;
+    pub const ALLOW_V4: &str = map_specs::ALLOW_V4.name;
+    pub const ALLOW_V6: &str = map_specs::ALLOW_V6.name;
+    pub const PREFILTER_V4: &str = map_specs::PREFILTER_V4.name;
+    pub const PREFILTER_V6: &str = map_specs::PREFILTER_V6.name;
+    pub const DROP_EVENTS: &str = map_specs::DROP_EVENTS.name;
+    pub const COUNTERS: &str = map_specs::COUNTERS.name;
 }
 
 /// The name of the XDP program in the object file.
@@ -379,7 +587,61 @@ mod tests {
         for reason in Reason::ALL {
             assert_eq!(Reason::from_u32(reason as u32), Some(reason));
         }
-        assert_eq!(Reason::from_u32(Reason::COUNT as u32), None);
+        let known = (0..REASON_SLOTS)
+            .filter(|&n| Reason::from_u32(n).is_some())
+            .count();
+        assert_eq!(known, Reason::COUNT);
+        for verdict in Verdict::ALL {
+            assert_eq!(Verdict::from_u32(verdict as u32), Some(verdict));
+        }
+        assert_eq!(Verdict::from_u32(VERDICT_SLOTS), None);
+    }
+
+    /// The numbers are in pinned kernel maps and drop events that outlive
+    /// a shield process: a change here breaks an upgrade. Only append.
+    #[test]
+    fn numbers_never_change() {
+        let reasons: [(u32, &str); 7] = [
+            (0, "non_ip"),
+            (1, "unprotected"),
+            (2, "allowed"),
+            (3, "non_first_fragment"),
+            (4, "outside_ranges"),
+            (5, "malformed"),
+            (6, "fragment"),
+        ];
+        for (number, name) in reasons {
+            assert_eq!(Reason::from_u32(number).map(Reason::name), Some(name));
+        }
+        for (number, name) in [(0, "pass"), (1, "drop"), (2, "would_drop")] {
+            assert_eq!(Verdict::from_u32(number).map(Verdict::name), Some(name));
+        }
+        // The slot layout itself: row length and count.
+        assert_eq!((REASON_SLOTS, VERDICT_SLOTS), (32, 4));
+        assert_eq!(
+            counter_index(Verdict::Drop, Reason::OutsideRanges),
+            REASON_SLOTS + 4
+        );
+    }
+
+    #[test]
+    fn counter_values_have_room_to_grow() {
+        assert!(Reason::COUNT + 16 <= REASON_SLOTS as usize);
+        assert!(Verdict::COUNT < VERDICT_SLOTS as usize);
+        assert_eq!(
+            map_specs::COUNTERS.value_size as usize,
+            COUNTER_SLOTS as usize * core::mem::size_of::<Counter>()
+                + core::mem::size_of::<EventBudget>()
+        );
+    }
+
+    #[test]
+    fn map_spec_names_are_distinct() {
+        for (i, a) in map_specs::ALL.iter().enumerate() {
+            for b in &map_specs::ALL[i + 1..] {
+                assert_ne!(a.name, b.name);
+            }
+        }
     }
 
     #[test]

@@ -19,31 +19,36 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use shield_common::{
-    counter_index, prefilter_index, CpuCounters, DropEvent, EventBudget, FragmentPolicy, Policy,
-    PortProtocol, Reason, DROP_EVENTS_BYTES, DROP_EVENTS_PER_CPU_PER_SECOND, MAX_IPV6_EXT_HEADERS,
-    MAX_PREFIXES, MAX_VLAN_TAGS, PREFILTER_WORDS,
+    counter_index, map_specs, prefilter_index, CpuCounters, DropEvent, EventBudget, FragmentPolicy,
+    Policy, PortProtocol, Reason, DROP_EVENTS_PER_CPU_PER_SECOND, MAX_IPV6_EXT_HEADERS,
+    MAX_VLAN_TAGS,
 };
 
+// Sizes come from the one table of map layouts (`map_specs`), which the
+// loader checks every pin against; the tests compare it with this object.
 #[map]
-static POLICY: Array<Policy> = Array::with_max_entries(1, 0);
+static POLICY: Array<Policy> = Array::with_max_entries(map_specs::POLICY.max_entries, 0);
 
 #[map]
-static ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+static ALLOW_V4: LpmTrie<[u8; 4], u8> =
+    LpmTrie::with_max_entries(map_specs::ALLOW_V4.max_entries, 0);
 
 #[map]
-static ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+static ALLOW_V6: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(map_specs::ALLOW_V6.max_entries, 0);
 
 #[map]
-static PREFILTER_V4: Array<u64> = Array::with_max_entries(PREFILTER_WORDS, 0);
+static PREFILTER_V4: Array<u64> = Array::with_max_entries(map_specs::PREFILTER_V4.max_entries, 0);
 
 #[map]
-static PREFILTER_V6: Array<u64> = Array::with_max_entries(PREFILTER_WORDS, 0);
+static PREFILTER_V6: Array<u64> = Array::with_max_entries(map_specs::PREFILTER_V6.max_entries, 0);
 
 #[map]
-static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(DROP_EVENTS_BYTES, 0);
+static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(map_specs::DROP_EVENTS.max_entries, 0);
 
 #[map]
-static COUNTERS: PerCpuArray<CpuCounters> = PerCpuArray::with_max_entries(1, 0);
+static COUNTERS: PerCpuArray<CpuCounters> =
+    PerCpuArray::with_max_entries(map_specs::COUNTERS.max_entries, 0);
 
 const ETH_HEADER_LEN: usize = 14;
 const VLAN_TAG_LEN: usize = 4;

@@ -604,3 +604,44 @@ fn a_refused_program_reports_the_verifier_log() {
     );
     assert!(error.contains("invalid access to packet"), "{error}");
 }
+
+/// The object's maps are exactly the table the loader checks pins
+/// against, so a pin that passes the check is one the program can use.
+#[test]
+fn the_object_declares_the_map_layouts_of_the_table() {
+    use aya::maps::MapType;
+    use shield_common::{map_specs, MapKind};
+    if !require_root() {
+        return;
+    }
+    let program = TestProgram::load().expect("load");
+    let infos = program.map_infos().expect("map infos");
+    for spec in &map_specs::ALL {
+        let (_, info) = infos
+            .iter()
+            .find(|(name, _)| name == spec.name)
+            .unwrap_or_else(|| panic!("the object has no map {}", spec.name));
+        let kind = match info.map_type().expect("map type") {
+            MapType::Array => MapKind::Array,
+            MapType::PerCpuArray => MapKind::PerCpuArray,
+            MapType::LpmTrie => MapKind::LpmTrie,
+            MapType::RingBuf => MapKind::RingBuf,
+            other => panic!("{}: unexpected kind {other:?}", spec.name),
+        };
+        assert_eq!(
+            (kind, info.key_size(), info.value_size(), info.max_entries()),
+            (spec.kind, spec.key_size, spec.value_size, spec.max_entries),
+            "map {}",
+            spec.name
+        );
+    }
+    // Only the table's maps, plus the sections the compiler adds (.rodata
+    // and the like, whose names start with a dot).
+    let extra: Vec<_> = infos
+        .iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .filter(|(name, _)| !map_specs::ALL.iter().any(|s| s.name == name))
+        .map(|(name, _)| name.clone())
+        .collect();
+    assert!(extra.is_empty(), "maps outside the table: {extra:?}");
+}

@@ -349,7 +349,17 @@ impl Lab {
         config: &Path,
         wrapper: &[&str],
     ) -> anyhow::Result<ShieldDaemon> {
-        let bin = shield_binary()?;
+        self.start_binary(&shield_binary()?, config, wrapper)
+    }
+
+    /// Like [`Lab::start_shield`] with another build of shield (an older
+    /// release, for upgrade tests).
+    pub fn start_binary(
+        &self,
+        bin: &Path,
+        config: &Path,
+        wrapper: &[&str],
+    ) -> anyhow::Result<ShieldDaemon> {
         let log = self.work_dir.join(format!(
             "shield-{}.log",
             NEXT_ID.fetch_add(1, Ordering::SeqCst)
@@ -516,4 +526,31 @@ pub fn shield_binary() -> anyhow::Result<PathBuf> {
         bin.display()
     );
     Ok(bin)
+}
+
+/// Where `cargo xtask test` puts the shield of the previous release.
+pub const PREVIOUS_BIN_ENV: &str = "SHIELD_PREVIOUS_BIN";
+
+/// The previous release's shield for upgrade tests, from
+/// `$SHIELD_PREVIOUS_BIN` (`cargo xtask test` builds it). Missing: the test
+/// is not run, and under CI=true it fails.
+pub fn previous_shield_binary() -> Option<PathBuf> {
+    let path = std::env::var_os(PREVIOUS_BIN_ENV).map(PathBuf::from);
+    match path {
+        Some(path) if path.exists() => Some(path),
+        other => {
+            let why = match other {
+                Some(path) => format!("{PREVIOUS_BIN_ENV}={} does not exist", path.display()),
+                None => format!("{PREVIOUS_BIN_ENV} is not set"),
+            };
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "the upgrade test needs the previous shield: {why} (`cargo xtask test` builds it)"
+            );
+            eprintln!(
+                "NOT RUN: {why}; `cargo xtask previous-shield` builds it and prints its path"
+            );
+            None
+        }
+    }
 }

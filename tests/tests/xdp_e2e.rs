@@ -242,6 +242,170 @@ fn kill_9_keeps_enforcing_and_restart_readopts_without_a_window() {
     assert!(!lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap());
 }
 
+/// The value size of the map pinned at `path`, as the kernel has it.
+fn pinned_value_size(path: &std::path::Path) -> u64 {
+    let output = shield_tests::check(
+        "bpftool",
+        &["-j", "map", "show", "pinned", path.to_str().unwrap()],
+    )
+    .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&output).unwrap();
+    value["bytes_value"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no value size in {output}"))
+}
+
+/// Counts, on the origin's `eth1` after XDP (an AF_PACKET socket sees only
+/// what the program passed), the attacker's frames to protected port 443
+/// (TCP and UDP) and, as a witness that the tap sees traffic at all, its
+/// UDP datagrams to the unprotected port 9. Runs until `stop` exists (and
+/// half a second more, for frames in flight), then writes "protected witness".
+fn tap_script(out: &std::path::Path, ready: &std::path::Path, stop: &std::path::Path) -> String {
+    format!(
+        r#"import os,socket,struct,time
+s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(3))
+s.bind(('eth1',0))
+s.settimeout(0.2)
+open('{ready}','w').write('1')
+src=socket.inet_aton('{ATTACKER_V4}')
+protected=0
+witness=0
+end=time.time()+60
+while time.time()<end:
+    if os.path.exists('{stop}') and end>time.time()+0.5:
+        end=time.time()+0.5
+    try:
+        f,a=s.recvfrom(4096)
+    except socket.timeout:
+        continue
+    if a[2]==socket.PACKET_OUTGOING or len(f)<38 or f[12:14]!=b'\x08\x00' or f[26:30]!=src:
+        continue
+    l4=14+(f[14]&15)*4
+    proto=f[23]
+    port=struct.unpack('!H',f[l4+2:l4+4])[0]
+    if proto in (6,17) and port==443:
+        protected+=1
+    elif proto==17 and port==9:
+        witness+=1
+open('{out}','w').write('%d %d'%(protected,witness))
+"#,
+        out = out.display(),
+        ready = ready.display(),
+        stop = stop.display(),
+    )
+}
+
+/// An upgrade from the previous release, whose counter map has another
+/// layout: the new build starts on the pins the killed old one left, swaps
+/// its program into the same link and replaces only the counter map; an
+/// outside flood across the switch gets nothing through.
+#[test]
+fn upgrade_from_the_previous_layout_replaces_the_counter_map_without_a_window() {
+    let Some(previous) = shield_tests::previous_shield_binary() else {
+        return;
+    };
+    let Some(lab) = lab() else { return };
+    let config = lab.write_config("shield.toml", "").unwrap();
+    let mut old = lab.start_binary(&previous, &config, &[]).unwrap();
+    let link_before = link_id(&lab, "eth1");
+    let counters_pin = lab.pin_root.join("ifaces/eth1/COUNTERS");
+    let old_value_size = pinned_value_size(&counters_pin);
+    old.kill_hard();
+    assert!(
+        !lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap(),
+        "the old program still drops with its daemon dead"
+    );
+
+    let tap_out = lab.work_dir.join("tap-counts");
+    let tap_ready = lab.work_dir.join("tap-ready");
+    let stop = lab.work_dir.join("stop-flood");
+    let mut tap = lab
+        .origin
+        .spawn(&["python3", "-c", &tap_script(&tap_out, &tap_ready, &stop)])
+        .unwrap();
+    wait_for(Duration::from_secs(5), || tap_ready.exists()).expect("the tap came up");
+    // UDP to 443, with every tenth datagram to the unprotected port 9, and
+    // TCP SYNs to 443 alongside, from before the new start until after it.
+    let udp_flood = format!(
+        "import os,socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nend=time.time()+60\nn=0\nwhile time.time()<end and not os.path.exists('{}'):\n    s.sendto(b'x',('{ORIGIN_V4}',9 if n%10==0 else 443)); n+=1\n    time.sleep(0.0005)\nprint(n)\n",
+        stop.display()
+    );
+    let udp = lab
+        .attacker
+        .command(&["python3", "-c", &udp_flood])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the UDP flood");
+    let syn = lab
+        .attacker
+        .command(&[
+            "hping3", "-q", "-S", "-p", "443", "-c", "30000", "-i", "u2000", ORIGIN_V4,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the SYN flood");
+    thread::sleep(Duration::from_millis(700));
+
+    let new = lab.start_shield(&config).unwrap();
+    let log = new.log_text();
+    assert!(
+        log.contains("Adopted"),
+        "the new build must re-adopt: {log}"
+    );
+    assert!(
+        log.contains("COUNTERS") && log.contains("counts restart"),
+        "the replaced counter map must be logged: {log}"
+    );
+    // The flood goes on against the new program for a while.
+    thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&stop, "1").unwrap();
+
+    let udp = udp.wait_with_output().expect("UDP flood finished");
+    let sent: u64 = String::from_utf8_lossy(&udp.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let mut syn = syn;
+    let _ = syn.kill();
+    let _ = syn.wait();
+    tap.child.wait().expect("tap finished");
+    let counts = std::fs::read_to_string(&tap_out).expect("tap counts");
+    let (protected, witness) = counts
+        .trim()
+        .split_once(' ')
+        .map(|(p, w)| (p.parse::<u64>().unwrap(), w.parse::<u64>().unwrap()))
+        .expect("two counts");
+    eprintln!("upgrade under flood: {sent} UDP sent, {witness} to port 9 seen at the tap, {protected} to 443");
+    assert!(sent > 1000, "the UDP flood sent {sent}");
+    assert!(
+        witness > sent / 20,
+        "the tap saw only {witness} of the ~{} datagrams to port 9",
+        sent / 10
+    );
+    assert_eq!(
+        protected, 0,
+        "{protected} flood packets to port 443 got through across the upgrade"
+    );
+    assert_eq!(
+        link_id(&lab, "eth1"),
+        link_before,
+        "the same kernel link must stay attached"
+    );
+    let new_value_size = pinned_value_size(&counters_pin);
+    assert_ne!(
+        old_value_size, new_value_size,
+        "the previous release must have another counter layout, or this test proves nothing"
+    );
+    assert!(
+        !lab.pin_root.join("ifaces/eth1/COUNTERS-retired").exists(),
+        "the retired pin is removed once the new program runs"
+    );
+    // The new counter map counts the rest of the flood.
+    assert!(lab.counter("eth1", "drop", "outside_ranges").unwrap() > 0);
+    assert!(lab.curl(&lab.edge, &url(ORIGIN_V4, 443)).unwrap());
+}
+
 #[test]
 fn sigterm_leaves_enforcement_and_detach_removes_it() {
     let Some(lab) = lab() else { return };
@@ -341,8 +505,9 @@ fn missing_interface_or_bad_config_attaches_nothing() {
                 .is_empty()
     );
 
-    // Pins left by a shield with another map layout: refused before any
-    // program is loaded against them, naming the pin and the way out.
+    // A pin left by a shield with another map layout (a POLICY value of 8
+    // bytes) needs no `shield detach`: it is replaced by a new map, filled
+    // before the program runs, and the replacement is logged.
     std::fs::create_dir_all(&lab.pin_root).unwrap();
     let stale = lab.pin_root.join("POLICY");
     shield_tests::check(
@@ -364,17 +529,24 @@ fn missing_interface_or_bad_config_attaches_nothing() {
         ],
     )
     .unwrap();
-    let (ok, stderr) = run_with(
-        &lab,
-        "[xdp]\ninterfaces = [\"eth0\"]\n[ranges]\nrefresh = \"off\"\n",
-    );
-    assert!(!ok);
+    let config = lab.write_config("replace.toml", "").unwrap();
+    let mut shield = lab.start_shield(&config).unwrap();
+    let log = shield.log_text();
     assert!(
-        stderr.contains(stale.to_str().unwrap()) && stderr.contains("shield detach"),
-        "the error must name the pin and the fix: {stderr}"
+        log.contains("POLICY") && log.contains("another layout"),
+        "the replacement must be logged: {log}"
     );
+    assert!(
+        !lab.curl(&lab.attacker, &url(ORIGIN_V4, 443)).unwrap(),
+        "the new POLICY is filled before the program runs"
+    );
+    assert!(lab.curl(&lab.edge, &url(ORIGIN_V4, 443)).unwrap());
+    assert!(!lab.pin_root.join("POLICY-retired").exists());
+    shield.stop().unwrap();
+    let detach = lab.shield(&["detach"]).unwrap();
+    assert!(detach.status.success(), "{detach:?}");
     assert_nothing_attached(&lab);
-    std::fs::remove_dir_all(&lab.pin_root).unwrap();
+    let _ = std::fs::remove_dir_all(&lab.pin_root);
 
     // A failure on the second interface rolls back the first, fresh one.
     let (ok, stderr) = run_with(

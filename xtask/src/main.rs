@@ -6,6 +6,7 @@
 mod bench;
 mod bench_tls;
 mod build;
+mod compat;
 mod dist;
 mod lab;
 mod pki;
@@ -46,6 +47,9 @@ enum Task {
         #[arg(long)]
         long: bool,
     },
+    /// Build the previous release's shield for the upgrade test (once) and
+    /// print its path, for `SHIELD_PREVIOUS_BIN` when running that test alone.
+    PreviousShield,
     /// The benchmarks of docs/BENCHMARKS.md (needs root).
     Bench {
         /// `xdp`, `ranges` or `tls`; all when omitted.
@@ -60,6 +64,10 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run::run(args),
         Task::Dist => dist::build().and_then(|deb| dist::check(&deb)),
         Task::Test { long } => test::all(long),
+        Task::PreviousShield => {
+            println!("{}", compat::previous_shield()?.display());
+            Ok(())
+        }
         Task::Bench { which } => bench::run(which.as_deref()),
     }
 }

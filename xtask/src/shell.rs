@@ -48,3 +48,16 @@ pub fn is_root() -> bool {
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     status(env!("CARGO"), args)
 }
+
+/// `cargo` with extra environment variables.
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .context("cannot start cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@
 
 use anyhow::bail;
 
-use crate::{dist, setup, shell};
+use crate::{compat, dist, setup, shell};
 
 /// Prefix of what the end-to-end tests create (see tests/src/lib.rs).
 const TEST_PREFIX: &str = "shtest-";
@@ -36,7 +36,12 @@ pub fn all(long: bool) -> anyhow::Result<()> {
     if long {
         std::env::set_var("SHIELD_DIFF_CASES", LONG_DIFFERENTIAL);
     }
-    let result = shell::cargo(&["test", "--", "--test-threads=2"]);
+    // The upgrade test starts on the pins of this earlier shield.
+    let previous = compat::previous_shield()?;
+    let result = shell::cargo_with_env(
+        &["test", "--", "--test-threads=2"],
+        &[(compat::PREVIOUS_BIN_ENV, previous.as_os_str())],
+    );
     sweep_leftovers()?;
     result?;
     // The lab behind `cargo xtask run`, unattended for a while.

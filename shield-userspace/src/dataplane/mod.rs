@@ -5,10 +5,13 @@
 //! finds the pinned link of each interface and swaps the new program into it
 //! with `bpf_link_update` (atomic in the kernel) instead of detaching, and
 //! the shared maps are re-opened from their pins with their contents intact.
-//! A first start fills every map before the program is attached.
+//! A first start fills every map before the program is attached. A pin
+//! whose layout this build does not share is replaced in the same swap
+//! (`layout`), never by a detach.
 
 mod bpffs;
 pub mod events;
+mod layout;
 mod maps;
 mod pins;
 pub mod testrun;
@@ -30,7 +33,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use shield_common::{
-    map_names, AttachMode, CpuCounters, FragmentPolicy, InterfaceState, Policy, Settings,
+    map_specs, AttachMode, CpuCounters, FragmentPolicy, InterfaceState, MapScope, Settings,
     PROGRAM_NAME,
 };
 
@@ -86,9 +89,6 @@ pub enum DataplaneError {
         #[source]
         source: LinkError,
     },
-    /// A pin from a shield with another map layout.
-    #[error("pinned map {path} does not match this shield version ({reason}); run `shield detach` and start again")]
-    IncompatiblePin { path: String, reason: String },
     /// The XDP object lacks a map this shield expects.
     #[error("the XDP object has no map {name}")]
     MissingMap { name: String },
@@ -242,11 +242,13 @@ impl Dataplane {
             root_existed,
             fresh: Vec::new(),
             created_dirs: Vec::new(),
+            retirements: layout::Retirements::default(),
         };
         match started.run(config, &targets, allowlist) {
             Ok((maps, interfaces)) => {
                 started.fresh.clear();
                 started.created_dirs.clear();
+                started.retirements.commit();
                 let dataplane = Dataplane {
                     layout: layout.clone(),
                     maps,
@@ -298,6 +300,8 @@ struct Starting<'a> {
     /// Interfaces attached fresh by this start (undone on failure).
     fresh: Vec<String>,
     created_dirs: Vec<std::path::PathBuf>,
+    /// Pins of another layout moved aside for this start's new maps.
+    retirements: layout::Retirements,
 }
 
 impl Starting<'_> {
@@ -310,15 +314,23 @@ impl Starting<'_> {
         self.create_dir(self.layout.root().to_owned())?;
         self.create_dir(self.layout.interfaces_dir())?;
         let settings = DataplaneSettings::from_config(config);
-        check_pinned_layouts(self.layout, targets)?;
+        for target in targets {
+            self.create_dir(self.layout.interface_dir(&target.name))?;
+        }
+        // Checked before any program is loaded against the pins: the
+        // verifier's complaint about a value size would not say what to do.
+        let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+        self.retirements = layout::Retirements::prepare(self.layout, &names)?;
         let mut shared: Option<SharedMaps> = None;
         let mut interfaces = Vec::new();
         for target in targets {
-            self.create_dir(self.layout.interface_dir(&target.name))?;
             let mut ebpf = load_program(self.layout, &target.name)?;
             if shared.is_none() {
                 // The first load created or re-opened the shared pins; fill
-                // them before any program can run against them.
+                // them before any program can run against them. A replaced
+                // map is new and empty here, while the attached (old)
+                // program still reads the old one, so the policy in force
+                // is complete at every instant of the swap.
                 let mut maps = SharedMaps::take_from(&mut ebpf)?;
                 let stats = write_policy(&mut maps, &settings, allowlist)?;
                 tracing::info!(
@@ -400,6 +412,9 @@ impl Starting<'_> {
     }
 
     fn roll_back(&mut self) {
+        // Before the pins of fresh interfaces go: a restored pin must land
+        // in a directory that still exists.
+        self.retirements.restore();
         for name in self.fresh.drain(..) {
             if let Err(error) = remove_interface_pins(self.layout, &name) {
                 tracing::error!(interface = %name, error = %crate::error::Chain(&error), "rollback: could not detach");
@@ -538,27 +553,13 @@ fn interface_index(name: &str) -> Result<u32, DataplaneError> {
     }
 }
 
-/// Maps every interface's program shares, pinned in the root.
-const SHARED_MAPS: [&str; 6] = [
-    map_names::POLICY,
-    map_names::ALLOW_V4,
-    map_names::ALLOW_V6,
-    map_names::PREFILTER_V4,
-    map_names::PREFILTER_V6,
-    map_names::DROP_EVENTS,
-];
-
-fn object_loader(layout: &PinLayout) -> EbpfLoader<'static> {
-    let mut loader = EbpfLoader::new();
-    for name in SHARED_MAPS {
-        loader.map_pin_path(name, layout.shared_map(name));
-    }
-    loader
-}
-
+/// The object with every map pinned where [`map_specs`] puts it: the
+/// shared ones in the root, the per-interface ones under `interface`.
 fn load_program(layout: &PinLayout, interface: &str) -> Result<Ebpf, DataplaneError> {
-    let mut loader = object_loader(layout);
-    loader.map_pin_path(map_names::COUNTERS, layout.counters(interface));
+    let mut loader = EbpfLoader::new();
+    for spec in &map_specs::ALL {
+        loader.map_pin_path(spec.name, layout::pin_path(layout, spec, interface));
+    }
     let mut ebpf = loader
         .load(PROGRAM_OBJECT)
         .map_err(DataplaneError::Object)?;
@@ -586,74 +587,6 @@ pub(crate) fn xdp_program<'a>(
             interface: interface.to_owned(),
             source,
         })
-}
-
-/// Pins reused from an older shield must have the layout this one expects,
-/// checked before a program is loaded against them (the verifier's
-/// complaint about a value size would not say what to do). Missing pins
-/// are fine: the load creates them.
-fn check_pinned_layouts(layout: &PinLayout, interfaces: &[Target]) -> Result<(), DataplaneError> {
-    use std::mem::size_of;
-    let shared: [(&str, usize, usize, u32); 6] = [
-        (map_names::POLICY, size_of::<u32>(), size_of::<Policy>(), 1),
-        (map_names::ALLOW_V4, 4 + 4, 1, shield_common::MAX_PREFIXES),
-        (map_names::ALLOW_V6, 4 + 16, 1, shield_common::MAX_PREFIXES),
-        (
-            map_names::PREFILTER_V4,
-            size_of::<u32>(),
-            size_of::<u64>(),
-            shield_common::PREFILTER_WORDS,
-        ),
-        (
-            map_names::PREFILTER_V6,
-            size_of::<u32>(),
-            size_of::<u64>(),
-            shield_common::PREFILTER_WORDS,
-        ),
-        (
-            map_names::DROP_EVENTS,
-            0,
-            0,
-            shield_common::DROP_EVENTS_BYTES,
-        ),
-    ];
-    let shared = shared
-        .into_iter()
-        .map(|(name, key, value, entries)| (layout.shared_map(name), key, value, entries));
-    let counters = interfaces.iter().map(|target| {
-        (
-            layout.counters(&target.name),
-            size_of::<u32>(),
-            size_of::<CpuCounters>(),
-            1,
-        )
-    });
-    for (path, key_size, value_size, max_entries) in shared.chain(counters) {
-        if !path.exists() {
-            continue;
-        }
-        let info = MapData::from_pin(&path)
-            .and_then(|map| map.info())
-            .map_err(|source| DataplaneError::Map {
-                context: format!("cannot inspect {}", path.display()),
-                source,
-            })?;
-        if info.key_size() as usize != key_size
-            || info.value_size() as usize != value_size
-            || info.max_entries() != max_entries
-        {
-            return Err(DataplaneError::IncompatiblePin {
-                path: path.display().to_string(),
-                reason: format!(
-                    "key {}B value {}B entries {}, expected {key_size}B {value_size}B {max_entries}",
-                    info.key_size(),
-                    info.value_size(),
-                    info.max_entries()
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 fn open_counters(
@@ -721,10 +654,12 @@ fn unix_now() -> u64 {
 fn remove_interface_pins(layout: &PinLayout, interface: &str) -> Result<(), DataplaneError> {
     let dir = layout.interface_dir(interface);
     // The link first: from here on nothing is filtered on that interface.
+    let counters = layout.counters(interface);
     for path in [
         layout.link(interface),
         layout.program(interface),
-        layout.counters(interface),
+        layout::retired_path(&counters),
+        counters,
         layout.state(interface),
     ] {
         match std::fs::remove_file(&path) {
@@ -741,12 +676,17 @@ fn remove_interface_pins(layout: &PinLayout, interface: &str) -> Result<(), Data
 }
 
 fn remove_shared_pins(layout: &PinLayout) -> Result<(), DataplaneError> {
-    for name in SHARED_MAPS {
-        let path = layout.shared_map(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error(format!("cannot remove {}", path.display()))(e)),
+    for spec in map_specs::ALL
+        .iter()
+        .filter(|spec| spec.scope == MapScope::Shared)
+    {
+        let path = layout::pin_path(layout, spec, "");
+        for path in [layout::retired_path(&path), path] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(format!("cannot remove {}", path.display()))(e)),
+            }
         }
     }
     Ok(())

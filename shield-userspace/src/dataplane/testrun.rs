@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use aya::{
-    maps::{Map, MapData, PerCpuArray},
+    maps::{Map, MapData, MapError, MapInfo, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -15,7 +15,9 @@ use super::{Counters, DataplaneError, SharedMaps, PROGRAM_OBJECT};
 pub struct TestProgram {
     ebpf: Ebpf,
     maps: SharedMaps,
-    counters: PerCpuArray<MapData, CpuCounters>,
+    /// `None` for another build's object whose counter value has another
+    /// layout (benchmarks time such builds side by side, never count them).
+    counters: Option<PerCpuArray<MapData, CpuCounters>>,
 }
 
 /// One test run: the XDP action and the kernel's timing.
@@ -57,10 +59,16 @@ impl TestProgram {
                 .ok_or_else(|| DataplaneError::MissingMap {
                     name: map_names::COUNTERS.into(),
                 })?;
-        let counters = PerCpuArray::try_from(counters).map_err(|source| DataplaneError::Map {
-            context: "COUNTERS".into(),
-            source,
-        })?;
+        let counters = match PerCpuArray::try_from(counters) {
+            Ok(counters) => Some(counters),
+            Err(MapError::InvalidValueSize { .. }) => None,
+            Err(source) => {
+                return Err(DataplaneError::Map {
+                    context: "COUNTERS".into(),
+                    source,
+                })
+            }
+        };
         Ok(TestProgram {
             ebpf,
             maps,
@@ -113,6 +121,26 @@ impl TestProgram {
         )
     }
 
+    /// The kernel's description of each of this program's maps, by name,
+    /// so a test can hold the object to the table of map layouts.
+    pub fn map_infos(&self) -> Result<Vec<(String, MapInfo)>, DataplaneError> {
+        let ids = self
+            .program()?
+            .info()
+            .and_then(|info| info.map_ids())
+            .map_err(run_error)?
+            .unwrap_or_default();
+        let mut infos = Vec::new();
+        for id in ids {
+            let info = MapInfo::from_id(id).map_err(|source| DataplaneError::Map {
+                context: format!("cannot inspect map {id}"),
+                source,
+            })?;
+            infos.push((info.name_as_str().unwrap_or_default().to_owned(), info));
+        }
+        Ok(infos)
+    }
+
     fn program(&self) -> Result<&Xdp, DataplaneError> {
         self.ebpf
             .program(PROGRAM_NAME)
@@ -143,7 +171,13 @@ impl TestProgram {
     }
 
     pub fn counters(&self) -> Result<Counters, DataplaneError> {
-        Counters::read(&self.counters)
+        let counters = self
+            .counters
+            .as_ref()
+            .ok_or_else(|| DataplaneError::MissingMap {
+                name: format!("{} of this build's layout", map_names::COUNTERS),
+            })?;
+        Counters::read(counters)
     }
 
     /// One slot, summed over CPUs.
