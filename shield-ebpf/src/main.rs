@@ -1,7 +1,7 @@
 //! shield's XDP program: drop packets to protected ports whose source is
 //! outside the allowed prefixes, before the kernel allocates anything.
 //!
-//! The policy is documented in SPEC.md ("Packet policy") and mirrored by the
+//! The policy is the README's "Packet policy", mirrored by the
 //! reference classifier in `shield-userspace/src/policy.rs`, which the tests
 //! run against this program packet by packet.
 #![no_std]

@@ -1,5 +1,5 @@
-//! The reference classifier: SPEC's packet policy as plain Rust over a byte
-//! slice.
+//! The reference classifier: the packet policy (README, "Packet policy")
+//! as plain Rust over a byte slice.
 //!
 //! It is written independently of the XDP program (no shared parsing code)
 //! so that the differential tests, which run both on the same packets, catch

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// The pin root in production (SPEC: Files).
+/// The pin root in production.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/shield";
 
 /// Overrides the pin root; lets tests and several instances on one host keep

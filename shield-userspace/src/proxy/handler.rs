@@ -4,22 +4,21 @@
 use std::{
     convert::Infallible,
     net::IpAddr,
-    pin::Pin,
     sync::{Arc, OnceLock},
-    task::{Context, Poll},
 };
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
 use super::{
     activity::{Activity, RequestGuard},
+    body::{Watch, Watched},
     headers::{self, Forwarding},
     metrics::HttpMetrics,
-    upstream::{ClientBody, Started, UpstreamClient, UpstreamError},
+    upstream::{client_body, started, UpstreamClient, UpstreamError},
     Route,
 };
 
@@ -87,10 +86,7 @@ impl Connection {
         let request_id = RequestId::random();
         let response = self.respond(request, request_id.as_str()).await;
         self.count(response.status());
-        Ok(response.map(|body| GuardedBody {
-            body,
-            _guard: guard,
-        }))
+        Ok(response.map(|body| Watched::new(body, guard)))
     }
 
     /// Counts a response in `shield_http_requests_total`.
@@ -197,7 +193,7 @@ impl Connection {
                 request_id,
             },
         );
-        let (body, broken_by_client) = ClientBody::new(body);
+        let (body, broken_by_client) = client_body(body);
         let call = self.upstream.request(
             self.route.upstream.authority(),
             Request::from_parts(parts, body),
@@ -217,7 +213,7 @@ impl Connection {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                match Started::read(body).await {
+                match started(body).await {
                     Ok(body) => Response::from_parts(parts, body.boxed()),
                     Err(error) => {
                         let (status, body) =
@@ -300,32 +296,11 @@ pub fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     response
 }
 
-/// A response body that keeps its request counted as in flight until sent.
-#[derive(Debug)]
-pub struct GuardedBody {
-    body: ProxyBody,
-    _guard: RequestGuard,
-}
+/// A response body that keeps its request counted as in flight until
+/// sent (the guard is dropped with it).
+pub type GuardedBody = Watched<ProxyBody, RequestGuard>;
 
-impl Body for GuardedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
+impl Watch for RequestGuard {}
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 //! upstream client.
 
 mod activity;
+mod body;
 mod direct;
 mod h1;
 mod handler;

@@ -106,15 +106,10 @@ pub fn check(config: &crate::config::Config) -> Result<(), TlsError> {
 
 /// The rustls crypto provider for every site and for tests' clients.
 ///
-/// aws-lc-rs, rustls' default. Measured against ring (`--features ring`)
-/// with `cargo xtask bench tls` on the 2-core bench host, full mTLS
-/// handshakes (ECDSA P-256, X25519, no resumption), 2026-11-23: the two are
-/// within the host's noise. Six interleaved 5 s pairs: aws-lc-rs median
-/// 996/s, ring 1,025/s, ring/aws-lc-rs per pair 0.73 to 1.59, median 1.03;
-/// in the bench run ring led (1,040 vs 896/s), in an earlier one aws-lc-rs
-/// did (747 vs 648/s); ring also led keep-alive requests/s in the bench
-/// run (7,219 vs 6,317/s), within the same noise.
-/// With speed a tie, aws-lc-rs stays for what ring lacks: the
+/// aws-lc-rs, rustls' default. `cargo xtask bench tls` measures it against
+/// ring (`--features ring`): the two are within the bench host's noise
+/// (docs/BENCHMARKS.md). With speed a tie, aws-lc-rs stays for what ring
+/// lacks: the
 /// X25519MLKEM768 hybrid key exchange that Cloudflare prefers towards
 /// origins, and a FIPS build. Building with `--features ring` switches.
 pub fn provider() -> Arc<CryptoProvider> {

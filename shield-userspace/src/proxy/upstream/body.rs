@@ -1,12 +1,10 @@
 //! The bodies that cross to and from the upstream on hyper's path.
 
 use std::{
-    pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
         Arc,
     },
-    task::{ready, Context, Poll},
     time::Duration,
 };
 
@@ -14,25 +12,23 @@ use bytes::Bytes;
 use http::uri::Authority;
 use http_body_util::BodyExt as _;
 use hyper::{
-    body::{Body, Frame, Incoming, SizeHint},
+    body::{Body, Frame, Incoming},
     client::conn::http1::SendRequest,
 };
 
 use super::pool::Pool;
+use crate::proxy::body::{Watch, Watched};
 
 /// A verified client's request body on its way to the upstream. A body
 /// whose framing the client broke (a malformed chunk, more data than its
 /// length) surfaces as a failure of the upstream request it was streamed
-/// into; this remembers that the client was at fault, so the answer is a
-/// 400 counted as the client's error, not a 502 logged as the upstream's.
-#[derive(Debug)]
-pub struct ClientBody {
-    body: Incoming,
-    broken: Arc<AtomicBool>,
-}
+/// into; its [`BrokenByClient`] remembers that the client was at fault, so
+/// the answer is a 400 counted as the client's error, not a 502 logged as
+/// the upstream's.
+pub type ClientBody = Watched<Incoming, BrokenByClient>;
 
 /// Whether a [`ClientBody`]'s framing was broken by the client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BrokenByClient(Arc<AtomicBool>);
 
 impl BrokenByClient {
@@ -41,100 +37,64 @@ impl BrokenByClient {
     }
 }
 
-impl ClientBody {
-    pub fn new(body: Incoming) -> (ClientBody, BrokenByClient) {
-        let broken = Arc::new(AtomicBool::new(false));
-        let flag = BrokenByClient(Arc::clone(&broken));
-        (ClientBody { body, broken }, flag)
+impl Watch for BrokenByClient {
+    fn polled(&mut self, frame: Option<&Result<Frame<Bytes>, hyper::Error>>, _: bool) {
+        if matches!(frame, Some(Err(_))) {
+            self.0.store(true, Relaxed);
+        }
     }
 }
 
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if matches!(frame, Some(Err(_))) {
-            self.broken.store(true, Relaxed);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
+/// The client's body for the upstream, and what tells afterwards whether
+/// the client broke it.
+pub fn client_body(body: Incoming) -> (ClientBody, BrokenByClient) {
+    let broken = BrokenByClient::default();
+    (Watched::new(body, broken.clone()), broken)
 }
 
 /// An upstream response body that puts its connection back in the pool
 /// once it has been read to the end. Dropped before the end, the connection
 /// is closed instead (hyper cannot reuse it with unread body on the wire).
+pub type PooledBody = Watched<Incoming, Release>;
+
+/// Where a response body's connection goes back to; `None` once it went,
+/// or once the body broke (a broken body means a broken connection).
 #[derive(Debug)]
-pub struct PooledBody {
-    pub(super) body: Incoming,
-    pub(super) release: Option<Release>,
-}
+pub struct Release(pub(super) Option<Returned>);
 
 #[derive(Debug)]
-pub(super) struct Release {
+pub(super) struct Returned {
     pub(super) pool: Arc<Pool<SendRequest<ClientBody>>>,
     pub(super) authority: Authority,
     pub(super) sender: SendRequest<ClientBody>,
 }
 
-impl PooledBody {
+impl Release {
     fn release(&mut self) {
-        if let Some(Release {
+        if let Some(Returned {
             pool,
             authority,
             sender,
-        }) = self.release.take()
+        }) = self.0.take()
         {
             pool.put(&authority, sender);
         }
     }
 }
 
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        match &frame {
-            // A broken body means a broken connection.
-            Some(Err(_)) => self.release = None,
-            Some(Ok(_)) if !self.body.is_end_stream() => {}
+impl Watch for Release {
+    fn polled(&mut self, frame: Option<&Result<Frame<Bytes>, hyper::Error>>, ended: bool) {
+        match frame {
+            Some(Err(_)) => self.0 = None,
+            Some(Ok(_)) if !ended => {}
             // Released as soon as the last frame is read: hyper's server
             // stops polling a body once `is_end_stream` says it is done.
             _ => self.release(),
         }
-        Poll::Ready(frame)
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // An empty body (204, HEAD, Content-Length: 0) is never polled.
-        if self.body.is_end_stream() {
+    fn dropped(&mut self, ended: bool) {
+        if ended {
             self.release();
         }
     }
@@ -149,59 +109,19 @@ const FIRST_FRAME_WAIT: Duration = Duration::from_millis(50);
 /// went to the client, so that a body broken from its first byte (bad
 /// chunk framing, say) is still answered with a 502 instead of a head and
 /// a closed connection.
-#[derive(Debug)]
-pub struct Started {
-    first: Option<Frame<Bytes>>,
-    rest: PooledBody,
-}
+pub type Started = Watched<PooledBody, ()>;
 
-impl Started {
-    /// Reads the first frame if it comes within [`FIRST_FRAME_WAIT`]; an
-    /// error in it is the caller's to answer.
-    pub async fn read(mut rest: PooledBody) -> Result<Started, hyper::Error> {
-        let first = if rest.is_end_stream() {
-            None
-        } else {
-            match tokio::time::timeout(FIRST_FRAME_WAIT, rest.frame()).await {
-                Ok(Some(frame)) => Some(frame?),
-                // Ended, or a stream taking its time: passed on as it comes.
-                Ok(None) | Err(_) => None,
-            }
-        };
-        Ok(Started { first, rest })
-    }
-}
-
-impl Body for Started {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.first.take() {
-            Some(frame) => Poll::Ready(Some(Ok(frame))),
-            None => Pin::new(&mut self.rest).poll_frame(cx),
+/// Reads the first frame of `body` if it comes within [`FIRST_FRAME_WAIT`];
+/// an error in it is the caller's to answer.
+pub async fn started(mut body: PooledBody) -> Result<Started, hyper::Error> {
+    let first = if body.is_end_stream() {
+        None
+    } else {
+        match tokio::time::timeout(FIRST_FRAME_WAIT, body.frame()).await {
+            Ok(Some(frame)) => Some(frame?),
+            // Ended, or a stream taking its time: passed on as it comes.
+            Ok(None) | Err(_) => None,
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        // The first frame's data still counts, or hyper would state a
-        // shorter Content-Length than what it sends.
-        let mut hint = self.rest.size_hint();
-        if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
-            let len = data.len() as u64;
-            // Upper first: a lower bound above the upper one panics.
-            if let Some(upper) = hint.upper() {
-                hint.set_upper(upper + len);
-            }
-            hint.set_lower(hint.lower() + len);
-        }
-        hint
-    }
+    };
+    Ok(Watched::read_ahead(first, body, ()))
 }

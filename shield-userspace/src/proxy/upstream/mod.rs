@@ -3,9 +3,10 @@
 //! A lean pool over `hyper::client::conn::http1` instead of hyper-util's
 //! legacy `Client`: profiling the keep-alive path showed the legacy client's
 //! `send_request` and pool checkout, plus the task it spawns per request to
-//! put the connection back, cost ~9k of ~63k instructions per request. Here a
-//! connection goes back to the pool from the response body itself, when its
-//! last frame is read, and checkout is a lock and a `pop`.
+//! put the connection back, among the largest costs of a request
+//! (docs/BENCHMARKS.md). Here a connection goes back to the pool from the
+//! response body itself, when its last frame is read, and checkout is a lock
+//! and a `pop`.
 //!
 //! The same pool also keeps plain TCP streams for the direct HTTP/1.1 path
 //! (`proxy::direct`), which writes and reads the upstream's HTTP itself.
@@ -20,9 +21,12 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-pub use self::body::{ClientBody, PooledBody, Started};
-use self::{body::Release, pool::Pool};
-use super::{h1::body::BodyError, metrics::HttpMetrics};
+pub use self::body::{client_body, started, ClientBody, PooledBody};
+use self::{
+    body::{Release, Returned},
+    pool::Pool,
+};
+use super::{body::Watched, h1::body::BodyError, metrics::HttpMetrics};
 
 /// A refused or unreachable upstream fails fast as a 502; this bounds only
 /// the TCP connect, the answer itself is bounded by `upstream_timeout`.
@@ -100,14 +104,12 @@ impl UpstreamClient {
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     let pool = Arc::clone(&self.pool);
-                    return Ok(response.map(|body| PooledBody {
-                        body,
-                        release: Some(Release {
-                            pool,
-                            authority: authority.clone(),
-                            sender,
-                        }),
+                    let release = Release(Some(Returned {
+                        pool,
+                        authority: authority.clone(),
+                        sender,
                     }));
+                    return Ok(response.map(|body| Watched::new(body, release)));
                 }
                 Err(mut error) => match error.take_message() {
                     // An idle connection the upstream closed before the
@@ -300,7 +302,7 @@ mod tests {
         });
         let (mut parts, body) = take.await.expect("request taken").into_parts();
         parts.uri = http::Uri::from_static("/path");
-        Request::from_parts(parts, ClientBody::new(body).0)
+        Request::from_parts(parts, client_body(body).0)
     }
 
     /// One request to `authority`, its body read to the end.

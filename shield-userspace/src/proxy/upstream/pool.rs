@@ -96,8 +96,8 @@ struct State<C> {
     /// burst's extra connections age out instead of being kept warm. A list
     /// searched by the authority's text rather than a map: a host has a
     /// handful of upstreams, and hashing an `Authority` with the default
-    /// hasher (plus its case-insensitive `==`) cost ~2k instructions per
-    /// request.
+    /// hasher (plus its case-insensitive `==`) cost more per request than
+    /// the search.
     idle: Vec<(Authority, VecDeque<Idle<C>>)>,
     /// Whether a task is reaping expired idle connections.
     reaping: bool,
