@@ -15,7 +15,7 @@ mod serve;
 mod upstream;
 
 pub use handler::Client;
-pub use lifecycle::{H2_MAX_STREAMS, MAX_HEADER_BYTES};
+pub use lifecycle::MAX_HEADER_BYTES;
 pub use route::{Route, Upstream};
 pub use serve::{serve, Protocol};
 pub use upstream::{client as upstream_client, UpstreamClient};

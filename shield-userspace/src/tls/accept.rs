@@ -119,7 +119,7 @@ async fn connection(
     };
     let (_, session) = tls.get_ref();
     let protocol = match session.alpn_protocol() {
-        Some(b"h2") => Protocol::Http2,
+        Some(b"h2") => Protocol::Http2(site.h2),
         _ => Protocol::Http1,
     };
     let cert_sha256 = session
