@@ -2,7 +2,9 @@
 //! upstream, shield started in-process, and real `curl` / `openssl` runs.
 #![allow(dead_code)]
 
+pub mod h2raw;
 pub mod pki;
+pub mod process;
 pub mod raw;
 
 use std::{
