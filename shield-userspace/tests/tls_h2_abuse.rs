@@ -213,7 +213,7 @@ impl Harness {
 
     /// A raw connection with small client socket buffers, so that a client
     /// that never reads pushes back on the server after a few KiB.
-    async fn raw_small_buffers(&self) -> Raw {
+    async fn raw_small_buffers(&self, settings: &[(u16, u32)]) -> Raw {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(16 * 1024).unwrap();
         socket.set_send_buffer_size(16 * 1024).unwrap();
@@ -226,7 +226,7 @@ impl Harness {
             .connect(name, tcp)
             .await
             .unwrap();
-        Raw::open(tls, &[], false).await
+        Raw::open(tls, settings, false).await
     }
 
     fn attack_requests(&self) -> usize {
@@ -494,6 +494,45 @@ async fn a_zero_window_reader_costs_bounded_memory() {
     h.assert_cost("zero-window reader", &cost, 50.0, 8);
 }
 
+/// The same responses to a client that opens its windows wide and then
+/// never reads the socket: h2 grants each stream send capacity up to
+/// `max_send_buffer_bytes` and no more, so the cost per stream is bounded
+/// by it (set low here, so that the bound also proves the key applies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_costs_its_send_buffers() {
+    const STREAMS: u32 = 20;
+    const SEND_BUFFER: u32 = 64 * 1024;
+    const WIDE: u32 = 0x7fff_ffff;
+    let mut h = Harness::start(&format!("max_send_buffer_bytes = {SEND_BUFFER}")).await;
+    let before = h.shield.sample();
+    let mut raw = h
+        .raw_small_buffers(&[(h2raw::SETTINGS_INITIAL_WINDOW_SIZE, WIDE)])
+        .await;
+    let mut attack = h2raw::window_update(0, WIDE - 65_535);
+    for i in 0..STREAMS {
+        attack.extend(request(2 * i + 1, "/big", true));
+    }
+    assert!(raw.send(&attack).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.attack_requests() < STREAMS as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.attack_requests(), STREAMS as usize);
+    // Long enough for shield to fill what it would buffer.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.fresh_client().await;
+    let cost = h.shield.sample().since(&before);
+    // Per stream: the send buffer (allocated up to about twice its size)
+    // and what the upstream connection holds besides (its read buffer, the
+    // chunk in flight): measured 0.8 MiB per stream at 64 KiB, 1.4 MiB at
+    // the 400 KiB default (+28 MiB here), 3.2 MiB at 2 MB. The responses
+    // are 640 MiB. The bound is below the default's cost, so a send buffer
+    // setting that is not applied fails it.
+    let bound_mib = (i64::from(STREAMS) * (2 * i64::from(SEND_BUFFER) + (1 << 20))) >> 20;
+    h.assert_cost("a client that never reads", &cost, 100.0, bound_mib);
+    drop(raw);
+}
+
 /// Frames that each demand an answer (PING, SETTINGS), 32 MiB of them,
 /// from a client that never reads: h2 answers one before reading the next,
 /// so once the answers fill the sockets shield stops reading, and holds
@@ -503,7 +542,7 @@ async fn flood_without_reading(attack_name: &str, one: &[u8]) {
     let count = (32 << 20) / one.len();
     let attack = one.repeat(count);
     let before = h.shield.sample();
-    let mut raw = h.raw_small_buffers().await;
+    let mut raw = h.raw_small_buffers(&[]).await;
     let (sent, outcome) =
         h2raw::write_until_stalled(&mut raw.write, &attack, Duration::from_secs(3)).await;
     h.fresh_client().await;
