@@ -236,6 +236,29 @@ pub struct SiteConfig {
     /// before the client gets a 504.
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: streams past it are
+    /// refused (`REFUSED_STREAM`), so one connection never has more
+    /// requests than this at the upstream at once.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may open and reset before shield has
+    /// accepted them; one more is a GOAWAY (the rapid-reset attack, where
+    /// each reset stream still costs the server its setup).
+    #[serde(default = "default_max_pending_reset_streams")]
+    pub max_pending_reset_streams: u32,
+    /// Bytes of a response buffered per HTTP/2 stream while the client's
+    /// flow-control window is closed; past it shield stops reading the
+    /// upstream. Bounds what a reader that never opens its window costs.
+    #[serde(default = "default_max_send_buffer_bytes")]
+    pub max_send_buffer_bytes: u32,
+}
+
+/// A site's HTTP/2 limits, as the connection's h2 settings apply them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Limits {
+    pub max_concurrent_streams: u32,
+    pub max_pending_reset_streams: u32,
+    pub max_send_buffer_bytes: u32,
 }
 
 /// The `site` label of what belongs to no configured site: a handshake
@@ -249,6 +272,14 @@ impl SiteConfig {
             .first()
             .map(String::as_str)
             .unwrap_or(NO_SITE)
+    }
+
+    pub fn h2_limits(&self) -> H2Limits {
+        H2Limits {
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_pending_reset_streams: self.max_pending_reset_streams,
+            max_send_buffer_bytes: self.max_send_buffer_bytes,
+        }
     }
 }
 
@@ -272,6 +303,29 @@ fn default_upstream_timeout() -> Duration {
     // nginx's proxy_read_timeout default; Cloudflare itself waits 100 s.
     Duration::from_secs(60)
 }
+fn default_max_concurrent_streams() -> u32 {
+    // Cloudflare opens up to 200 streams per origin connection and honours
+    // a lower advertised value; 200 lets it use what it would.
+    200
+}
+fn default_max_pending_reset_streams() -> u32 {
+    // h2's own default, the one its rapid-reset fix chose: a legitimate
+    // client cancels a few requests at a time, never dozens unaccepted.
+    20
+}
+fn default_max_send_buffer_bytes() -> u32 {
+    // hyper's default (400 KiB): enough to keep a stream busy at the
+    // stream window h2 grants, small enough that 200 stalled streams
+    // stay under 80 MiB per connection.
+    400 * 1024
+}
+
+/// Sane ranges for the HTTP/2 limits: below, legitimate traffic breaks;
+/// above, the limit no longer bounds anything a host could afford.
+const MAX_CONCURRENT_STREAMS: std::ops::RangeInclusive<u32> = 1..=10_000;
+const PENDING_RESET_STREAMS: std::ops::RangeInclusive<u32> = 1..=10_000;
+/// One maximal frame up to 16 MiB (h2 asserts the value fits a u32).
+const SEND_BUFFER_BYTES: std::ops::RangeInclusive<u32> = 16 * 1024..=16 * 1024 * 1024;
 
 impl Config {
     /// Reads, parses and validates the file at `path`.
@@ -511,6 +565,30 @@ fn validate_sites(sites: &[SiteConfig]) -> Result<(), InvalidKey> {
                 "must be at least 1",
             ));
         }
+        for (field, value, range) in [
+            (
+                "max_concurrent_streams",
+                site.max_concurrent_streams,
+                MAX_CONCURRENT_STREAMS,
+            ),
+            (
+                "max_pending_reset_streams",
+                site.max_pending_reset_streams,
+                PENDING_RESET_STREAMS,
+            ),
+            (
+                "max_send_buffer_bytes",
+                site.max_send_buffer_bytes,
+                SEND_BUFFER_BYTES,
+            ),
+        ] {
+            if !range.contains(&value) {
+                return Err(InvalidKey::new(
+                    key(field),
+                    format!("{value} is outside {} to {}", range.start(), range.end()),
+                ));
+            }
+        }
         for (field, value) in [
             ("handshake_timeout", site.handshake_timeout),
             ("header_timeout", site.header_timeout),
@@ -601,6 +679,14 @@ upstream = "http://127.0.0.1:8080"
         assert_eq!(config.sites[0].label(), "www.example.com");
         assert_eq!(config.sites[0].idle_timeout, Duration::from_secs(900));
         assert_eq!(config.sites[0].max_connections, 10_000);
+        assert_eq!(
+            config.sites[0].h2_limits(),
+            H2Limits {
+                max_concurrent_streams: 200,
+                max_pending_reset_streams: 20,
+                max_send_buffer_bytes: 400 * 1024,
+            }
+        );
     }
 
     #[test]
@@ -639,6 +725,26 @@ upstream = "http://127.0.0.1:8080"
                 "[ranges]\nmin_prefix_v6 = 129".into(),
             ),
             ("site[0].max_connections", site("max_connections = 0")),
+            (
+                "site[0].max_concurrent_streams",
+                site("max_concurrent_streams = 0"),
+            ),
+            (
+                "site[0].max_concurrent_streams",
+                site("max_concurrent_streams = 1000000"),
+            ),
+            (
+                "site[0].max_pending_reset_streams",
+                site("max_pending_reset_streams = 0"),
+            ),
+            (
+                "site[0].max_send_buffer_bytes",
+                site("max_send_buffer_bytes = 100"),
+            ),
+            (
+                "site[0].max_send_buffer_bytes",
+                site("max_send_buffer_bytes = 4000000000"),
+            ),
             (
                 "site[0].client_ca",
                 site("").replace("[\"cloudflare-shared\"]", "[]"),

@@ -83,7 +83,7 @@ async fn connection(
     };
     drop(table);
     let protocol = match tls.get_ref().1.alpn_protocol() {
-        Some(b"h2") => HttpProtocol::Http2,
+        Some(b"h2") => HttpProtocol::Http2(site.h2),
         _ => HttpProtocol::Http1,
     };
     let route = site.route.clone();

@@ -13,8 +13,6 @@ use tokio::{
 /// most 32 KiB of request headers to an origin; twice that leaves room for
 /// the headers it adds itself.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Concurrent h2 streams per connection.
-pub const H2_MAX_STREAMS: u32 = 128;
 /// After an idle or shutdown close is asked for, how long in-flight work
 /// may take before the connection is dropped.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(30);

@@ -15,7 +15,7 @@ mod serve;
 mod upstream;
 
 pub use handler::{text, Client, ProxyBody};
-pub use lifecycle::{H2_MAX_STREAMS, MAX_HEADER_BYTES};
+pub use lifecycle::MAX_HEADER_BYTES;
 pub use route::{Route, Upstream};
 pub use serve::{serve, HttpProtocol};
 pub use upstream::{client as upstream_client, UpstreamClient};

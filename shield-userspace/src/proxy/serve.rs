@@ -18,11 +18,13 @@ use tokio::{
     time::sleep_until,
 };
 
+use crate::config::H2Limits;
+
 use super::{
     activity::{Activity, Check, Tracked},
     direct::{self, Direct},
     handler::{Client, Connection, GuardedBody},
-    lifecycle::{close, Clocks, CLOSE_GRACE, H2_MAX_STREAMS, MAX_HEADER_BYTES, PARK_AFTER},
+    lifecycle::{close, Clocks, CLOSE_GRACE, MAX_HEADER_BYTES, PARK_AFTER},
     metrics::HttpMetrics,
     upstream::UpstreamClient,
     Route,
@@ -32,7 +34,8 @@ use super::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpProtocol {
     Http1,
-    Http2,
+    /// With the site's HTTP/2 limits.
+    Http2(H2Limits),
 }
 
 /// Serves `io`, verified as `client` for `route`, until the client leaves,
@@ -91,10 +94,15 @@ pub async fn serve<IO>(
             )
             .await;
         }
-        HttpProtocol::Http2 => {
+        HttpProtocol::Http2(h2) => {
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .max_concurrent_streams(H2_MAX_STREAMS)
+                .max_concurrent_streams(h2.max_concurrent_streams)
+                .max_pending_accept_reset_streams(h2.max_pending_reset_streams as usize)
+                .max_send_buf_size(h2.max_send_buffer_bytes as usize)
+                // The HPACK bomb and the CONTINUATION flood end here: h2
+                // refuses a decoded list over this, and stops buffering a
+                // block that grows past its abuse multiple of it.
                 .max_header_list_size(MAX_HEADER_BYTES as u32)
                 .serve_connection(TokioIo::new(io), service);
             // Boxed: h2's state would otherwise size every h1 connection's

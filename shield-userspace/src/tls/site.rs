@@ -11,7 +11,7 @@ use rustls::{
 
 use super::{load, verify::ClientPolicy, TlsError};
 use crate::{
-    config::{ClientCa, SiteConfig},
+    config::{ClientCa, H2Limits, SiteConfig},
     proxy::Route,
 };
 
@@ -35,6 +35,7 @@ pub struct Site {
     pub uses_shared_ca: bool,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    pub h2: H2Limits,
 }
 
 impl Site {
@@ -112,6 +113,7 @@ impl Site {
             uses_shared_ca,
             handshake_timeout: config.handshake_timeout,
             max_connections: config.max_connections,
+            h2: config.h2_limits(),
         })
     }
 

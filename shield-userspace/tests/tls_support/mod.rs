@@ -4,7 +4,9 @@
 // Test support: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
+pub mod h2raw;
 pub mod pki;
+pub mod process;
 pub mod raw;
 
 use std::{
