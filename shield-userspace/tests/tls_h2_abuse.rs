@@ -11,6 +11,8 @@
 //! (several times what was measured) because the point is catching a lost
 //! limit, whose cost grows with the attack's size (tens to hundreds of
 //! times these bounds), not a few percent of drift.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod tls_support;
 
