@@ -93,7 +93,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum XdpMode {
+pub enum AttachPreference {
     /// Native (driver) mode, else generic with the kernel's reason logged.
     Auto,
     Native,
@@ -120,7 +120,7 @@ impl From<Fragments> for shield_common::FragmentPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct XdpConfig {
     pub interfaces: Vec<String>,
-    pub mode: XdpMode,
+    pub mode: AttachPreference,
     pub enforce: bool,
     pub protected_tcp_ports: Vec<u16>,
     pub protected_udp_ports: Vec<u16>,
@@ -131,7 +131,7 @@ impl Default for XdpConfig {
     fn default() -> Self {
         XdpConfig {
             interfaces: Vec::new(),
-            mode: XdpMode::Auto,
+            mode: AttachPreference::Auto,
             enforce: true,
             protected_tcp_ports: vec![80, 443],
             protected_udp_ports: vec![443],
@@ -618,7 +618,7 @@ mod tests {
     fn empty_config_has_spec_defaults() {
         let config = Config::parse("").unwrap();
         assert!(config.xdp.interfaces.is_empty());
-        assert_eq!(config.xdp.mode, XdpMode::Auto);
+        assert_eq!(config.xdp.mode, AttachPreference::Auto);
         assert!(config.xdp.enforce);
         assert_eq!(config.xdp.protected_tcp_ports, vec![80, 443]);
         assert_eq!(config.xdp.protected_udp_ports, vec![443]);

@@ -363,7 +363,7 @@ impl Starting<'_> {
         &mut self,
         ebpf: &mut Ebpf,
         target: &Target,
-        wanted: config::XdpMode,
+        wanted: config::AttachPreference,
     ) -> Result<AttachedInterface, DataplaneError> {
         let link_path = self.layout.link(&target.name);
         let state_path = self.layout.state(&target.name);
@@ -438,7 +438,7 @@ fn adopt(
     target: &Target,
     link_path: &std::path::Path,
     previous: Option<InterfaceState>,
-    wanted: config::XdpMode,
+    wanted: config::AttachPreference,
 ) -> Result<Option<AttachMode>, DataplaneError> {
     let previous_mode = previous
         .filter(|state| state.ifindex == target.ifindex)
@@ -451,9 +451,9 @@ fn adopt(
         return Ok(None);
     };
     let mode_ok = match wanted {
-        config::XdpMode::Auto => true,
-        config::XdpMode::Native => previous_mode == AttachMode::Native,
-        config::XdpMode::Generic => previous_mode == AttachMode::Generic,
+        config::AttachPreference::Auto => true,
+        config::AttachPreference::Native => previous_mode == AttachMode::Native,
+        config::AttachPreference::Generic => previous_mode == AttachMode::Generic,
     };
     if !mode_ok {
         // The kernel refuses native and generic programs on one device at
@@ -492,7 +492,7 @@ fn adopt(
 fn attach_fresh(
     program: &mut Xdp,
     target: &Target,
-    wanted: config::XdpMode,
+    wanted: config::AttachPreference,
     link_path: &std::path::Path,
 ) -> Result<AttachMode, DataplaneError> {
     let attempt = |program: &mut Xdp, mode: AttachMode| {
@@ -509,9 +509,13 @@ fn attach_fresh(
             })
     };
     let (link_id, mode) = match wanted {
-        config::XdpMode::Native => (attempt(program, AttachMode::Native)?, AttachMode::Native),
-        config::XdpMode::Generic => (attempt(program, AttachMode::Generic)?, AttachMode::Generic),
-        config::XdpMode::Auto => match attempt(program, AttachMode::Native) {
+        config::AttachPreference::Native => {
+            (attempt(program, AttachMode::Native)?, AttachMode::Native)
+        }
+        config::AttachPreference::Generic => {
+            (attempt(program, AttachMode::Generic)?, AttachMode::Generic)
+        }
+        config::AttachPreference::Auto => match attempt(program, AttachMode::Native) {
             Ok(id) => (id, AttachMode::Native),
             Err(error) => {
                 tracing::warn!(interface = %target.name, reason = %crate::error::Chain(&error), "native XDP refused; falling back to generic mode");

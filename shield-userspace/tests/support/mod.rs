@@ -13,19 +13,7 @@ use shield_common::{FragmentPolicy, Reason, Verdict, PREFIX_FROM_RANGES};
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 
-/// Privileged tests need root (BPF_PROG_LOAD). Outside CI a non-root run
-/// says so loudly and returns false; under CI=true it fails the test.
-pub fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("this test needs root (BPF_PROG_LOAD, netns); CI runs as root, so this is a broken runner");
-    }
-    eprintln!("NOT RUN: needs root; run `cargo xtask test` as root");
-    false
-}
+pub use shield_tests::require_root;
 
 pub fn policy(prefixes: &[&str], enforce: bool, fragments: FragmentPolicy) -> Classifier {
     Classifier {

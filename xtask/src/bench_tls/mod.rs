@@ -53,6 +53,9 @@
 //!
 //! `SHIELD_BENCH_QUICK=1` runs every step once and short ([`params::Plan`]),
 //! to check that the bench still runs end to end; its figures mean nothing.
+//! `SHIELD_BENCH_INSTRUCTIONS_ONLY=1` measures only the callgrind row, which
+//! a loaded host does not disturb; `SHIELD_BENCH_SHIELD_BIN=PATH` measures
+//! that binary in place of the default build (an earlier commit's, say).
 //!
 //! One module per job: `install` (the tools), `conf` (certificates and
 //! config templates), `servers` (the processes under test), `load` (the
@@ -91,6 +94,12 @@ use self::{
 };
 use crate::shell;
 
+/// `SHIELD_BENCH_INSTRUCTIONS_ONLY=1`: only the callgrind row.
+const INSTRUCTIONS_ONLY: &str = "SHIELD_BENCH_INSTRUCTIONS_ONLY";
+/// `SHIELD_BENCH_SHIELD_BIN=PATH`: measure this shield binary as the
+/// default (aws-lc-rs) build.
+const SHIELD_BIN: &str = "SHIELD_BENCH_SHIELD_BIN";
+
 pub fn run() -> anyhow::Result<()> {
     let plan = Plan::from_env();
     if plan.quick {
@@ -116,7 +125,10 @@ pub fn run() -> anyhow::Result<()> {
     build(&["--features", "ring", "--bin", "shield"])?;
     copy(&release.join("shield"), &work.join("shield-ring"))?;
     build(&["--bin", "shield", "--example", "tls_load"])?;
-    copy(&release.join("shield"), &work.join("shield-aws-lc-rs"))?;
+    // Another build of shield in the default build's place: an earlier
+    // commit's, to compare against with the same harness.
+    let shield = std::env::var_os(SHIELD_BIN).map_or_else(|| release.join("shield"), PathBuf::from);
+    copy(&shield, &work.join("shield-aws-lc-rs"))?;
     let load = release.join("examples").join("tls_load");
 
     let nofile = nofile_limit();
@@ -145,6 +157,19 @@ pub fn run() -> anyhow::Result<()> {
     let upstream = format!("http://127.0.0.1:{upstream_port}");
 
     let kinds = [Kind::Nginx, Kind::Shield("aws-lc-rs"), Kind::Shield("ring")];
+    if std::env::var_os(INSTRUCTIONS_ONLY).is_some_and(|v| v == "1") {
+        // The deterministic row alone, for a change that must not cost
+        // speed: it does not depend on what else the host is doing.
+        for kind in &kinds[..2] {
+            let per_request =
+                callgrind::per_request(*kind, &work, &pki, &upstream, &meter.cpus, &plan)?;
+            println!(
+                "{}: {per_request:.0} user-space instructions per keep-alive request (callgrind)",
+                kind.name()
+            );
+        }
+        return Ok(());
+    }
     let load_cpus = meter.cpus.load_list();
     let clients = Clients {
         tls_load: &load,
