@@ -4,6 +4,9 @@
 
 mod activity;
 mod direct;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod handler;
 pub mod headers;
