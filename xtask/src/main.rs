@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build | run | test | bench | dist`.
+//! `cargo xtask setup | build | run | test | fuzz | bench | dist`.
 //!
 //! Each command sets up what it needs first, so a fresh clone needs no
 //! manual step (`cargo xtask test` on a new Debian 12 host just works).
@@ -7,6 +7,7 @@ mod bench;
 mod bench_tls;
 mod build;
 mod dist;
+mod fuzz;
 mod lab;
 mod pki;
 mod run;
@@ -41,6 +42,13 @@ enum Task {
     Dist,
     /// Every test, privileged ones included (needs root); what CI runs.
     Test,
+    /// The fuzz targets in fuzz/ (cargo-fuzz, nightly), 60 s each by default.
+    Fuzz {
+        /// One of `request_head`, `response_body`, `config`, `range_feeds`; all when omitted.
+        target: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// The benchmarks of docs/BENCHMARKS.md (needs root).
     Bench {
         /// `xdp`, `ranges` or `tls`; all when omitted.
@@ -55,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run::run(args),
         Task::Dist => dist::build().and_then(|deb| dist::check(&deb)),
         Task::Test => test::all(),
+        Task::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Task::Bench { which } => bench::run(which.as_deref()),
     }
 }

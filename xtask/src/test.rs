@@ -33,6 +33,7 @@ pub fn all() -> anyhow::Result<()> {
     let result = shell::cargo(&["test", "--", "--test-threads=2"]);
     sweep_leftovers()?;
     result?;
+    crate::fuzz::run(None, 60)?;
     // The lab behind `cargo xtask run`, unattended for a while.
     crate::lab::smoke(&crate::run::shield_binary())?;
     // The package: built in release and checked (contents, conffile, unit).
