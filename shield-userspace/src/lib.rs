@@ -14,3 +14,10 @@ pub mod policy;
 pub mod proxy;
 pub mod ranges;
 pub mod tls;
+/// What the fuzz targets (`fuzz/`) call that is not public otherwise; only
+/// with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::proxy::fuzzing::*;
+}

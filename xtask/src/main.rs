@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build | run | test | bench | dist`.
+//! `cargo xtask setup | build | run | test | fuzz | bench | dist`.
 //!
 //! Each command sets up what it needs first, so a fresh clone needs no
 //! manual step (`cargo xtask test` on a new Debian 12 host just works).
@@ -8,6 +8,7 @@ mod bench_tls;
 mod build;
 mod compat;
 mod dist;
+mod fuzz;
 mod lab;
 mod pki;
 mod run;
@@ -50,6 +51,13 @@ enum Task {
     /// Build the previous release's shield for the upgrade test (once) and
     /// print its path, for `SHIELD_PREVIOUS_BIN` when running that test alone.
     PreviousShield,
+    /// The fuzz targets in fuzz/ (cargo-fuzz, nightly), 60 s each by default.
+    Fuzz {
+        /// One of `request_head`, `response_body`, `config`, `range_feeds`; all when omitted.
+        target: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// The benchmarks of docs/BENCHMARKS.md (needs root).
     Bench {
         /// `xdp`, `ranges` or `tls`; all when omitted.
@@ -68,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", compat::previous_shield()?.display());
             Ok(())
         }
+        Task::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Task::Bench { which } => bench::run(which.as_deref()),
     }
 }

@@ -28,12 +28,15 @@ const PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The last cargo-fuzz line that builds with rustc 1.95.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn all() -> anyhow::Result<()> {
     packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
     bpffs()?;
+    fuzz_tools()?;
     println!("setup: everything is installed");
     Ok(())
 }
@@ -122,4 +125,24 @@ fn bpf_linker() -> anyhow::Result<()> {
         ],
     )
     .context("building bpf-linker failed; is llvm-22-dev installed?")
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (the targets build with nightly).
+pub fn fuzz_tools() -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    if shell::succeeds("cargo", &["fuzz", "--version"]) {
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    shell::status(
+        env!("CARGO"),
+        &[
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ],
+    )
+    .context("installing cargo-fuzz failed")
 }

@@ -44,6 +44,7 @@ pub fn all(long: bool) -> anyhow::Result<()> {
     );
     sweep_leftovers()?;
     result?;
+    crate::fuzz::run(None, 60)?;
     // The lab behind `cargo xtask run`, unattended for a while.
     crate::lab::smoke(&crate::run::shield_binary())?;
     // The package: built in release and checked (contents, conffile, unit).

@@ -286,10 +286,11 @@ fn key_at(text: &str, span: Range<usize>) -> Option<String> {
 /// Keeps in `best` the narrowest key or value span holding `at`.
 fn visit_table(table: &DeTable<'_>, prefix: &str, at: usize, best: &mut Option<(usize, String)>) {
     for (key, value) in table {
+        let segment = key_segment(key.get_ref());
         let path = if prefix.is_empty() {
-            key.get_ref().to_string()
+            segment
         } else {
-            format!("{prefix}.{}", key.get_ref())
+            format!("{prefix}.{segment}")
         };
         for span in [key.span(), value.span()] {
             if span.contains(&at) || (span.is_empty() && span.start == at) {
@@ -303,6 +304,20 @@ fn visit_table(table: &DeTable<'_>, prefix: &str, at: usize, best: &mut Option<(
             }
         }
         visit_value(value.get_ref(), &path, at, best);
+    }
+}
+
+/// A key as TOML spells it in a dotted path: bare when it can be, else
+/// quoted, so that an empty key or one holding a dot is still named.
+fn key_segment(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if bare {
+        key.to_owned()
+    } else {
+        toml::Value::String(key.to_owned()).to_string()
     }
 }
 
@@ -651,6 +666,22 @@ upstream = "http://127.0.0.1:8080"
         let error = Config::load(&path).unwrap_err();
         let (count, text) = count_in_chain(error, "unclosed table");
         assert_eq!(count, 1, "{text}");
+    }
+
+    /// Found by fuzzing (fuzz/ config): `[""]` was refused naming the
+    /// key ``.
+    #[test]
+    fn keys_that_are_not_bare_are_named_quoted() {
+        for (text, key) in [
+            ("[\"\"]", "\"\""),
+            ("\"\" = 1", "\"\""),
+            ("[xdp]\n\"a.b\" = 1", "xdp.\"a.b\""),
+        ] {
+            match Config::parse(text) {
+                Err(ParseError::Invalid(invalid)) => assert_eq!(invalid.key, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 
     #[test]

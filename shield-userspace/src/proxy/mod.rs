@@ -5,6 +5,9 @@
 mod activity;
 mod body;
 mod direct;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod handler;
 pub mod headers;

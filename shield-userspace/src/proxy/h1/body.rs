@@ -167,6 +167,12 @@ fn chunked(
     let malformed = |what| BodyError::Malformed(Malformed(what));
     let next = match chunk {
         Chunk::Size => match httparse::parse_chunk_size(input) {
+            // httparse reads a line without a digit as size 0 and lets an
+            // extension run on over a bare LF; hyper's decoder refuses
+            // both, and both paths must end a body at the same byte.
+            Ok(Status::Complete((len, _))) if !size_line_ok(&input[..len]) => {
+                return Err(malformed("bad chunk size line"))
+            }
             Ok(Status::Complete((len, 0))) => {
                 input.advance(len);
                 Chunk::Trailer
@@ -215,6 +221,12 @@ fn chunked(
         }
     };
     Ok(Some(State::Chunked(next)))
+}
+
+/// A chunk-size line httparse took, `CRLF` included: it starts with a
+/// digit and holds no LF before its end.
+fn size_line_ok(line: &[u8]) -> bool {
+    line.first().is_some_and(u8::is_ascii_hexdigit) && !line[..line.len() - 2].contains(&b'\n')
 }
 
 /// Why passing a body on stopped.
@@ -360,6 +372,14 @@ mod tests {
             b"3\r\nabcX\r\n",
             b"ffffffffffffffffff\r\n",
             b"0\r\nbad trailer\r\n\r\n",
+            // Found by fuzzing (fuzz/ response_body): a size line without
+            // digits, and an extension over a bare LF, which would end
+            // the body where hyper's path refuses it.
+            b"\r\n\r\n",
+            b";x\r\n\r\n",
+            b" \r\n\r\n",
+            b"0;x\n0\r\n\r\n",
+            b"1;a\nb\r\nx\r\n0\r\n\r\n",
         ] {
             let (result, _) = fed(Framing::Chunked, bad, &[]);
             assert!(

@@ -78,13 +78,14 @@ pub(in crate::proxy) fn prepare_request(
         Some("HEAD") => Method::HEAD,
         _ => return Prepared::Defer,
     };
-    let target = match request.path.map(PathAndQuery::try_from) {
-        Some(Ok(path)) if path.as_str().starts_with('/') => {
-            match context.route.upstream.target_for(&method, Some(&path)) {
-                Some(target) => target,
-                None => return Prepared::Defer,
-            }
-        }
+    // The target as sent, not as parsed: `PathAndQuery` reads `#` or `?a`
+    // as an empty path and prints it as `/`, where hyper answers 400.
+    let origin_form = request.path.filter(|path| path.starts_with('/'));
+    let target = match origin_form.map(PathAndQuery::try_from) {
+        Some(Ok(path)) => match context.route.upstream.target_for(&method, Some(&path)) {
+            Some(target) => target,
+            None => return Prepared::Defer,
+        },
         _ => return Prepared::Defer,
     };
 
@@ -256,6 +257,11 @@ mod tests {
             "GET / HTTP/1.1\r\nHo st: www.example.com\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: www.example.com\r\n folded\r\n\r\n",
             "GET /a b HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+            // Found by fuzzing (fuzz/ request_head): targets that parse
+            // as an empty path, which hyper refuses.
+            "GET # HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+            "GET ?a=1 HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+            "GET #/a HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
             "\u{1}GET / HTTP/1.1\r\n\r\n",
             &too_many,
             &huge,
