@@ -12,6 +12,7 @@
 mod bpffs;
 pub mod events;
 mod layout;
+mod link;
 mod maps;
 mod pins;
 pub mod testrun;
@@ -658,6 +659,11 @@ fn unix_now() -> u64 {
 fn remove_interface_pins(layout: &PinLayout, interface: &str) -> Result<(), DataplaneError> {
     let dir = layout.interface_dir(interface);
     // The link first: from here on nothing is filtered on that interface.
+    let link_path = layout.link(interface);
+    link::detach_now(&link_path).map_err(io_error(format!(
+        "cannot detach the link {}",
+        link_path.display()
+    )))?;
     let counters = layout.counters(interface);
     for path in [
         layout.link(interface),
