@@ -1,8 +1,8 @@
 //! Request smuggling and response desync, from raw TLS clients with the
 //! client certificate through both HTTP/1.1 paths (the direct path takes
-//! bodyless GET and HEAD, hyper takes the rest), to an upstream that parses
-//! strictly by the framing it received and answers each request with its
-//! own name. One connection worker, so every client shares one upstream
+//! bodyless GET and HEAD, hyper takes the rest) and over HTTP/2 (raw
+//! frames), to an upstream that parses strictly by the framing it received
+//! and answers each request with its own name. One connection worker, so every client shares one upstream
 //! pool, and after every case a victim on a fresh connection must get its
 //! own answer.
 //!
@@ -362,4 +362,143 @@ async fn connect_is_refused_with_405() {
         "{:?}",
         edge.upstream.seen()
     );
+}
+
+/// The HTTP/2 classes: a request whose h2 framing and its fields disagree
+/// (H2.CL), fields that only mean something in HTTP/1.1 (H2.TE and the
+/// other connection-specific fields), and bytes in names or values that
+/// would split a field when written as HTTP/1.1. Each must be refused as
+/// malformed (RFC 9113 8.1.1, 8.2.1, 8.2.2: a stream error, or a 4xx), or
+/// reach the upstream once, canonically framed, and never as two requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_h2_smuggling_attempt_reaches_the_upstream_as_another_request() {
+    use tls_support::h2raw::{self, frame, headers_frames, literal, Raw, DATA, END_STREAM};
+
+    let edge = Edge::start(raw::echo).await;
+    let hidden = hidden();
+    let base = |method: &str| h2raw::request_block(method, SITE, "/attack");
+    let with = |method: &str, fields: &[(&str, &[u8])]| {
+        let mut block = base(method);
+        for (name, value) in fields {
+            literal(&mut block, name, value);
+        }
+        block
+    };
+    // (name, header block, DATA after it)
+    type Case = (&'static str, Vec<u8>, Option<Vec<u8>>);
+    let cases: Vec<Case> = vec![
+        (
+            "H2.CL: content-length 0 with a body",
+            with("POST", &[("content-length", b"0")]),
+            Some(hidden.clone().into_bytes()),
+        ),
+        (
+            "H2.CL: content-length shorter than the body",
+            with("POST", &[("content-length", b"3")]),
+            Some(hidden.clone().into_bytes()),
+        ),
+        (
+            "H2.TE: transfer-encoding chunked",
+            with("POST", &[("transfer-encoding", b"chunked")]),
+            Some(format!("0\r\n\r\n{hidden}").into_bytes()),
+        ),
+        (
+            "connection field",
+            with("GET", &[("connection", b"keep-alive")]),
+            None,
+        ),
+        (
+            "keep-alive field",
+            with("GET", &[("keep-alive", b"timeout=5")]),
+            None,
+        ),
+        (
+            "upgrade field",
+            with("GET", &[("upgrade", b"websocket")]),
+            None,
+        ),
+        (
+            "te other than trailers",
+            with("GET", &[("te", b"gzip")]),
+            None,
+        ),
+        (
+            "CR LF in a value",
+            with("GET", &[("x-a", b"1\r\nTransfer-Encoding: chunked")]),
+            None,
+        ),
+        (
+            "LF in a value",
+            with("GET", &[("x-a", b"1\nHost: other.test")]),
+            None,
+        ),
+        ("NUL in a value", with("GET", &[("x-a", b"1\x002")]), None),
+        (
+            "CR LF in a name",
+            with("GET", &[("x-a\r\nx-b", b"1")]),
+            None,
+        ),
+        ("uppercase name", with("GET", &[("X-Upper", b"1")]), None),
+        ("space in a name", with("GET", &[("x a", b"1")]), None),
+        (
+            "pseudo-header after a regular one",
+            {
+                let mut block = Vec::new();
+                literal(&mut block, ":method", b"GET");
+                literal(&mut block, ":scheme", b"https");
+                literal(&mut block, "x-a", b"1");
+                literal(&mut block, ":authority", SITE.as_bytes());
+                literal(&mut block, ":path", b"/attack");
+                block
+            },
+            None,
+        ),
+        (
+            "a second :path",
+            with("GET", &[(":path", b"/smuggled")]),
+            None,
+        ),
+    ];
+    let mut outcomes = Vec::new();
+    for (case, block, body) in cases {
+        let before = edge.upstream.seen().len();
+        let config = client_config(&edge.pki, Some(&edge.pki.good), &[b"h2"]);
+        let tls = tls_connect(config, edge.shield.tls_port(), SITE)
+            .await
+            .unwrap();
+        let mut h2 = Raw::open(tls, &[], true).await;
+        let mut bytes = headers_frames(1, &block, body.is_none());
+        if let Some(body) = &body {
+            bytes.extend(frame(DATA, END_STREAM, 1, body));
+        }
+        h2.send(&bytes).await;
+        let received = h2
+            .wait_for(Duration::from_secs(5), |r| {
+                !r.resets.is_empty() || !r.goaway.is_empty() || !r.responses.is_empty() || r.closed
+            })
+            .await;
+        // Let a request that got through reach the upstream.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let seen: Vec<Seen> = edge.upstream.seen().split_off(before);
+        assert!(
+            seen.iter()
+                .all(|s| s.method != "UNPARSEABLE" && s.path != "/smuggled"),
+            "{case}: the upstream saw {seen:?}"
+        );
+        assert!(seen.len() <= 1, "{case}: one request became {seen:?}");
+        let refused = !received.resets.is_empty() || !received.goaway.is_empty();
+        assert!(
+            refused || !received.responses.is_empty(),
+            "{case}: neither refused nor answered: {received:?}"
+        );
+        edge.victim_is_served(case).await;
+        outcomes.push(format!(
+            "{case}: resets {:?} goaway {:?} responses {:?} -> {:?}",
+            received.resets,
+            received.goaway,
+            received.responses,
+            seen.iter().map(|s| &s.path).collect::<Vec<_>>()
+        ));
+    }
+    println!("{}", outcomes.join("\n"));
 }
