@@ -17,7 +17,12 @@ use std::{
     time::Duration,
 };
 
-use tls_support::{client_config, one_site_toml, pki::Pki, tls_connect, upstream, Shield};
+use tls_support::{
+    client_config, one_site_toml,
+    pki::Pki,
+    raw::{self, find},
+    tls_connect, upstream, Shield,
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -83,73 +88,18 @@ async fn canned(answer: fn(&str) -> (Vec<u8>, bool)) -> Canned {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// One response read off `stream`: status, head text (lowercase), body
+/// One response read off `stream`: status, head (lowercase), body
 /// (de-chunked). `buf` keeps what was read beyond it.
 async fn response<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut Vec<u8>,
 ) -> (u16, String, Vec<u8>) {
-    async fn fill<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut Vec<u8>) {
-        let mut chunk = [0u8; 8192];
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("response within 10 s")
-            .unwrap_or(0);
-        assert!(
-            n > 0,
+    raw::response(stream, buf, false).await.unwrap_or_else(|| {
+        panic!(
             "connection closed mid-response: {:?}",
             String::from_utf8_lossy(buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let end = loop {
-        match find(buf, b"\r\n\r\n") {
-            Some(end) => break end,
-            None => fill(stream, buf).await,
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    buf.drain(..end + 4);
-    let status: u16 = head[9..12].parse().unwrap();
-    let field = |name: &str| {
-        head.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .map(str::to_owned)
-    };
-    let mut body = Vec::new();
-    if let Some(length) = field("content-length") {
-        let length: usize = length.parse().unwrap();
-        while buf.len() < length {
-            fill(stream, buf).await;
-        }
-        body.extend(buf.drain(..length));
-    } else if field("transfer-encoding").as_deref() == Some("chunked") {
-        loop {
-            let line_end = loop {
-                match find(buf, b"\r\n") {
-                    Some(at) => break at,
-                    None => fill(stream, buf).await,
-                }
-            };
-            let size = usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap(), 16)
-                .expect("chunk size");
-            buf.drain(..line_end + 2);
-            while buf.len() < size + 2 {
-                fill(stream, buf).await;
-            }
-            body.extend(buf.drain(..size));
-            assert_eq!(&buf[..2], b"\r\n");
-            buf.drain(..2);
-            if size == 0 {
-                break;
-            }
-        }
-    }
-    (status, head, body)
+        )
+    })
 }
 
 async fn start(pki: &Pki, upstream: SocketAddr) -> Shield {
