@@ -100,6 +100,28 @@ const INSTRUCTIONS_ONLY: &str = "SHIELD_BENCH_INSTRUCTIONS_ONLY";
 /// default (aws-lc-rs) build.
 const SHIELD_BIN: &str = "SHIELD_BENCH_SHIELD_BIN";
 
+/// User-space instructions per keep-alive request of each kind, one
+/// server at a time under callgrind; printed as they come.
+fn instructions_row(
+    kinds: &[Kind],
+    work: &Path,
+    pki: &Pki,
+    upstream: &str,
+    meter: &Meter,
+    plan: &Plan,
+) -> anyhow::Result<Vec<f64>> {
+    let mut row = Vec::new();
+    for kind in kinds {
+        let per_request = callgrind::per_request(*kind, work, pki, upstream, &meter.cpus, plan)?;
+        println!(
+            "{}: {per_request:.0} user-space instructions per keep-alive request (callgrind)",
+            kind.name()
+        );
+        row.push(per_request);
+    }
+    Ok(row)
+}
+
 pub fn run() -> anyhow::Result<()> {
     let plan = Plan::from_env();
     if plan.quick {
@@ -160,14 +182,7 @@ pub fn run() -> anyhow::Result<()> {
     if std::env::var_os(INSTRUCTIONS_ONLY).is_some_and(|v| v == "1") {
         // The deterministic row alone, for a change that must not cost
         // speed: it does not depend on what else the host is doing.
-        for kind in &kinds[..2] {
-            let per_request =
-                callgrind::per_request(*kind, &work, &pki, &upstream, &meter.cpus, &plan)?;
-            println!(
-                "{}: {per_request:.0} user-space instructions per keep-alive request (callgrind)",
-                kind.name()
-            );
-        }
+        instructions_row(&kinds[..2], &work, &pki, &upstream, &meter, &plan)?;
         return Ok(());
     }
     let load_cpus = meter.cpus.load_list();
@@ -216,16 +231,7 @@ pub fn run() -> anyhow::Result<()> {
     // After the throughput rounds, so that none of them shares the host
     // with valgrind; one server at a time.
     let started = Instant::now();
-    let mut instructions = Vec::new();
-    for kind in &kinds[..2] {
-        let per_request =
-            callgrind::per_request(*kind, &work, &pki, &upstream, &meter.cpus, &plan)?;
-        println!(
-            "{}: {per_request:.0} user-space instructions per keep-alive request (callgrind)",
-            kind.name()
-        );
-        instructions.push(per_request);
-    }
+    let instructions = instructions_row(&kinds[..2], &work, &pki, &upstream, &meter, &plan)?;
     println!(
         "callgrind: {:.0} s for both servers",
         started.elapsed().as_secs_f64()
