@@ -80,6 +80,16 @@ impl TestProgram {
         &mut self.maps
     }
 
+    /// The ids of the maps this program uses.
+    fn map_ids(&self) -> Result<Vec<u32>, DataplaneError> {
+        Ok(self
+            .program()?
+            .info()
+            .and_then(|info| info.map_ids())
+            .map_err(run_error)?
+            .unwrap_or_default())
+    }
+
     /// A second handle on this program's shared maps (the same kernel
     /// objects, found through the program's map ids), so a test can write
     /// them from one thread while another test-runs packets.
@@ -88,12 +98,7 @@ impl TestProgram {
             context: "cannot open the test program's maps by id".into(),
             source,
         };
-        let ids = self
-            .program()?
-            .info()
-            .and_then(|info| info.map_ids())
-            .map_err(run_error)?
-            .unwrap_or_default();
+        let ids = self.map_ids()?;
         let mut by_name = std::collections::BTreeMap::new();
         for id in ids {
             let data = MapData::from_id(id).map_err(map_error)?;
@@ -124,12 +129,7 @@ impl TestProgram {
     /// The kernel's description of each of this program's maps, by name,
     /// so a test can hold the object to the table of map layouts.
     pub fn map_infos(&self) -> Result<Vec<(String, MapInfo)>, DataplaneError> {
-        let ids = self
-            .program()?
-            .info()
-            .and_then(|info| info.map_ids())
-            .map_err(run_error)?
-            .unwrap_or_default();
+        let ids = self.map_ids()?;
         let mut infos = Vec::new();
         for id in ids {
             let info = MapInfo::from_id(id).map_err(|source| DataplaneError::Map {
