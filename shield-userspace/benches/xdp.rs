@@ -7,9 +7,6 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../tests/support/packet.rs"]
-mod packet;
-
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use anyhow::{bail, Context as _};
@@ -23,14 +20,13 @@ use shield::{
     ranges::{tagged_allowlist, RangeSet},
 };
 use shield_common::FragmentPolicy;
+use shield_test_support::{ebpf::ANCHOR_DROP, packet};
 
 const REPEAT: u32 = 500_000;
 const ROUNDS: usize = 41;
 const INSIDE: &str = "173.245.48.10";
 const OUTSIDE: &str = "203.0.113.7";
 const NETNS: &str = "shbench-xdpfilter";
-
-static ANCHOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/anchor-drop"));
 
 /// 1,000 extra /24s spread over 10.0.0.0/8 (never the test sources).
 fn extra_prefixes() -> Vec<IpNetwork> {
@@ -68,7 +64,7 @@ struct Anchor {
 
 impl Anchor {
     fn load() -> anyhow::Result<Anchor> {
-        let mut ebpf = Ebpf::load(ANCHOR_OBJECT)?;
+        let mut ebpf = Ebpf::load(ANCHOR_DROP)?;
         let program: &mut Xdp = ebpf
             .program_mut("anchor_drop")
             .context("anchor program")?

@@ -4,6 +4,8 @@
 
 use std::process::{Command, Output};
 
+use shield_test_support::pki::Pki;
+
 fn shield(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shield"))
         .args(args)
@@ -107,15 +109,11 @@ fn check_config_prints_the_effective_config_or_names_the_bad_key() {
 /// A site whose files are all present (a throwaway certificate and key)
 /// unless `extra` or a replacement says otherwise.
 fn site_config(dir: &std::path::Path, replace: (&str, &str)) -> tempfile::NamedTempFile {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["a.example".to_owned()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("certificate");
-    let cert_path = dir.join("site.pem");
-    let key_path = dir.join("site.key");
-    std::fs::write(&cert_path, cert.pem()).expect("write certificate");
-    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    let pki = Pki::new();
+    let site = pki.server("site", &["a.example"]);
+    let (cert_path, key_path) = (dir.join("site.pem"), dir.join("site.key"));
+    std::fs::copy(&site.cert, &cert_path).expect("copy certificate");
+    std::fs::copy(&site.key, &key_path).expect("copy key");
     let text = format!(
         "[ranges]\nrefresh = \"off\"\ncache = {cache:?}\n\
          [http]\naction = \"off\"\n\

@@ -13,15 +13,12 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-mod tls_support;
-
 use std::time::Duration;
 
-use tls_support::{
-    client_config, one_site_toml,
+use shield_test_support::{
     pki::Pki,
     raw::{self, Answer, Recording, Seen},
-    tls_connect, Shield,
+    tls::{client_config, one_site_toml, tls_connect, Shield},
 };
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
@@ -372,7 +369,7 @@ async fn connect_is_refused_with_405() {
 /// reach the upstream once, canonically framed, and never as two requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_h2_smuggling_attempt_reaches_the_upstream_as_another_request() {
-    use tls_support::h2raw::{self, frame, headers_frames, literal, Raw, DATA, END_STREAM};
+    use shield_test_support::h2raw::{self, frame, headers_frames, literal, Raw, DATA, END_STREAM};
 
     let edge = Edge::start(raw::echo).await;
     let hidden = hidden();

@@ -7,8 +7,6 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::{
     net::Ipv4Addr,
     sync::atomic::{AtomicBool, Ordering},
@@ -20,7 +18,11 @@ use shield::{
     ranges::{tagged_allowlist, RangeSet},
 };
 use shield_common::{FragmentPolicy, Reason, Verdict};
-use support::{packet::ipv4_tcp, require_root, XDP_DROP, XDP_PASS};
+use shield_test_support::{
+    packet::ipv4_tcp,
+    require_root,
+    xdp::{XDP_DROP, XDP_PASS},
+};
 
 const STEADY: &str = "173.245.48.10";
 const ONLY_IN_A: &str = "104.16.0.1";

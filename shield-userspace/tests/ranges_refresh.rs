@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use shield::{
     config::RangesConfig,
@@ -24,6 +23,7 @@ use shield::{
         RangeSet,
     },
 };
+use shield_test_support::pki::Pki;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -56,39 +56,17 @@ struct Fake {
     requests: Arc<Mutex<Vec<String>>>,
 }
 
-struct TestCa {
-    der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn test_ca(name: &str) -> TestCa {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    TestCa {
-        der: cert.der().clone(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-fn server_config(ca: &TestCa) -> rustls::ServerConfig {
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+/// The fake's TLS: a certificate for localhost and 127.0.0.1 from `pki`'s
+/// server CA.
+fn server_config(pki: &Pki) -> rustls::ServerConfig {
+    let leaf = pki.server("api", &["localhost", "127.0.0.1"]);
     rustls::ServerConfig::builder_with_provider(shield::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            vec![CertificateDer::from(leaf.der)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key_der)),
         )
         .unwrap()
 }
@@ -197,7 +175,7 @@ fn snapshot_lists() -> (Vec<String>, Vec<String>) {
     )
 }
 
-fn refresher(fake_url: &str, ca: &TestCa, cache: &std::path::Path) -> Refresher {
+fn refresher(fake_url: &str, trusted: &Pki, cache: &std::path::Path) -> Refresher {
     let config = RangesConfig {
         sources: vec![fake_url.parse().expect("an https URL")],
         cache: cache.to_owned(),
@@ -206,7 +184,7 @@ fn refresher(fake_url: &str, ca: &TestCa, cache: &std::path::Path) -> Refresher 
     let fetcher = Fetcher::new(FetchOptions {
         connect_timeout: TIMEOUT,
         timeout: TIMEOUT,
-        roots: Some(vec![ca.der.clone()]),
+        roots: Some(vec![CertificateDer::from(trusted.server_ca_der().to_vec())]),
         ..FetchOptions::default()
     })
     .unwrap();
@@ -222,12 +200,12 @@ fn refresher(fake_url: &str, ca: &TestCa, cache: &std::path::Path) -> Refresher 
 
 #[tokio::test]
 async fn every_case_is_refused_with_its_own_label_and_keeps_the_last_good_set() {
-    let ca = test_ca("shield test CA");
-    let fake = start_fake(server_config(&ca)).await;
+    let pki = Pki::new();
+    let fake = start_fake(server_config(&pki)).await;
     let url = format!("https://localhost:{}/client/v4/ips", fake.addr.port());
     let dir = tempfile::tempdir().unwrap();
     let cache_path = dir.path().join("ranges.json");
-    let mut refresher = refresher(&url, &ca, &cache_path);
+    let mut refresher = refresher(&url, &pki, &cache_path);
     let applied = Arc::new(Mutex::new(Vec::<RangeSet>::new()));
     let apply = |applied: &Arc<Mutex<Vec<RangeSet>>>| {
         let applied = applied.clone();
@@ -408,8 +386,8 @@ async fn every_case_is_refused_with_its_own_label_and_keeps_the_last_good_set() 
 
 #[tokio::test]
 async fn untrusted_certificate_is_refused() {
-    let trusted = test_ca("shield test CA");
-    let impostor = test_ca("impostor CA");
+    let trusted = Pki::new();
+    let impostor = Pki::new();
     let fake = start_fake(server_config(&impostor)).await;
     let url = format!("https://127.0.0.1:{}/client/v4/ips", fake.addr.port());
     let dir = tempfile::tempdir().unwrap();
@@ -445,9 +423,9 @@ async fn unreachable_network_starts_from_the_cache_at_once() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let ca = test_ca("shield test CA");
+    let pki = Pki::new();
     let started = std::time::Instant::now();
-    let mut refresher = refresher(&format!("https://127.0.0.1:{port}/ips"), &ca, &cache_path);
+    let mut refresher = refresher(&format!("https://127.0.0.1:{port}/ips"), &pki, &cache_path);
     assert!(started.elapsed() < Duration::from_millis(100));
     assert_eq!(refresher.current().etag.as_deref(), Some("cached"));
     assert!(refresher.current().same_prefixes(&cached_set));

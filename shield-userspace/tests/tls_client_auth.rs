@@ -3,10 +3,11 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-mod tls_support;
-
 use shield::tls::HandshakeResult::{self, *};
-use tls_support::{curl, pki::Pki, s_client, site_toml, upstream, Req, Shield, HTTP_OFF};
+use shield_test_support::{
+    pki::Pki,
+    tls::{curl, s_client, site_toml, upstream, Req, Shield, HTTP_OFF},
+};
 
 const SITE: &str = "www.a.test";
 
@@ -14,7 +15,7 @@ async fn shield_with(
     pki: &Pki,
     extra: &str,
     cas: &[&std::path::Path],
-) -> (Shield, tls_support::Upstream) {
+) -> (Shield, shield_test_support::tls::Upstream) {
     let up = upstream().await;
     let server = pki.server("site-a", &[SITE, "a.test"]);
     let toml = format!(
@@ -34,9 +35,9 @@ async fn shield_with(
 async fn refused(
     shield: &Shield,
     pki: &Pki,
-    client: Option<&tls_support::pki::Leaf>,
+    client: Option<&shield_test_support::pki::Leaf>,
     result: HandshakeResult,
-) -> tls_support::Curl {
+) -> shield_test_support::tls::Curl {
     let before = shield.metrics.handshakes(SITE, result);
     let out = curl(
         pki,
@@ -177,7 +178,7 @@ async fn unknown_or_missing_sni_is_refused_at_the_handshake() {
     assert_eq!(shield.wait_handshakes("", UnknownSni, 1).await, 1);
 
     // curl sends no SNI to an IP literal.
-    let out = tls_support::parse_curl(
+    let out = shield_test_support::tls::parse_curl(
         tokio::process::Command::new("curl")
             .args(["-sS", "-k", "-w", "\n%{http_code}", "--cert"])
             .arg(&pki.good.cert)

@@ -6,8 +6,6 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-mod tls_support;
-
 use std::{
     net::SocketAddr,
     sync::{
@@ -17,11 +15,10 @@ use std::{
     time::Duration,
 };
 
-use tls_support::{
-    client_config, one_site_toml,
+use shield_test_support::{
     pki::Pki,
     raw::{self, find},
-    tls_connect, upstream, Shield,
+    tls::{client_config, one_site_toml, tls_connect, upstream, Shield},
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
@@ -288,7 +285,8 @@ async fn a_smuggled_request_never_reaches_the_upstream() {
         5 + hidden.len()
     );
     tls.write_all(attack.as_bytes()).await.unwrap();
-    let answer = String::from_utf8_lossy(&tls_support::read_to_close(&mut tls).await).into_owned();
+    let answer = String::from_utf8_lossy(&shield_test_support::tls::read_to_close(&mut tls).await)
+        .into_owned();
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     assert!(
         answer.to_ascii_lowercase().contains("connection: close"),

@@ -14,8 +14,6 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-mod tls_support;
-
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -30,12 +28,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
-use tls_support::{
-    client_config,
+use shield_test_support::{
     h2raw::{self, Outcome, Raw},
     pki::Pki,
     process::{Cost, ShieldProcess},
-    site_toml, tls_connect,
+    tls::{client_config, site_toml, tls_connect},
 };
 use tokio::{net::TcpListener, sync::watch};
 
@@ -143,7 +140,7 @@ impl Harness {
             upstream.addr,
             extra,
         );
-        let shield = ShieldProcess::start(&site);
+        let shield = ShieldProcess::start(env!("CARGO_BIN_EXE_shield"), &site);
         let mut harness = Harness {
             pki,
             upstream,

@@ -3,14 +3,14 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-mod tls_support;
-
 use std::time::{Duration, Instant};
 
 use shield::tls::HandshakeResult;
-use tls_support::{
-    client_config, pki::Pki, read_to_close, rss_kib, site_toml, tls_connect, upstream, Shield,
-    HTTP_OFF,
+use shield_test_support::{
+    pki::Pki,
+    tls::{
+        client_config, read_to_close, rss_kib, site_toml, tls_connect, upstream, Shield, HTTP_OFF,
+    },
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -19,7 +19,7 @@ use tokio::{
 
 const SITE: &str = "www.a.test";
 
-async fn start(pki: &Pki, up: &tls_support::Upstream, extra: &str) -> Shield {
+async fn start(pki: &Pki, up: &shield_test_support::tls::Upstream, extra: &str) -> Shield {
     let server = pki.server("site-a", &[SITE]);
     let toml = format!(
         "{HTTP_OFF}{}",
@@ -71,7 +71,7 @@ async fn silent_client_is_dropped_at_the_handshake_timeout() {
 /// request head one line at a time, slower than `header_timeout` allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_closed_at_the_header_timeout() {
-    tls_support::require("openssl");
+    shield_test_support::require("openssl");
     let pki = Pki::new();
     let up = upstream().await;
     let shield = start(&pki, &up, "header_timeout = \"2s\"").await;

@@ -3,13 +3,14 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-mod tls_support;
-
 use std::time::Duration;
 
-use tls_support::{
-    closed_port, curl, one_site_toml, pki::Pki, silent_upstream, site_toml, upstream, Req, Shield,
-    HTTP_OFF,
+use shield_test_support::{
+    pki::Pki,
+    tls::{
+        closed_port, curl, one_site_toml, silent_upstream, site_toml, upstream, Req, Shield,
+        HTTP_OFF,
+    },
 };
 
 const SITE: &str = "www.a.test";
@@ -255,7 +256,7 @@ async fn oversized_headers_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_80_redirects_denies_or_is_off() {
-    tls_support::require("curl");
+    shield_test_support::require("curl");
     let pki = Pki::new();
     let up = upstream().await;
     let server = pki.server("site-a", &[SITE]);
@@ -275,7 +276,7 @@ async fn port_80_redirects_denies_or_is_off() {
             .port();
         let host = host.to_owned();
         async move {
-            tls_support::parse_curl(
+            shield_test_support::tls::parse_curl(
                 tokio::process::Command::new("curl")
                     .args(["-sS", "-D", "-", "-w", "\n%{http_code}", "-H"])
                     .arg(format!("Host: {host}"))

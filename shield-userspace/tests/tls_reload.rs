@@ -3,13 +3,12 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-mod tls_support;
-
 use std::time::Duration;
 
 use shield::{config::Config, listen::FrontendOptions, tls::HandshakeResult};
-use tls_support::{
-    curl, one_site_toml, pki::Pki, s_client, site_toml, upstream, Req, Shield, HTTP_OFF,
+use shield_test_support::{
+    pki::Pki,
+    tls::{curl, one_site_toml, s_client, site_toml, upstream, Req, Shield, HTTP_OFF},
 };
 
 const SITE: &str = "www.a.test";
@@ -27,7 +26,7 @@ async fn reload_keeps_in_flight_requests_and_applies_new_cas() {
         let pki_good = pki.good.clone();
         let ca = pki.server_ca_file.clone();
         tokio::spawn(async move {
-            tls_support::parse_curl(
+            shield_test_support::tls::parse_curl(
                 tokio::process::Command::new("curl")
                     .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
                     .arg(&ca)

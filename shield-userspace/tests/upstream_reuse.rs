@@ -6,16 +6,13 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-mod tls_support;
-
 use std::time::Duration;
 
 use shield::proxy::metrics::Discard;
-use tls_support::{
-    client_config, one_site_toml,
+use shield_test_support::{
     pki::Pki,
     raw::{self, Answer, Seen},
-    tls_connect, Shield,
+    tls::{client_config, one_site_toml, tls_connect, Shield},
 };
 use tokio::io::AsyncWriteExt;
 

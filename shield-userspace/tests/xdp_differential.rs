@@ -5,13 +5,11 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use ipnetwork::IpNetwork;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use shield::dataplane::testrun::TestProgram;
 use shield_common::FragmentPolicy;
-use support::{packet::*, *};
+use shield_test_support::{packet::*, require_root, xdp::*};
 
 struct Generator {
     rng: StdRng,

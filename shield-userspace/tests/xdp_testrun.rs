@@ -4,11 +4,9 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use shield::dataplane::testrun::TestProgram;
 use shield_common::{FragmentPolicy, Reason};
-use support::{packet::*, *};
+use shield_test_support::{ebpf::REFUSED_BY_VERIFIER, packet::*, require_root, xdp::*};
 
 const CF_V4: &str = "173.245.48.0/20";
 const CF_V6: &str = "2400:cb00::/32";
@@ -591,9 +589,7 @@ fn a_refused_program_reports_the_verifier_log() {
     if !require_root() {
         return;
     }
-    static REFUSED: &[u8] =
-        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/refused-by-verifier"));
-    let error = match TestProgram::load_object(REFUSED, "refused_by_verifier") {
+    let error = match TestProgram::load_object(REFUSED_BY_VERIFIER, "refused_by_verifier") {
         Ok(_) => panic!("the verifier accepted a program that reads past the packet bounds"),
         // The verifier log is in aya's error, the cause of shield's.
         Err(error) => shield::error::Chain(&error).to_string(),

@@ -15,6 +15,7 @@ mod layout;
 mod link;
 mod maps;
 mod pins;
+#[cfg(feature = "testrun")]
 pub mod testrun;
 
 use std::{

@@ -18,6 +18,8 @@ pub struct Leaf {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub der: Vec<u8>,
+    /// The key's PKCS#8 DER, for a rustls config built in the test.
+    pub key_der: Vec<u8>,
     /// base64 SHA-256 of the SubjectPublicKeyInfo (a `client_spki_pins` entry).
     pub spki_pin: String,
 }
@@ -34,6 +36,7 @@ impl Leaf {
 
 pub struct Ca {
     pub file: PathBuf,
+    pub der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -81,6 +84,7 @@ fn ca(dir: &Path, file: &str, cn: &str) -> Ca {
     std::fs::write(&path, cert.pem()).unwrap();
     Ca {
         file: path,
+        der: cert.der().to_vec(),
         issuer: Issuer::new(params, key),
     }
 }
@@ -130,6 +134,7 @@ impl Ca {
             cert: cert_path,
             key: key_path,
             der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
             spki_pin: BASE64.encode(Sha256::digest(key.subject_public_key_info())),
         }
     }
@@ -159,7 +164,14 @@ impl Ca {
     }
 }
 
+impl Default for Pki {
+    fn default() -> Pki {
+        Pki::new()
+    }
+}
+
 impl Pki {
+    /// Every CA and leaf above, freshly generated in a temporary directory.
     pub fn new() -> Pki {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
@@ -229,6 +241,11 @@ impl Pki {
         }
     }
 
+    /// The server CA's certificate, for a client that trusts it.
+    pub fn server_ca_der(&self) -> &[u8] {
+        &self.server_ca.der
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -253,6 +270,7 @@ impl Pki {
             cert: cert_path,
             key: key_path,
             der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
             spki_pin: BASE64.encode(Sha256::digest(key.subject_public_key_info())),
         }
     }

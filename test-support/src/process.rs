@@ -17,9 +17,11 @@ pub struct ShieldProcess {
 }
 
 impl ShieldProcess {
-    /// Starts `shield run` with `sites` (one or more `[[site]]` blocks on
-    /// `127.0.0.1:0`) and returns once the first TLS listener is open.
-    pub fn start(sites: &str) -> ShieldProcess {
+    /// Starts `shield run` of the binary at `shield` (a test's
+    /// `env!("CARGO_BIN_EXE_shield")`) with `sites` (one or more `[[site]]`
+    /// blocks on `127.0.0.1:0`) and returns once the first TLS listener is
+    /// open.
+    pub fn start(shield: &str, sites: &str) -> ShieldProcess {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("shield.toml");
         std::fs::write(
@@ -30,7 +32,7 @@ impl ShieldProcess {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shield"))
+        let mut child = Command::new(shield)
             .args(["run", "--config"])
             .arg(&config)
             .env("SHIELD_LOG", "info")

@@ -1,13 +1,5 @@
-//! Shared by the `tls_*` integration tests: a PKI made with rcgen, an echo
-//! upstream, shield started in-process, and real `curl` / `openssl` runs.
-#![allow(dead_code)]
-// Test support: a failed step is a failed test.
-#![allow(clippy::unwrap_used)]
-
-pub mod h2raw;
-pub mod pki;
-pub mod process;
-pub mod raw;
+//! The TLS edge under test: an echo upstream, shield started in-process,
+//! and real `curl` / `openssl` runs against it.
 
 use std::{
     collections::BTreeMap,
@@ -18,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use crate::{pki, require};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn, Request, Response};
@@ -30,26 +23,6 @@ use shield::{
     tls::{HandshakeResult, TlsMetrics},
 };
 use tokio::{io::AsyncWriteExt, net::TcpListener, process::Command};
-
-/// Fails (never skips) when a tool the test drives is missing.
-pub fn require(tool: &str) {
-    let found = std::process::Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-        || std::process::Command::new(tool)
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-    assert!(
-        found,
-        "`{tool}` is required by this test: apt-get install -y curl openssl"
-    );
-}
 
 /// An HTTP/1.1 upstream that answers with the request it saw:
 /// first line `METHOD PATH`, then one `name: value` line per header.

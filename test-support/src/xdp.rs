@@ -1,5 +1,5 @@
-#![allow(dead_code)]
-pub mod packet;
+//! The XDP program under `BPF_PROG_TEST_RUN`: a policy written into its
+//! maps, and a frame judged by it and by the userspace reference alike.
 
 use std::collections::BTreeSet;
 
@@ -12,8 +12,6 @@ use shield_common::{FragmentPolicy, Reason, Verdict, PREFIX_FROM_RANGES};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
-
-pub use shield_tests::require_root;
 
 pub fn policy(prefixes: &[&str], enforce: bool, fragments: FragmentPolicy) -> Classifier {
     Classifier {

@@ -1,5 +1,4 @@
 //! Hand-built frames for test-run tests, the differential test and benches.
-#![allow(dead_code)]
 
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
