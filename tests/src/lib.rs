@@ -522,7 +522,7 @@ pub fn shield_binary() -> anyhow::Result<PathBuf> {
     let bin = profile_dir.join("shield");
     anyhow::ensure!(
         bin.exists(),
-        "{} not built: run `cargo build -p shield-userspace` first",
+        "{} not built: run `cargo build` (the workspace, as `cargo xtask test` does) first",
         bin.display()
     );
     Ok(bin)
