@@ -135,7 +135,9 @@ fn report_drop(
     // A spent budget is rechecked against the clock only every
     // CLOCK_CHECK_EVERY-th drop, counted by the slot this drop was counted
     // in: no extra state to update on the flood's path.
-    if budget.emitted >= DROP_EVENTS_PER_CPU_PER_SECOND && drops_in_slot % CLOCK_CHECK_EVERY != 0 {
+    if budget.emitted >= DROP_EVENTS_PER_CPU_PER_SECOND
+        && !drops_in_slot.is_multiple_of(CLOCK_CHECK_EVERY)
+    {
         return;
     }
     // SAFETY: the coarse clock has no preconditions.

@@ -3,7 +3,7 @@
 //! CI (`.ci/run`) calls exactly this, as root with CI=true, where a
 //! privileged test that cannot run fails instead of skipping.
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 
 use crate::{compat, dist, setup, shell};
 
@@ -21,6 +21,7 @@ pub fn all(long: bool) -> anyhow::Result<()> {
     sweep_leftovers()?;
     shell::cargo(&["fmt", "--all", "--", "--check"])?;
     shell::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    clippy_ebpf()?;
     shell::status(
         "promtool",
         &[
@@ -49,6 +50,38 @@ pub fn all(long: bool) -> anyhow::Result<()> {
     crate::lab::smoke(&crate::run::shield_binary())?;
     // The package: built in release and checked (contents, conffile, unit).
     dist::check(&dist::build()?)
+}
+
+/// The eBPF crates, which the workspace's clippy leaves out (they build
+/// only for the BPF target, with nightly and a `core` of their own). Their
+/// own target directory, so this never invalidates the build scripts'
+/// nested builds.
+fn clippy_ebpf() -> anyhow::Result<()> {
+    let status = std::process::Command::new("cargo")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .env("CARGO_TARGET_DIR", "target/ebpf-clippy")
+        .args([
+            "+nightly",
+            "clippy",
+            "--package",
+            "shield-ebpf",
+            "--package",
+            "shield-test-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .status()
+        .context("cannot start cargo +nightly clippy")?;
+    if !status.success() {
+        bail!("clippy refused the eBPF crates ({status})");
+    }
+    Ok(())
 }
 
 /// Removes namespaces and pins left by a killed test run.
