@@ -124,6 +124,12 @@ impl Ca {
         params.not_after = date_time_ymd(y, m, d);
         params.serial_number = spec.serial.map(SerialNumber::from);
         params.use_authority_key_identifier_extension = true;
+        self.sign(params, dir, file)
+    }
+
+    /// `params` signed with a fresh key, written to `dir/FILE.pem` and
+    /// `dir/FILE.key`.
+    fn sign(&self, params: CertificateParams, dir: &Path, file: &str) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let cert_path = dir.join(format!("{file}.pem"));
@@ -260,18 +266,6 @@ impl Pki {
         params.distinguished_name = dn;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.server_ca.issuer).unwrap();
-        let cert_path = self.path().join(format!("{file}.pem"));
-        let key_path = self.path().join(format!("{file}.key"));
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        Leaf {
-            cert: cert_path,
-            key: key_path,
-            der: cert.der().to_vec(),
-            key_der: key.serialize_der(),
-            spki_pin: BASE64.encode(Sha256::digest(key.subject_public_key_info())),
-        }
+        self.server_ca.sign(params, self.path(), file)
     }
 }
