@@ -40,6 +40,7 @@ fn route(upstream: &str) -> Route {
         header_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(900),
         upstream_timeout: Duration::from_secs(30),
+        websockets: true,
     }
 }
 

@@ -496,6 +496,7 @@ upstream = "http://127.0.0.1:8080"
         assert_eq!(config.sites[0].label(), "www.example.com");
         assert_eq!(config.sites[0].idle_timeout, Duration::from_secs(900));
         assert_eq!(config.sites[0].max_connections, 10_000);
+        assert!(config.sites[0].websockets);
         assert_eq!(
             config.sites[0].h2_limits(),
             H2Limits {
@@ -634,6 +635,7 @@ upstream = "http://127.0.0.1:8080"
                 site("client_spki_pins = [\"x\"]"),
             ),
             ("site[0].idle_timeout", site("idle_timeout = \"soon\"")),
+            ("site[0].websockets", site("websockets = \"yes\"")),
             (
                 "site[0]",
                 site("").replace("upstream=\"http://127.0.0.1:1\"\n", ""),

@@ -50,6 +50,10 @@ pub struct SiteConfig {
     /// upstream. Bounds what a reader that never opens its window costs.
     #[serde(default = "default_max_send_buffer_bytes")]
     pub max_send_buffer_bytes: u32,
+    /// HTTP/1.1 `Upgrade: websocket` requests go to the upstream, and after
+    /// its 101 the bytes flow both ways; `false` answers them 403.
+    #[serde(default = "default_websockets")]
+    pub websockets: bool,
 }
 
 /// A site's HTTP/2 limits, as the connection's h2 settings apply them.
@@ -80,6 +84,10 @@ impl SiteConfig {
             max_send_buffer_bytes: self.max_send_buffer_bytes,
         }
     }
+}
+
+fn default_websockets() -> bool {
+    true
 }
 
 fn default_site_listen() -> SocketAddr {

@@ -4,7 +4,7 @@
 use std::{
     convert::Infallible,
     net::IpAddr,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use bytes::Bytes;
@@ -12,14 +12,15 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
+use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
     activity::{Activity, RequestGuard},
     body::{Watch, Watched},
     headers::{self, Forwarding},
     metrics::HttpMetrics,
-    upstream::{client_body, started, UpstreamClient, UpstreamError},
-    Route,
+    upstream::{client_body, started, ClientBody, UpstreamClient, UpstreamError},
+    websocket, Route,
 };
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -50,6 +51,11 @@ pub struct Connection {
     metrics: HttpMetrics,
     /// This site's count of 200 responses, looked up on the first one.
     ok_requests: OnceLock<Counter>,
+    /// The WebSocket tunnel this connection turned into, if it did: the
+    /// connection's task waits for it, so it stays counted as a connection.
+    tunnel: Mutex<Option<JoinHandle<()>>>,
+    /// Turns true when shield shuts down; a tunnel then ends after the grace.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Connection {
@@ -59,6 +65,7 @@ impl Connection {
         activity: Arc<Activity>,
         upstream: UpstreamClient,
         metrics: HttpMetrics,
+        shutdown: watch::Receiver<bool>,
     ) -> Connection {
         // Both are made once for all the connection's requests. An IP
         // address and hex digits always make valid header values.
@@ -75,6 +82,16 @@ impl Connection {
             upstream,
             metrics,
             ok_requests: OnceLock::new(),
+            tunnel: Mutex::new(None),
+            shutdown,
+        }
+    }
+
+    /// Waits for the WebSocket tunnel, when the connection became one.
+    pub(super) async fn tunnel_ended(&self) {
+        let tunnel = self.tunnel.lock().ok().and_then(|mut tunnel| tunnel.take());
+        if let Some(tunnel) = tunnel {
+            let _ = tunnel.await;
         }
     }
 
@@ -130,7 +147,11 @@ impl Connection {
         }
     }
 
-    async fn respond(&self, request: Request<Incoming>, request_id: &str) -> Response<ProxyBody> {
+    async fn respond(
+        &self,
+        mut request: Request<Incoming>,
+        request_id: &str,
+    ) -> Response<ProxyBody> {
         // A tunnel to wherever the client names is not a request to the
         // site's application; Cloudflare sends none (nginx answers the same).
         if request.method() == Method::CONNECT {
@@ -173,6 +194,18 @@ impl Connection {
                 );
             }
         };
+        let upgrade = if websocket::asked(&request) {
+            if !self.route.websockets {
+                tracing::info!(site = %self.route.label, request_id, "403: WebSocket upgrade to a site with websockets = false");
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden: this site does not accept WebSocket upgrades\n".into(),
+                );
+            }
+            Some(hyper::upgrade::on(&mut request))
+        } else {
+            None
+        };
         let (mut parts, body) = request.into_parts();
         parts.uri = match self
             .route
@@ -194,6 +227,12 @@ impl Connection {
             },
         );
         let (body, broken_by_client) = client_body(body);
+        if let Some(client) = upgrade {
+            websocket::set_upgrade_fields(&mut parts.headers);
+            return self
+                .respond_upgrade(Request::from_parts(parts, body), client, request_id)
+                .await;
+        }
         let call = self.upstream.request(
             self.route.upstream.authority(),
             Request::from_parts(parts, body),
@@ -239,6 +278,58 @@ impl Connection {
                 text(status, body)
             }
         }
+    }
+}
+
+impl Connection {
+    /// A WebSocket handshake: the upstream's 101 goes back to the client and
+    /// the tunnel starts; any other answer is passed on as it is.
+    async fn respond_upgrade(
+        &self,
+        request: Request<ClientBody>,
+        client: hyper::upgrade::OnUpgrade,
+        request_id: &str,
+    ) -> Response<ProxyBody> {
+        let call = self
+            .upstream
+            .upgrade(self.route.upstream.authority(), request);
+        let mut response = match tokio::time::timeout(self.route.upstream_timeout, call).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                let (status, body) =
+                    self.upstream_failed(UpstreamFailure::Error(&error), request_id);
+                return text(status, body);
+            }
+            Err(_) => {
+                let (status, body) = self.upstream_failed(UpstreamFailure::Timeout, request_id);
+                return text(status, body);
+            }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS && !websocket::accepted(&response) {
+            let error = UpstreamError::Malformed("101 Switching Protocols to other than websocket");
+            let (status, body) = self.upstream_failed(UpstreamFailure::Error(&error), request_id);
+            return text(status, body);
+        }
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream = hyper::upgrade::on(&mut response);
+            let tunnel = tokio::spawn(websocket::tunnel(
+                client,
+                upstream,
+                self.route.idle_timeout,
+                self.metrics.upgrades_active(&self.route.label),
+                self.shutdown.clone(),
+                self.route.label.clone(),
+            ));
+            if let Ok(mut slot) = self.tunnel.lock() {
+                *slot = Some(tunnel);
+            }
+        }
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            websocket::set_upgrade_fields(&mut parts.headers);
+        }
+        Response::from_parts(parts, body.boxed())
     }
 }
 

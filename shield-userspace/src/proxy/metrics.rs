@@ -1,11 +1,12 @@
 //! The HTTP side's metrics: responses per site and code (TLS sites and
-//! port 80 alike), and the upstream pool's discards.
+//! port 80 alike), open WebSocket tunnels per site, and the upstream
+//! pool's discards.
 
 use std::fmt::{self, Write as _};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -47,6 +48,11 @@ struct RequestLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SiteLabels {
+    site: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DiscardLabels {
     upstream: String,
     reason: Discard,
@@ -56,6 +62,7 @@ struct DiscardLabels {
 #[derive(Debug, Clone, Default)]
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
+    upgrades_active: Family<SiteLabels, Gauge>,
     upstream_discards: Family<DiscardLabels, Counter>,
 }
 
@@ -67,6 +74,11 @@ impl HttpMetrics {
             "shield_http_requests",
             "HTTP responses by site and status code",
             metrics.requests.clone(),
+        );
+        registry.register(
+            "shield_http_upgrades_active",
+            "WebSocket tunnels open, by site",
+            metrics.upgrades_active.clone(),
         );
         registry.register(
             "shield_upstream_discarded",
@@ -93,6 +105,15 @@ impl HttpMetrics {
 
     pub fn requests(&self, site: &str, code: u16) -> u64 {
         self.request_counter(site, code).get()
+    }
+
+    /// The open WebSocket tunnels of `site`.
+    pub fn upgrades_active(&self, site: &str) -> Gauge {
+        self.upgrades_active
+            .get_or_create(&SiteLabels {
+                site: site.to_owned(),
+            })
+            .clone()
     }
 
     pub fn upstream_discard(&self, upstream: &str, reason: Discard) {

@@ -16,6 +16,7 @@ pub mod metrics;
 mod route;
 mod serve;
 mod upstream;
+mod websocket;
 
 pub use handler::{text, Client, ProxyBody};
 pub use lifecycle::MAX_HEADER_BYTES;

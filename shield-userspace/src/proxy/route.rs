@@ -16,6 +16,8 @@ pub struct Route {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub upstream_timeout: Duration,
+    /// WebSocket upgrades are passed to the upstream (`websockets`).
+    pub websockets: bool,
 }
 
 impl Route {
@@ -31,6 +33,7 @@ impl Route {
             header_timeout: config.header_timeout,
             idle_timeout: config.idle_timeout,
             upstream_timeout: config.upstream_timeout,
+            websockets: config.websockets,
         }
     }
 

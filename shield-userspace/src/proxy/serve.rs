@@ -8,10 +8,7 @@ use hyper::{
     server::conn::{http1, http2},
     service::{service_fn, HttpService},
 };
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::graceful::GracefulConnection,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite},
     sync::watch,
@@ -59,6 +56,7 @@ pub async fn serve<IO>(
         activity.clone(),
         upstream,
         metrics,
+        shutdown.clone(),
     ));
     let (header_timeout, idle_timeout) = (conn.route.header_timeout, conn.route.idle_timeout);
     let label = conn.route.label.clone();
@@ -109,6 +107,7 @@ pub async fn serve<IO>(
             // task too.
             drive(
                 Box::pin(connection).as_mut(),
+                |connection| connection.graceful_shutdown(),
                 &activity,
                 &clocks,
                 None,
@@ -146,10 +145,16 @@ async fn serve_http1<IO, S>(
             }
             Direct::Defer(read) => io.unread(read),
         }
-        // Boxed, so that parking frees it.
-        let mut connection = Box::new(builder.serve_connection(TokioIo::new(io), service));
+        // Boxed, so that parking frees it. With upgrades: a WebSocket
+        // handshake hands the stream to its tunnel (`websocket`).
+        let mut connection = Box::new(
+            builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
         match drive(
             Pin::new(&mut *connection),
+            |connection| connection.graceful_shutdown(),
             activity,
             clocks,
             Some(PARK_AFTER),
@@ -157,13 +162,19 @@ async fn serve_http1<IO, S>(
         )
         .await
         {
-            Driven::Ended => return,
+            Driven::Ended => {
+                conn.tunnel_ended().await;
+                return;
+            }
             Driven::Park => {}
         }
         // Parking is only asked for with no request in flight, nothing of a
         // next one read and the last write finished, so hyper holds nothing
         // but a possibly read-ahead start of the next request.
-        let parts = connection.into_parts();
+        // None only after an upgrade, which never parks.
+        let Some(parts) = connection.into_parts() else {
+            return;
+        };
         io = parts.io.into_inner();
         service = parts.service;
         // Even empty, it holds hyper's whole read buffer.
@@ -234,16 +245,19 @@ enum Driven {
     Park,
 }
 
-async fn drive<C>(
+/// Runs hyper's `connection` under the connection's clocks; `graceful`
+/// asks it to finish what is in flight and close (h2: GOAWAY).
+async fn drive<C, E>(
     mut connection: Pin<&mut C>,
+    graceful: fn(Pin<&mut C>),
     activity: &Activity,
     clocks: &Clocks<'_>,
     park_after: Option<Duration>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Driven
 where
-    C: GracefulConnection + Future<Output = Result<(), <C as GracefulConnection>::Error>>,
-    <C as GracefulConnection>::Error: std::fmt::Display,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let Clocks {
         header_timeout,
@@ -263,7 +277,7 @@ where
                 Check::Park => return Driven::Park,
                 Check::Idle => {
                     tracing::debug!(site = %label, "closing idle connection");
-                    connection.as_mut().graceful_shutdown();
+                    graceful(connection.as_mut());
                     closing_since = Some(tokio::time::Instant::now());
                     continue;
                 }
@@ -283,7 +297,7 @@ where
             }
             changed = shutdown.changed(), if closing_since.is_none() => {
                 if changed.is_err() || *shutdown.borrow() {
-                    connection.as_mut().graceful_shutdown();
+                    graceful(connection.as_mut());
                     closing_since = Some(tokio::time::Instant::now());
                 }
             }

@@ -186,6 +186,7 @@ mod tests {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(900),
             upstream_timeout: Duration::from_secs(30),
+            websockets: true,
         }
     }
 

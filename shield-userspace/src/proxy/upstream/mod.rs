@@ -148,6 +148,30 @@ impl UpstreamClient {
         }
     }
 
+    /// Sends a WebSocket opening handshake on a connection of its own,
+    /// never pooled: after a 101 it is the tunnel's (`hyper::upgrade::on`
+    /// of the response), after any other answer it is dropped with the
+    /// response.
+    pub(super) async fn upgrade(
+        &self,
+        authority: &Authority,
+        request: Request<ClientBody>,
+    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+        let tcp = Box::pin(connect_tcp(authority)).await?;
+        let (mut sender, connection) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream upgrade connection ended with an error");
+            }
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(UpstreamError::Request)
+    }
+
     /// Gives back a stream whose last response was read to its end.
     pub(super) fn put_stream(&self, authority: &Authority, tcp: TcpStream) {
         self.streams.put(authority, tcp);
