@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use shield_test_support::{
     pki::Pki,
+    raw,
     tls::{
-        closed_port, curl, one_site_toml, silent_upstream, site_toml, upstream, Req, Shield,
-        HTTP_OFF,
+        client_config, closed_port, curl, one_site_toml, silent_upstream, site_toml, tls_connect,
+        upstream, Req, Shield, HTTP_OFF,
     },
 };
+use tokio::io::AsyncWriteExt as _;
 
 const SITE: &str = "www.a.test";
 
@@ -252,6 +254,37 @@ async fn oversized_headers_are_refused() {
     )
     .await;
     assert_eq!(out.status, Some(431), "{:?} {}", out.status, out.stderr);
+}
+
+/// A client still sending when shield refuses its head still reads the
+/// 431: shield closes its side and reads the rest away (a lingering close)
+/// instead of closing on unread bytes, which makes the kernel reset the
+/// connection under the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_an_oversized_head_reads_its_431() {
+    let pki = Pki::new();
+    let up = upstream().await;
+    let server = pki.server("site-a", &[SITE]);
+    let shield = Shield::start(&one_site_toml(&pki, &[SITE], &server, up.addr, "")).await;
+    let config = client_config(&pki, Some(&pki.good), &[b"http/1.1"]);
+    let tls = tls_connect(config, shield.tls_port(), SITE).await.unwrap();
+    let (mut read, mut write) = tokio::io::split(tls);
+    // Like curl, the client sends all of its request before it reads, and
+    // a failed write is the end of it: 8 MiB, refused after the first 64 KiB.
+    let writer = tokio::spawn(async move {
+        let head = format!("GET / HTTP/1.1\r\nHost: {SITE}\r\nX-Big: ");
+        write.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..128 {
+            write.write_all(&chunk).await?;
+        }
+        write.write_all(b"\r\n\r\n").await?;
+        Ok::<_, std::io::Error>(write)
+    });
+    let sent = writer.await.unwrap();
+    assert!(sent.is_ok(), "the client's request was cut off: {sent:?}");
+    let answer = raw::response(&mut read, &mut Vec::new(), false).await;
+    assert_eq!(answer.map(|(status, ..)| status), Some(431));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tokio::{
-    io::{AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     sync::watch,
     time::{sleep_until, timeout, Instant},
 };
@@ -21,6 +21,11 @@ pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(30);
 /// and waits for the next request's first byte with the TLS stream alone.
 pub(super) const PARK_AFTER: Duration = Duration::from_millis(250);
 
+/// How long a lingering close reads what the client still sends.
+const LINGER: Duration = Duration::from_secs(5);
+/// And how much of it, at most.
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+
 /// A site's clocks, as its connections apply them.
 #[derive(Clone, Copy)]
 pub(super) struct Clocks<'a> {
@@ -33,6 +38,30 @@ pub(super) struct Clocks<'a> {
 /// the TCP write side.
 pub(super) async fn close<IO: AsyncWrite + Unpin>(io: &mut IO) {
     let _ = timeout(CLOSE_GRACE, io.shutdown()).await;
+}
+
+/// Closes a connection hyper gave up on after answering a bad request (400,
+/// 431) while the client may still be sending it. Closing a socket with
+/// unread bytes makes the kernel reset the connection, and a client still
+/// writing (curl, for one) then fails on the reset and never reads the
+/// answer. So the write side is closed first, and what still arrives is
+/// read and dropped until the client closes too, for at most [`LINGER`] or
+/// [`LINGER_BYTES`] (nginx's lingering close).
+pub(super) async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
+    let _ = timeout(LINGER, async {
+        if io.shutdown().await.is_err() {
+            return;
+        }
+        let mut drained = 0;
+        let mut buf = [0; 16 * 1024];
+        while drained < LINGER_BYTES {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// Resolves [`CLOSE_GRACE`] after shutdown is asked for.

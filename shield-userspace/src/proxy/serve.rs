@@ -21,7 +21,7 @@ use super::{
     activity::{Activity, Check, Tracked},
     direct::{self, Direct},
     handler::{Client, Connection, GuardedBody},
-    lifecycle::{close, Clocks, CLOSE_GRACE, MAX_HEADER_BYTES, PARK_AFTER},
+    lifecycle::{close, linger, Clocks, CLOSE_GRACE, MAX_HEADER_BYTES, PARK_AFTER},
     metrics::HttpMetrics,
     upstream::UpstreamClient,
     Route,
@@ -166,6 +166,14 @@ async fn serve_http1<IO, S>(
                 conn.tunnel_ended().await;
                 return;
             }
+            // hyper answered a bad request and gave up on the connection;
+            // the client may still be sending the rest of it.
+            Driven::Failed => {
+                if let Some(parts) = connection.into_parts() {
+                    linger(&mut parts.io.into_inner()).await;
+                }
+                return;
+            }
             Driven::Park => {}
         }
         // Parking is only asked for with no request in flight, nothing of a
@@ -241,6 +249,9 @@ where
 
 enum Driven {
     Ended,
+    /// hyper's connection ended with an error (a refused request, a broken
+    /// connection).
+    Failed,
     /// Idle for the `park_after` given: the caller may take the IO back.
     Park,
 }
@@ -285,10 +296,13 @@ where
         };
         tokio::select! {
             result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(site = %label, %error, "connection ended with an error");
-                }
-                return Driven::Ended;
+                return match result {
+                    Ok(()) => Driven::Ended,
+                    Err(error) => {
+                        tracing::debug!(site = %label, %error, "connection ended with an error");
+                        Driven::Failed
+                    }
+                };
             }
             _ = sleep_until(wake) => {
                 if closing_since.is_some() {
