@@ -29,7 +29,7 @@ use site::validate_sites;
 pub use site::{H2Limits, SiteConfig, NO_SITE};
 pub use types::{
     ClientCa, InvalidClientCa, InvalidRangeSource, InvalidRefresh, InvalidSpkiPin, InvalidUpstream,
-    RangeSource, Refresh, SpkiPin, Upstream,
+    RangeSource, Refresh, SpkiPin, Upstream, UpstreamProtocol,
 };
 
 pub const DEFAULT_PATH: &str = "/etc/shield/shield.toml";

@@ -47,12 +47,35 @@ macro_rules! text_serde {
     };
 }
 
-/// `[[site]].upstream = "http://host:port[/prefix]"`.
+/// `[[site]].upstream = "http://host:port[/prefix]"` (HTTP/1.1) or
+/// `"h2c://host:port[/prefix]"` (HTTP/2 with prior knowledge, for gRPC).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
+    protocol: UpstreamProtocol,
     authority: Authority,
     /// Empty, or a path starting with '/' and not ending with one.
     prefix: String,
+}
+
+/// What shield speaks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamProtocol {
+    /// `http://`: HTTP/1.1, pooled connections.
+    Http1,
+    /// `h2c://`: HTTP/2 over plain TCP with prior knowledge (RFC 9113
+    /// 3.3), one multiplexed connection per worker; what a gRPC server
+    /// listens for.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    fn scheme(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
 }
 
 /// Why an `upstream` value was refused.
@@ -69,8 +92,8 @@ pub enum InvalidUpstream {
     /// An `https://` upstream: TLS to the local application is not offered.
     #[error("{text:?}: https upstreams are not supported; use http:// to the local application")]
     Https { text: String },
-    /// A scheme other than `http`, or none.
-    #[error("{text:?} must start with http://")]
+    /// A scheme other than `http` or `h2c`, or none.
+    #[error("{text:?} must start with http:// (HTTP/1.1) or h2c:// (HTTP/2)")]
     Scheme { text: String },
     /// No host and port after the scheme.
     #[error("{text:?} has no host")]
@@ -87,13 +110,14 @@ impl Upstream {
             source,
         })?;
         let text = || text.to_owned();
-        match uri.scheme_str() {
-            Some("http") => {}
+        let protocol = match uri.scheme_str() {
+            Some("http") => UpstreamProtocol::Http1,
+            Some("h2c") => UpstreamProtocol::H2c,
             // The upstream is the local application; TLS to it would only
             // add a second handshake per pooled connection on loopback.
             Some("https") => return Err(InvalidUpstream::Https { text: text() }),
             _ => return Err(InvalidUpstream::Scheme { text: text() }),
-        }
+        };
         let authority = uri
             .authority()
             .cloned()
@@ -102,7 +126,15 @@ impl Upstream {
             return Err(InvalidUpstream::Query { text: text() });
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
-        Ok(Upstream { authority, prefix })
+        Ok(Upstream {
+            protocol,
+            authority,
+            prefix,
+        })
+    }
+
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.protocol
     }
 
     /// The upstream's host and port: the pool key for its connections.
@@ -153,7 +185,8 @@ impl FromStr for Upstream {
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.prefix)
+        let scheme = self.protocol.scheme();
+        write!(f, "{scheme}://{}{}", self.authority, self.prefix)
     }
 }
 
@@ -482,11 +515,19 @@ mod tests {
             Upstream::parse("http://exa mple"),
             Err(InvalidUpstream::NotAUrl { .. })
         ));
-        for text in ["http://127.0.0.1:8080", "http://[::1]:81/app"] {
+        for text in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:81/app",
+            "h2c://127.0.0.1:50051",
+        ] {
             let up = Upstream::parse(text).unwrap();
             assert_eq!(up.to_string(), text);
             assert_eq!(Upstream::parse(&up.to_string()).unwrap(), up);
         }
+        assert_eq!(
+            Upstream::parse("h2c://127.0.0.1:50051").unwrap().protocol(),
+            UpstreamProtocol::H2c
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::{
     headers::{self, Forwarding},
     metrics::HttpMetrics,
     upstream::{client_body, started, ClientBody, UpstreamClient, UpstreamError},
-    websocket, Route,
+    websocket, Route, UpstreamProtocol,
 };
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -215,8 +215,8 @@ impl Connection {
             Some(uri) => uri,
             None => return text(StatusCode::BAD_REQUEST, "Bad Request\n".into()),
         };
-        // The upstream speaks HTTP/1.1 whatever the client spoke to us.
-        parts.version = Version::HTTP_11;
+        let h2c = self.route.upstream.protocol() == UpstreamProtocol::H2c;
+        let trailers = h2c && headers::accepts_trailers(&parts.headers);
         headers::prepare_request(
             &mut parts.headers,
             &Forwarding {
@@ -226,17 +226,41 @@ impl Connection {
                 request_id,
             },
         );
+        if h2c {
+            // The site's name goes as `:authority`, where HTTP/1.1 has Host.
+            parts.headers.remove(header::HOST);
+            parts.uri = match absolute(&host, &parts.uri) {
+                Some(uri) => uri,
+                None => return text(StatusCode::BAD_REQUEST, "Bad Request\n".into()),
+            };
+            parts.version = Version::HTTP_2;
+            if trailers {
+                parts
+                    .headers
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+        } else {
+            // The upstream speaks HTTP/1.1 whatever the client spoke to us.
+            parts.version = Version::HTTP_11;
+        }
         let (body, broken_by_client) = client_body(body);
-        if let Some(client) = upgrade {
+        if let Some(client) = upgrade.filter(|_| !h2c) {
             websocket::set_upgrade_fields(&mut parts.headers);
             return self
                 .respond_upgrade(Request::from_parts(parts, body), client, request_id)
                 .await;
         }
-        let call = self.upstream.request(
+        let (authority, request) = (
             self.route.upstream.authority(),
             Request::from_parts(parts, body),
         );
+        let call = async {
+            if h2c {
+                self.upstream.request_h2c(authority, request).await
+            } else {
+                self.upstream.request(authority, request).await
+            }
+        };
         match tokio::time::timeout(self.route.upstream_timeout, call).await {
             // No upgrade was asked for (hyper's path forwards none), so
             // the upstream cannot switch protocols: the direct path refuses
@@ -331,6 +355,17 @@ impl Connection {
         }
         Response::from_parts(parts, body.boxed())
     }
+}
+
+/// `http://HOST` and the origin-form `target`: an HTTP/2 request's
+/// `:scheme`, `:authority` and `:path`.
+fn absolute(host: &str, target: &http::Uri) -> Option<http::Uri> {
+    http::Uri::builder()
+        .scheme("http")
+        .authority(host)
+        .path_and_query(target.path_and_query()?.clone())
+        .build()
+        .ok()
 }
 
 /// Why a request got no upstream answer.

@@ -101,6 +101,18 @@ pub fn options_in(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|option| !option.is_empty())
 }
 
+/// Whether a request's `TE` says the client accepts trailers: the one `TE`
+/// HTTP/2 allows, and what a gRPC request carries. Read before the header
+/// policy removes `TE` as hop-by-hop, to be stated again to an HTTP/2
+/// upstream.
+pub fn accepts_trailers(fields: &HeaderMap) -> bool {
+    fields
+        .get_all(header::TE)
+        .iter()
+        .flat_map(|value| options_in(value.as_bytes()))
+        .any(|option| option.eq_ignore_ascii_case(b"trailers"))
+}
+
 /// `Connection` options per message; a message naming more is refused (the
 /// direct path defers such a request to hyper's path, which allocates).
 pub const MAX_CONNECTION_OPTIONS: usize = 8;

@@ -20,6 +20,6 @@ mod websocket;
 
 pub use handler::{text, Client, ProxyBody};
 pub use lifecycle::MAX_HEADER_BYTES;
-pub use route::{Route, Upstream};
+pub use route::{Route, Upstream, UpstreamProtocol};
 pub use serve::{serve, HttpProtocol};
 pub use upstream::{client as upstream_client, UpstreamClient};

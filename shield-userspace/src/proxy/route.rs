@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::config::SiteConfig;
-pub use crate::config::Upstream;
+pub use crate::config::{Upstream, UpstreamProtocol};
 
 /// The HTTP side of one site.
 #[derive(Debug)]

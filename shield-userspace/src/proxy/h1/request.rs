@@ -18,7 +18,7 @@ use httparse::{Header, ParserConfig, Status};
 use super::{wire::push_field, MAX_FIELDS};
 use crate::proxy::{
     headers::{self, Field, Options},
-    Route, MAX_HEADER_BYTES,
+    Route, UpstreamProtocol, MAX_HEADER_BYTES,
 };
 
 /// What a connection's requests need to know about their site and client.
@@ -70,7 +70,8 @@ pub(in crate::proxy) fn prepare_request(
         Ok(Status::Partial) if buf.len() < MAX_HEADER_BYTES => return Prepared::Partial,
         _ => return Prepared::Defer,
     };
-    if request.version != Some(1) {
+    // The direct path writes HTTP/1.1 upstream; an h2c upstream is hyper's.
+    if request.version != Some(1) || context.route.upstream.protocol() != UpstreamProtocol::Http1 {
         return Prepared::Defer;
     }
     let method = match request.method {

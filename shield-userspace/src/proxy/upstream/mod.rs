@@ -10,15 +10,28 @@
 //!
 //! The same pool also keeps plain TCP streams for the direct HTTP/1.1 path
 //! (`proxy::direct`), which writes and reads the upstream's HTTP itself.
+//!
+//! An `h2c://` upstream gets one HTTP/2 connection per worker and
+//! authority, shared by all requests (HTTP/2 multiplexes them, and the
+//! upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` is waited for, not
+//! exceeded); a new one replaces it once it closes.
 
 mod body;
 mod pool;
 
-use std::{io, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    io,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use http::{header, uri::Authority, HeaderValue, Request, Response};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{
+    http1::{self, SendRequest},
+    http2,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 pub use self::body::{client_body, started, ClientBody, PooledBody};
@@ -41,6 +54,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct UpstreamClient {
     pool: Arc<Pool<SendRequest<ClientBody>>>,
     streams: Arc<Pool<TcpStream>>,
+    h2c: Arc<Mutex<HashMap<Authority, http2::SendRequest<ClientBody>>>>,
 }
 
 /// A worker's client; its pools count what they discard in `metrics`.
@@ -48,6 +62,7 @@ pub fn client(metrics: HttpMetrics) -> UpstreamClient {
     UpstreamClient {
         pool: Arc::new(Pool::new(metrics.clone())),
         streams: Arc::new(Pool::new(metrics)),
+        h2c: Arc::default(),
     }
 }
 
@@ -66,7 +81,7 @@ pub enum UpstreamError {
     },
     #[error("tcp connect to {authority} timed out after {CONNECT_TIMEOUT:?}")]
     ConnectTimeout { authority: Authority },
-    #[error("HTTP/1.1 handshake with the upstream failed")]
+    #[error("HTTP handshake with the upstream failed")]
     Handshake(#[source] hyper::Error),
     #[error("upstream request failed")]
     Request(#[source] hyper::Error),
@@ -121,6 +136,54 @@ impl UpstreamClient {
                 },
             }
         }
+    }
+
+    /// Sends `request` (absolute URI: the site's name as authority, as an
+    /// h1 request carries it in Host) to an `h2c://` upstream at
+    /// `authority`, on the worker's connection to it or a new one. Never
+    /// retried: the request may have reached the application.
+    pub async fn request_h2c(
+        &self,
+        authority: &Authority,
+        request: Request<ClientBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let mut sender = self.h2c_sender(authority).await?;
+        // Waits while the upstream's stream limit is reached.
+        sender.ready().await.map_err(UpstreamError::Request)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(UpstreamError::Request)?;
+        // Nothing to give back: the connection is shared, not checked out.
+        Ok(response.map(|body| Watched::new(body, Release(None))))
+    }
+
+    async fn h2c_sender(
+        &self,
+        authority: &Authority,
+    ) -> Result<http2::SendRequest<ClientBody>, UpstreamError> {
+        let open = self.h2c.lock().ok().and_then(|senders| {
+            senders
+                .get(authority)
+                .filter(|sender| !sender.is_closed())
+                .cloned()
+        });
+        if let Some(sender) = open {
+            return Ok(sender);
+        }
+        let tcp = Box::pin(connect_tcp(authority)).await?;
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "h2c upstream connection ended with an error");
+            }
+        });
+        if let Ok(mut senders) = self.h2c.lock() {
+            senders.insert(authority.clone(), sender.clone());
+        }
+        Ok(sender)
     }
 
     /// The newest idle connection that is still usable, if any.
