@@ -37,6 +37,7 @@ pub fn all() -> anyhow::Result<()> {
     bpf_linker()?;
     bpffs()?;
     fuzz_tools()?;
+    oha()?;
     println!("setup: everything is installed");
     Ok(())
 }
@@ -46,6 +47,21 @@ pub fn build_tools() -> anyhow::Result<()> {
     packages()?;
     nightly_rust_src()?;
     bpf_linker()
+}
+
+/// oha 1.16 builds with rustc 1.95 and speaks client certificates.
+pub const OHA_VERSION: &str = "1.16.0";
+
+/// oha, the HTTP/2 load client of the tests and the benchmark.
+pub fn oha() -> anyhow::Result<()> {
+    let present =
+        shell::output("oha", &["--version"]).is_ok_and(|version| version.contains(OHA_VERSION));
+    if !present {
+        println!("setup: building oha {OHA_VERSION} (a few minutes)");
+        shell::cargo(&["install", "oha", "--version", OHA_VERSION, "--locked"])
+            .context("cargo install oha failed")?;
+    }
+    Ok(())
 }
 
 /// Mounts bpffs at /sys/fs/bpf when a fresh host has not. shield mounts it

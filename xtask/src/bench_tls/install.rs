@@ -1,12 +1,9 @@
-//! The bench's tools: nginx-light and valgrind from Debian, oha from
-//! crates.io; each skipped when present.
+//! The bench's tools: nginx-light and valgrind from Debian, and oha (which
+//! the tests need too, so `setup` installs it); each skipped when present.
 
 use anyhow::{bail, Context as _};
 
-use crate::shell;
-
-/// oha 1.16 builds with rustc 1.95 and speaks client certificates.
-pub const OHA_VERSION: &str = "1.16.0";
+use crate::{setup, shell};
 
 pub fn bench_tools() -> anyhow::Result<()> {
     if !shell::succeeds("nginx", &["-v"]) {
@@ -18,14 +15,7 @@ pub fn bench_tools() -> anyhow::Result<()> {
     if !shell::succeeds("openssl", &["version"]) {
         bail!("openssl is missing (`cargo xtask setup` installs it)");
     }
-    let oha_ok =
-        shell::output("oha", &["--version"]).is_ok_and(|version| version.contains(OHA_VERSION));
-    if !oha_ok {
-        println!("bench: building oha {OHA_VERSION} (a few minutes)");
-        shell::cargo(&["install", "oha", "--version", OHA_VERSION, "--locked"])
-            .context("cargo install oha failed")?;
-    }
-    Ok(())
+    setup::oha()
 }
 
 /// One Debian package, with its dependencies but not its recommendations.

@@ -12,10 +12,10 @@ use anyhow::{bail, Context as _};
 
 use super::{
     conf::{path_str, Pki},
-    install::OHA_VERSION,
     params::{CONCURRENCY, NAME},
     servers::{pinned, pinned_output},
 };
+use crate::setup::OHA_VERSION;
 
 /// The load side: the clients, their certificate and their CPUs.
 pub struct Clients<'a> {
