@@ -18,7 +18,9 @@ use hyper::{body::Frame, service::service_fn, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use shield_test_support::{
     pki::Pki,
-    tls::{client_config, curl, site_toml, tls_connect, upstream, Req, Shield, HTTP_OFF},
+    tls::{
+        client_config, curl, h2_client, site_toml, tls_connect, upstream, Req, Shield, HTTP_OFF,
+    },
 };
 use tokio::net::TcpListener;
 use tonic_health::pb::{
@@ -215,13 +217,7 @@ async fn trailers_and_streamed_frames_cross_to_and_from_an_h2c_upstream() {
     let (addr, seen) = h2c_upstream().await;
     let pki = Pki::new();
     let shield = edge(&pki, addr).await;
-    let config = client_config(&pki, Some(&pki.good), &[b"h2"]);
-    let tls = tls_connect(config, shield.tls_port(), SITE).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2_client(&pki, shield.tls_port(), SITE).await;
     let request = Request::post(format!("https://{SITE}/shield.test.Echo/Say"))
         .header("te", "trailers")
         .header("content-type", "application/grpc")
@@ -266,13 +262,7 @@ async fn a_cancelled_stream_is_cancelled_at_the_upstream() {
     let (addr, seen) = h2c_upstream().await;
     let pki = Pki::new();
     let shield = edge(&pki, addr).await;
-    let config = client_config(&pki, Some(&pki.good), &[b"h2"]);
-    let tls = tls_connect(config, shield.tls_port(), SITE).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2_client(&pki, shield.tls_port(), SITE).await;
     let request = Request::get(format!("https://{SITE}/endless"))
         .body(Full::new(Bytes::new()))
         .unwrap();

@@ -17,11 +17,11 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, StreamBody};
 use hyper::{body::Frame, service::service_fn, Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use shield_test_support::{
     pki::Pki,
     process::{Sample, ShieldProcess},
-    tls::{client_config, curl, site_toml, tls_connect, Req},
+    tls::{client_config, curl, h2_client, site_toml, tls_connect, Req},
 };
 use tokio::net::TcpListener;
 
@@ -244,14 +244,7 @@ async fn server_sent_events_arrive_one_by_one_over_h1_and_h2() {
     let arrivals = event_arrivals(h1.send_request(request).await.unwrap()).await;
     assert_one_by_one(&arrivals, "h1");
 
-    let tls = tls_connect(client_config(&pki, Some(&pki.good), &[b"h2"]), port, SITE)
-        .await
-        .unwrap();
-    let (mut h2, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut h2 = h2_client(&pki, port, SITE).await;
     let request = Request::get(format!("https://{SITE}/events"))
         .body(Empty::<Bytes>::new())
         .unwrap();

@@ -16,11 +16,11 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{Empty, Full};
 use hyper::{service::service_fn, Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use shield_test_support::{
     pki::Pki,
     require,
-    tls::{client_config, one_site_toml, tls_connect, Shield},
+    tls::{h2_client, one_site_toml, Shield},
 };
 use tokio::{net::TcpListener, sync::Barrier};
 
@@ -69,13 +69,7 @@ async fn two_hundred_streams_on_one_connection_are_all_answered() {
     let pki = Pki::new();
     let server = pki.server("h2", &[SITE]);
     let shield = Shield::start(&one_site_toml(&pki, &[SITE], &server, upstream, "")).await;
-    let config = client_config(&pki, Some(&pki.good), &[b"h2"]);
-    let tls = tls_connect(config, shield.tls_port(), SITE).await.unwrap();
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let sender = h2_client(&pki, shield.tls_port(), SITE).await;
     let calls = (0..STREAMS).map(|i| {
         let mut sender = sender.clone();
         tokio::spawn(async move {

@@ -388,6 +388,30 @@ pub async fn tls_connect(
         .await
 }
 
+/// An HTTP/2 client connection to `sni` on `port` (ALPN h2) with the zone's
+/// good client certificate; the connection runs as its own task.
+pub async fn h2_client<B>(
+    pki: &pki::Pki,
+    port: u16,
+    sni: &str,
+) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let config = client_config(pki, Some(&pki.good), &[b"h2"]);
+    let tls = tls_connect(config, port, sni).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
 /// Reads until EOF or error; returns what was read.
 pub async fn read_to_close<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
