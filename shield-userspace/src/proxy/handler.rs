@@ -118,6 +118,16 @@ impl Connection {
         }
     }
 
+    /// [`Self::upstream_failed`] as hyper's path answers it.
+    fn failure_answer(
+        &self,
+        failure: UpstreamFailure<'_>,
+        request_id: &str,
+    ) -> Response<ProxyBody> {
+        let (status, body) = self.upstream_failed(failure, request_id);
+        text(status, body)
+    }
+
     /// Logs why the upstream gave no answer; the status and body to send.
     pub(super) fn upstream_failed(
         &self,
@@ -269,20 +279,14 @@ impl Connection {
                 let error = UpstreamError::Malformed(
                     "101 Switching Protocols to a request without Upgrade",
                 );
-                let (status, body) =
-                    self.upstream_failed(UpstreamFailure::Error(&error), request_id);
-                text(status, body)
+                self.failure_answer(UpstreamFailure::Error(&error), request_id)
             }
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 match started(body).await {
                     Ok(body) => Response::from_parts(parts, body.boxed()),
-                    Err(error) => {
-                        let (status, body) =
-                            self.upstream_failed(UpstreamFailure::Error(&error), request_id);
-                        text(status, body)
-                    }
+                    Err(error) => self.failure_answer(UpstreamFailure::Error(&error), request_id),
                 }
             }
             Ok(Err(_)) if broken_by_client.get() => {
@@ -292,15 +296,8 @@ impl Connection {
                     format!("Bad Request: malformed request body (request {request_id})\n"),
                 )
             }
-            Ok(Err(error)) => {
-                let (status, body) =
-                    self.upstream_failed(UpstreamFailure::Error(&error), request_id);
-                text(status, body)
-            }
-            Err(_) => {
-                let (status, body) = self.upstream_failed(UpstreamFailure::Timeout, request_id);
-                text(status, body)
-            }
+            Ok(Err(error)) => self.failure_answer(UpstreamFailure::Error(&error), request_id),
+            Err(_) => self.failure_answer(UpstreamFailure::Timeout, request_id),
         }
     }
 }
@@ -320,19 +317,15 @@ impl Connection {
         let mut response = match tokio::time::timeout(self.route.upstream_timeout, call).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
-                let (status, body) =
-                    self.upstream_failed(UpstreamFailure::Error(&error), request_id);
-                return text(status, body);
+                return self.failure_answer(UpstreamFailure::Error(&error), request_id);
             }
             Err(_) => {
-                let (status, body) = self.upstream_failed(UpstreamFailure::Timeout, request_id);
-                return text(status, body);
+                return self.failure_answer(UpstreamFailure::Timeout, request_id);
             }
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS && !websocket::accepted(&response) {
             let error = UpstreamError::Malformed("101 Switching Protocols to other than websocket");
-            let (status, body) = self.upstream_failed(UpstreamFailure::Error(&error), request_id);
-            return text(status, body);
+            return self.failure_answer(UpstreamFailure::Error(&error), request_id);
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream = hyper::upgrade::on(&mut response);
