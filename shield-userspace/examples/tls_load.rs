@@ -3,8 +3,9 @@
 //! `handshakes`: each connection is a full TLS 1.3 handshake with a client
 //! certificate, one `Connection: close` request, and nothing reused (no
 //! session resumption, no keep-alive), for a fixed time; prints the rate.
-//! `hold`: opens N mTLS connections, sends one keep-alive request on each,
-//! then keeps them all open and idle until stdin closes.
+//! `hold`: opens N mTLS connections, sends one keep-alive request on each
+//! (HTTP/1.1, or with `--http2` one h2 stream, ALPN h2), then keeps them
+//! all open and idle until stdin closes.
 //!
 //! The client does as little crypto as it can so that, on a shared 2-core
 //! host, the server's cost dominates: it offers only X25519 (both servers
@@ -75,6 +76,9 @@ enum Mode {
         /// Connections being opened at once.
         #[arg(long, default_value_t = 128)]
         concurrency: usize,
+        /// Offer only h2 and send the request on a stream.
+        #[arg(long)]
+        http2: bool,
     },
 }
 
@@ -85,13 +89,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn async_main(cli: Cli) -> anyhow::Result<()> {
-    let client = Arc::new(Client::new(&cli)?);
     match cli.mode {
         Mode::Handshakes {
             concurrency,
             seconds,
-        } => handshakes(client, concurrency, Duration::from_secs_f64(seconds)).await,
-        Mode::Hold { count, concurrency } => hold(client, count, concurrency).await,
+        } => {
+            let client = Arc::new(Client::new(&cli, false)?);
+            handshakes(client, concurrency, Duration::from_secs_f64(seconds)).await
+        }
+        Mode::Hold {
+            count,
+            concurrency,
+            http2,
+        } => {
+            let client = Arc::new(Client::new(&cli, http2)?);
+            hold(client, count, concurrency, http2).await
+        }
     }
 }
 
@@ -104,7 +117,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(cli: &Cli) -> anyhow::Result<Client> {
+    fn new(cli: &Cli, http2: bool) -> anyhow::Result<Client> {
         let certs = CertificateDer::pem_file_iter(&cli.cert)
             .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
             .with_context(|| format!("cannot read {}", cli.cert.display()))?;
@@ -122,6 +135,9 @@ impl Client {
             .context("client certificate and key do not match")?;
         // Every connection pays a full handshake.
         config.resumption = Resumption::disabled();
+        if http2 {
+            config.alpn_protocols = vec![b"h2".to_vec()];
+        }
         let name = ServerName::try_from(cli.name.clone()).context("bad --name")?;
         Ok(Client {
             addr: cli.addr.clone(),
@@ -154,12 +170,49 @@ impl Client {
     }
 
     /// Handshake and one keep-alive request; the connection stays open.
-    async fn opened(&self) -> anyhow::Result<TlsStream<TcpStream>> {
+    async fn opened(&self) -> anyhow::Result<Held> {
         let mut tls = self.connect().await?;
         tls.write_all(&self.keepalive_request).await?;
         read_response(&mut tls).await?;
-        Ok(tls)
+        Ok(Held::Http1(tls))
     }
+
+    /// Handshake (ALPN h2) and one request on a stream, its body read to
+    /// the end; the connection stays open, its task answering the
+    /// server's pings.
+    async fn opened_h2(&self) -> anyhow::Result<Held> {
+        let tls = self.connect().await?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            bail!("the server did not choose h2");
+        }
+        let (mut send, connection) = h2::client::handshake(tls).await?;
+        let task = tokio::spawn(connection);
+        let request = http::Request::get(format!("https://{}/", self.name.to_str()))
+            .body(())
+            .context("bad request")?;
+        let (response, _) = send.send_request(request, true)?;
+        let response = response.await?;
+        if response.status() != http::StatusCode::OK {
+            bail!("unexpected status {}", response.status());
+        }
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        Ok(Held::Http2(send, task))
+    }
+}
+
+/// A connection held open.
+enum Held {
+    Http1(TlsStream<TcpStream>),
+    /// The request handle keeps the connection from closing; the task
+    /// drives it.
+    Http2(
+        h2::client::SendRequest<bytes::Bytes>,
+        tokio::task::JoinHandle<Result<(), h2::Error>>,
+    ),
 }
 
 fn check_status(response: &[u8]) -> anyhow::Result<()> {
@@ -247,7 +300,12 @@ async fn handshakes(
     Ok(())
 }
 
-async fn hold(client: Arc<Client>, count: usize, concurrency: usize) -> anyhow::Result<()> {
+async fn hold(
+    client: Arc<Client>,
+    count: usize,
+    concurrency: usize,
+    http2: bool,
+) -> anyhow::Result<()> {
     raise_nofile(count as u64 + 1024);
     let gate = Arc::new(Semaphore::new(concurrency));
     let mut tasks = Vec::with_capacity(count);
@@ -255,14 +313,18 @@ async fn hold(client: Arc<Client>, count: usize, concurrency: usize) -> anyhow::
         let (client, gate) = (client.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            client.opened().await
+            if http2 {
+                client.opened_h2().await
+            } else {
+                client.opened().await
+            }
         }));
     }
     let mut held = Vec::with_capacity(count);
     let mut first_error = None;
     for task in tasks {
         match task.await {
-            Ok(Ok(tls)) => held.push(tls),
+            Ok(Ok(connection)) => held.push(connection),
             Ok(Err(error)) => {
                 first_error.get_or_insert(error);
             }
@@ -281,7 +343,15 @@ async fn hold(client: Arc<Client>, count: usize, concurrency: usize) -> anyhow::
         let _ = std::io::stdin().read_to_end(&mut sink);
     })
     .await?;
-    drop(held);
+    for connection in held {
+        match connection {
+            Held::Http1(tls) => drop(tls),
+            Held::Http2(send, task) => {
+                drop(send);
+                task.abort();
+            }
+        }
+    }
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! User-space instructions per keep-alive request, counted by valgrind's
-//! callgrind: one server at a time under callgrind, oha as the client.
+//! User-space instructions per request, counted by valgrind's callgrind:
+//! one server at a time under callgrind, oha as the client.
 
 use std::{
     ffi::OsString,
@@ -11,25 +11,30 @@ use anyhow::{bail, Context as _};
 
 use super::{
     conf::{path_str, Pki, Processes},
-    load::{oha, oha_200s},
-    params::{Plan, CALLGRIND_CONCURRENCY, CALLGRIND_START_WAIT},
+    load::{oha, oha_200s, Keepalive},
+    params::{Plan, CALLGRIND_START_WAIT},
     procfs::Cpus,
     servers::{free_port, log_file, pinned, Kind, Server},
 };
 use crate::shell;
 
-/// `kind` alone under callgrind on the server's CPU, oha on the load
-/// CPUs, with the counters zeroed after the plan's warm-up and dumped
-/// after its counted requests.
+/// `kind` alone under callgrind on the server's CPU, oha sending `load`
+/// from the load CPUs, with the counters zeroed after the plan's warm-up
+/// and dumped after its counted requests.
 pub fn per_request(
     kind: Kind,
+    load: Keepalive,
     work: &Path,
     pki: &Pki,
     upstream: &str,
     cpus: &Cpus,
     plan: &Plan,
 ) -> anyhow::Result<f64> {
-    let name = format!("{}-callgrind", kind.name());
+    let tag = match load {
+        Keepalive::H1 { .. } => "h1",
+        Keepalive::H2 { .. } => "h2",
+    };
+    let name = format!("{}-{tag}-callgrind", kind.name());
     let out = work.join(format!("{name}.out"));
     let port = free_port()?;
     let (program, args) = kind.command_line(work, &name, pki, port, upstream, Processes::One)?;
@@ -48,10 +53,10 @@ pub fn per_request(
         .env("SHIELD_LOG", "warn")
         .stderr(log_file(work, &name)?);
     let server = Server::start(&name, &mut command, port, CALLGRIND_START_WAIT)?;
-    let load = cpus.load_list();
-    requests(&server, pki, &load, plan.callgrind_warmup)?;
+    let load_cpus = cpus.load_list();
+    requests(&server, pki, &load_cpus, load, plan.callgrind_warmup)?;
     control(&server, "-z")?;
-    requests(&server, pki, &load, plan.callgrind_requests)?;
+    requests(&server, pki, &load_cpus, load, plan.callgrind_requests)?;
     control(&server, "-d")?;
     // Stopped before its dumps are read: the dump asked for is written by
     // then, and the host is free again.
@@ -60,10 +65,19 @@ pub fn per_request(
     Ok(total / plan.callgrind_requests as f64)
 }
 
-/// `count` keep-alive requests to the server under callgrind, every one a 200.
-fn requests(server: &Server, pki: &Pki, cpus: &str, count: usize) -> anyhow::Result<()> {
-    let (n, c) = (count.to_string(), CALLGRIND_CONCURRENCY.to_string());
-    let out = oha(pki, server.port, cpus, &["-n", &n, "-c", &c]).with_context(|| {
+/// `count` requests of `load` to the server under callgrind, every one a
+/// 200.
+fn requests(
+    server: &Server,
+    pki: &Pki,
+    cpus: &str,
+    load: Keepalive,
+    count: usize,
+) -> anyhow::Result<()> {
+    let mut args = vec!["-n".to_owned(), count.to_string()];
+    args.extend(load.oha_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = oha(pki, server.port, cpus, &args).with_context(|| {
         format!(
             "{}: oha failed; see its log in target/bench-tls",
             server.name

@@ -16,6 +16,9 @@ pub struct Pki {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// The server certificate and its key in one file, as haproxy's `crt`
+    /// takes them.
+    pub server_bundle: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
 }
@@ -33,10 +36,20 @@ impl Pki {
             Usage::Client,
             DAYS,
         )?;
+        let server_bundle = dir.join("server-bundle.pem");
+        let mut bundle = fs::read(&server.cert)
+            .with_context(|| format!("cannot read {}", server.cert.display()))?;
+        bundle.extend(
+            fs::read(&server.key)
+                .with_context(|| format!("cannot read {}", server.key.display()))?,
+        );
+        fs::write(&server_bundle, bundle)
+            .with_context(|| format!("cannot write {}", server_bundle.display()))?;
         Ok(Pki {
             ca: ca.cert,
             server_cert: server.cert,
             server_key: server.key,
+            server_bundle,
             client_cert: client.cert,
             client_key: client.key,
         })
@@ -135,6 +148,47 @@ http {{
     )
 }
 
+/// The haproxy under test: one thread, the same files and client CA
+/// (`verify required`), h2 and HTTP/1.1 by ALPN, the timeouts shield and
+/// nginx have, and upstream connections shared between clients
+/// (`http-reuse always`). No log, as for the others.
+///
+/// haproxy sizes its descriptor need as twice `maxconn` and refuses to
+/// start when the limit is lower, although an idle client connection
+/// holds one descriptor and no upstream one; `no strict-limits` makes that
+/// a warning, so 10,000 idle connections fit in a 20,000 limit too.
+pub fn haproxy_conf(work: &Path, pki: &Pki, port: u16, upstream: &str, nofile: u64) -> String {
+    let maxconn = nofile.saturating_sub(500);
+    format!(
+        "global
+    nbthread 1
+    maxconn {maxconn}
+    no strict-limits
+    pidfile {work}/haproxy.pid
+    log stderr format short local0 warning
+defaults
+    mode http
+    log global
+    option dontlog-normal
+    timeout connect 5s
+    timeout client 900s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 900s
+frontend tls
+    bind 127.0.0.1:{port} ssl crt {bundle} ca-file {ca} verify required alpn h2,http/1.1 ssl-min-ver TLSv1.2
+    default_backend app
+backend app
+    http-reuse always
+    server app {upstream_addr}
+",
+        work = work.display(),
+        bundle = pki.server_bundle.display(),
+        ca = pki.ca.display(),
+        upstream_addr = upstream.trim_start_matches("http://"),
+    )
+}
+
 /// shield, TLS only: one site, no XDP interfaces, no port 80, metrics on
 /// `metrics` (nothing scrapes them, but the listener is always there).
 pub fn shield_conf(work: &Path, pki: &Pki, port: u16, upstream: &str, metrics: u16) -> String {
@@ -192,6 +246,7 @@ mod tests {
             ca: at("ca"),
             server_cert: at("server"),
             server_key: at("server-key"),
+            server_bundle: at("server-bundle"),
             client_cert: at("client"),
             client_key: at("client-key"),
         }
@@ -245,6 +300,31 @@ mod tests {
             one.starts_with("worker_processes 1;\nmaster_process off;\n"),
             "{one}"
         );
+    }
+
+    #[test]
+    fn haproxy_under_test() {
+        let conf = haproxy_conf(
+            Path::new("/w"),
+            &pki(),
+            4433,
+            "http://127.0.0.1:8080",
+            20_000,
+        );
+        for line in [
+            "    nbthread 1",
+            "    maxconn 19500",
+            "    no strict-limits",
+            "    bind 127.0.0.1:4433 ssl crt /w/server-bundle.pem ca-file /w/ca.pem verify required alpn h2,http/1.1 ssl-min-ver TLSv1.2",
+            "    http-reuse always",
+            "    server app 127.0.0.1:8080",
+            "    timeout http-keep-alive 900s",
+        ] {
+            assert!(
+                conf.lines().any(|l| l == line),
+                "{line} missing from\n{conf}"
+            );
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The bench's tools: nginx-light and valgrind from Debian, and oha (which
+//! The bench's tools: nginx-light, haproxy and valgrind from Debian, and oha (which
 //! the tests need too, so `setup` installs it); each skipped when present.
 
 use anyhow::{bail, Context as _};
@@ -8,6 +8,9 @@ use crate::{setup, shell};
 pub fn bench_tools() -> anyhow::Result<()> {
     if !shell::succeeds("nginx", &["-v"]) {
         apt_install("nginx-light")?;
+    }
+    if !shell::succeeds("haproxy", &["-v"]) {
+        apt_install("haproxy")?;
     }
     if !shell::succeeds("valgrind", &["--version"]) {
         apt_install("valgrind")?;

@@ -17,6 +17,47 @@ use super::{
 };
 use crate::setup::OHA_VERSION;
 
+/// Requests over reused connections, as oha sends them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Keepalive {
+    /// HTTP/1.1, one request at a time on each connection.
+    H1 { connections: usize },
+    /// h2 (ALPN), `streams` requests in flight on each connection.
+    H2 { connections: usize, streams: usize },
+}
+
+impl Keepalive {
+    /// For the table: "HTTP/1.1 keep-alive, 64 connections".
+    pub fn label(self) -> String {
+        match self {
+            Keepalive::H1 { connections } => {
+                format!("HTTP/1.1 keep-alive, {connections} connections")
+            }
+            Keepalive::H2 {
+                connections,
+                streams,
+            } => format!("h2, {connections} connections x {streams} streams"),
+        }
+    }
+
+    /// oha's arguments for it.
+    pub fn oha_args(self) -> Vec<String> {
+        match self {
+            Keepalive::H1 { connections } => vec!["-c".into(), connections.to_string()],
+            Keepalive::H2 {
+                connections,
+                streams,
+            } => vec![
+                "--http2".into(),
+                "-c".into(),
+                connections.to_string(),
+                "-p".into(),
+                streams.to_string(),
+            ],
+        }
+    }
+}
+
 /// The load side: the clients, their certificate and their CPUs.
 pub struct Clients<'a> {
     /// shield-userspace's `tls_load` example.
@@ -65,17 +106,19 @@ impl Clients<'_> {
             .with_context(|| format!("unexpected tls_load output {out:?}; rebuild its example"))
     }
 
-    /// Keep-alive requests per second on `port` for `seconds`, and how
+    /// Requests per second of `load` on `port` for `seconds`, and how
     /// many completed with a 200.
-    pub fn keepalive_rate(&self, port: u16, seconds: u32) -> anyhow::Result<(f64, f64)> {
+    pub fn keepalive_rate(
+        &self,
+        port: u16,
+        seconds: u32,
+        load: Keepalive,
+    ) -> anyhow::Result<(f64, f64)> {
         let duration = format!("{seconds}s");
-        let concurrency = CONCURRENCY.to_string();
-        let out = oha(
-            self.pki,
-            port,
-            self.cpus,
-            &["-z", &duration, "-c", &concurrency],
-        )?;
+        let mut args = vec!["-z".to_owned(), duration];
+        args.extend(load.oha_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = oha(self.pki, port, self.cpus, &args)?;
         let count = oha_200s(&out, port)?;
         let rate = number_after(&out, "\"requestsPerSec\":").with_context(|| {
             format!("unexpected oha output {out:?}; is oha {OHA_VERSION} first on the PATH?")
@@ -85,8 +128,8 @@ impl Clients<'_> {
 }
 
 /// oha with the client certificate against `port`, on the load CPUs
-/// (`cpus`, a taskset list), for `how_long` (`-z` or `-n`, and `-c`); its
-/// JSON summary.
+/// (`cpus`, a taskset list), for `how_long` (`-z` or `-n`, and the load's
+/// arguments); its JSON summary.
 pub fn oha(pki: &Pki, port: u16, cpus: &str, how_long: &[&str]) -> anyhow::Result<String> {
     let url = format!("https://{NAME}:{port}/");
     let mut args = vec![
@@ -143,12 +186,16 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// `count` connections to `port`.
-    pub fn open(clients: &Clients, port: u16, count: usize) -> anyhow::Result<Holder> {
+    /// `count` connections to `port`, each with one request served over
+    /// HTTP/1.1 or, with `http2`, over h2.
+    pub fn open(clients: &Clients, port: u16, count: usize, http2: bool) -> anyhow::Result<Holder> {
         let addr = format!("127.0.0.1:{port}");
         let mut args = clients.tls_load_args(&addr);
         let count = count.to_string();
         args.extend(["hold", "--count", &count]);
+        if http2 {
+            args.push("--http2");
+        }
         let mut child = pinned(clients.cpus, clients.tls_load, &args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -183,6 +230,17 @@ impl Drop for Holder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oha_arguments() {
+        assert_eq!(Keepalive::H1 { connections: 64 }.oha_args(), ["-c", "64"]);
+        let h2 = Keepalive::H2 {
+            connections: 8,
+            streams: 25,
+        };
+        assert_eq!(h2.oha_args(), ["--http2", "-c", "8", "-p", "25"]);
+        assert_eq!(h2.label(), "h2, 8 connections x 25 streams");
+    }
 
     #[test]
     fn numbers_after_keys() {

@@ -1,21 +1,27 @@
-//! `cargo xtask bench tls`: shield's mTLS terminator against nginx
-//! (Debian nginx-light) in one run, on loopback only.
+//! `cargo xtask bench tls`: shield's mTLS terminator against its peers,
+//! nginx (Debian nginx-light) and haproxy (Debian haproxy, one thread), in
+//! one run, on loopback only.
 //!
-//! Both get the same ECDSA P-256 certificate, key and client CA, require a
-//! client certificate, and proxy to the same upstream (a separate one-worker
-//! nginx returning a fixed 200). Four figures, each side by side:
+//! All get the same ECDSA P-256 certificate, key and client CA, require a
+//! client certificate, offer h2 and HTTP/1.1, and proxy to the same
+//! upstream (a separate one-worker nginx returning a fixed 200) over pooled
+//! HTTP/1.1 connections. The figures, each side by side:
 //!
 //! - full handshakes per second: every connection is a fresh TLS 1.3
 //!   handshake with a client certificate and one `Connection: close`
 //!   request; the client never resumes (shield-userspace's `tls_load`
 //!   example, because oha keeps a session cache and would resume);
-//! - keep-alive requests per second: oha with the client certificate;
-//! - user-space instructions per keep-alive request, counted by valgrind's
-//!   callgrind (nginx and the aws-lc-rs build): each server alone under
-//!   callgrind, nginx as one process (`master_process off`) so that the
-//!   process valgrind runs does the work, 400 requests of warm-up, then the
-//!   counters zeroed, 4,000 requests on 4 connections, and the counters
-//!   dumped. On this shared VM wall-clock and CPU-time figures vary by ±30%
+//! - HTTP/1.1 keep-alive requests per second on 64 connections, free and
+//!   with the server held to half a CPU (below), and h2 requests per second
+//!   at 8 connections x 25 streams and 2 x 200 (what Cloudflare's edge
+//!   multiplexes onto an origin connection): oha with the client
+//!   certificate;
+//! - user-space instructions per request, HTTP/1.1 and h2, counted by
+//!   valgrind's callgrind (the peers and the aws-lc-rs build): each server
+//!   alone under callgrind, nginx as one process (`master_process off`) so
+//!   that the process valgrind runs does the work, warm-up requests, then
+//!   the counters zeroed, the counted requests, and the counters dumped.
+//!   On this shared VM wall-clock and CPU-time figures vary by ±30%
 //!   between identical runs, too much to tell two servers within 10% of
 //!   each other apart; the count repeats within about 0.3% (four runs
 //!   here: nginx's identical, shield's within 0.3%). It is
@@ -23,8 +29,8 @@
 //!   about half of a keep-alive request's CPU here) is not in it, so the
 //!   server CPU rows stay the figures for the whole cost;
 //! - RSS (and PSS) with 10,000 idle mTLS connections open, each having
-//!   served one request: shield's process against nginx's master plus
-//!   workers.
+//!   served one request, over HTTP/1.1 and then over h2: shield's process
+//!   against nginx's master plus workers and haproxy's one process.
 //!
 //! shield is built twice, with rustls' aws-lc-rs provider (the default) and
 //! with `--features ring`, so the provider choice in `tls::provider` stays
@@ -34,15 +40,15 @@
 //! (CPU 0 on most hosts); the load clients (`tls_load`, oha) and the
 //! upstream nginx run on the others. Sharing every CPU, the keep-alive
 //! figure mostly measured oha. Pinned to one CPU, shield sees
-//! `available_parallelism() == 1` and runs one connection worker, while
-//! nginx keeps its `worker_processes 2`, both on that CPU. So the bench
-//! needs at least 2 CPUs.
+//! `available_parallelism() == 1` and runs one connection worker, haproxy
+//! runs its one thread, and nginx keeps its `worker_processes 2`, both on
+//! that CPU. So the bench needs at least 2 CPUs.
 //!
 //! With 2 CPUs the keep-alive figure can be capped by the load side (oha
 //! and the upstream nginx share one CPU) rather than by the server, which
 //! the busy shares show. So each round also takes a budgeted keep-alive
 //! sample: the server under test held to half a CPU by a cgroup CPU quota
-//! (the same for both; nginx's master and workers share it), which makes
+//! (the same for each; nginx's master and workers share it), which makes
 //! the server the bottleneck whatever the client costs.
 //!
 //! Each throughput sample also reports the server's CPU time per completed
@@ -53,8 +59,8 @@
 //!
 //! `SHIELD_BENCH_QUICK=1` runs every step once and short ([`params::Plan`]),
 //! to check that the bench still runs end to end; its figures mean nothing.
-//! `SHIELD_BENCH_INSTRUCTIONS_ONLY=1` measures only the callgrind row, which
-//! a loaded host does not disturb; `SHIELD_BENCH_SHIELD_BIN=PATH` measures
+//! `SHIELD_BENCH_INSTRUCTIONS_ONLY=1` measures only the callgrind rows,
+//! which a loaded host does not disturb; `SHIELD_BENCH_SHIELD_BIN=PATH` measures
 //! that binary in place of the default build (an earlier commit's, say).
 //!
 //! One module per job: `install` (the tools), `conf` (certificates and
@@ -86,11 +92,12 @@ use anyhow::{bail, Context as _};
 use self::{
     cgroup::CpuGroup,
     conf::Pki,
-    load::{Clients, Holder},
-    params::{Plan, BUDGET_PERCENT, START_WAIT},
+    load::{Clients, Holder, Keepalive},
+    params::{Plan, BUDGET_PERCENT, CALLGRIND_LOADS, CONCURRENCY, H2_LOADS, START_WAIT},
+    procfs::Memory,
     sampling::{Meter, Sample},
     servers::{free_port, nofile_limit, pinned, Kind, Server},
-    stats::{mib, Figures},
+    stats::{mib, Against, Figures, Idle, Target, Throughput},
 };
 use crate::shell;
 
@@ -100,26 +107,43 @@ const INSTRUCTIONS_ONLY: &str = "SHIELD_BENCH_INSTRUCTIONS_ONLY";
 /// default (aws-lc-rs) build.
 const SHIELD_BIN: &str = "SHIELD_BENCH_SHIELD_BIN";
 
-/// User-space instructions per keep-alive request of each kind, one
-/// server at a time under callgrind; printed as they come.
-fn instructions_row(
+/// User-space instructions per request of each load and kind (`None`
+/// for the kinds not counted), one server at a time under callgrind;
+/// printed as they come.
+fn instructions_rows(
     kinds: &[Kind],
     work: &Path,
     pki: &Pki,
     upstream: &str,
     meter: &Meter,
     plan: &Plan,
-) -> anyhow::Result<Vec<f64>> {
-    let mut row = Vec::new();
-    for kind in kinds {
-        let per_request = callgrind::per_request(*kind, work, pki, upstream, &meter.cpus, plan)?;
-        println!(
-            "{}: {per_request:.0} user-space instructions per keep-alive request (callgrind)",
-            kind.name()
-        );
-        row.push(per_request);
+) -> anyhow::Result<Vec<(String, Vec<Option<f64>>)>> {
+    let mut rows = Vec::new();
+    for load in CALLGRIND_LOADS {
+        let mut row = Vec::new();
+        for kind in kinds {
+            if !counted(*kind) {
+                row.push(None);
+                continue;
+            }
+            let per_request =
+                callgrind::per_request(*kind, load, work, pki, upstream, &meter.cpus, plan)?;
+            println!(
+                "{}: {per_request:.0} user-space instructions per request, {} (callgrind)",
+                kind.name(),
+                load.label()
+            );
+            row.push(Some(per_request));
+        }
+        rows.push((load.label(), row));
     }
-    Ok(row)
+    Ok(rows)
+}
+
+/// The peers and shield's default build: the ring build is measured for
+/// throughput only.
+fn counted(kind: Kind) -> bool {
+    kind != Kind::Shield("ring")
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -178,11 +202,16 @@ pub fn run() -> anyhow::Result<()> {
     )?;
     let upstream = format!("http://127.0.0.1:{upstream_port}");
 
-    let kinds = [Kind::Nginx, Kind::Shield("aws-lc-rs"), Kind::Shield("ring")];
+    let kinds = [
+        Kind::Nginx,
+        Kind::Haproxy,
+        Kind::Shield("aws-lc-rs"),
+        Kind::Shield("ring"),
+    ];
     if std::env::var_os(INSTRUCTIONS_ONLY).is_some_and(|v| v == "1") {
-        // The deterministic row alone, for a change that must not cost
-        // speed: it does not depend on what else the host is doing.
-        instructions_row(&kinds[..2], &work, &pki, &upstream, &meter, &plan)?;
+        // The deterministic rows alone, for a change that must not cost
+        // speed: they do not depend on what else the host is doing.
+        instructions_rows(&kinds, &work, &pki, &upstream, &meter, &plan)?;
         return Ok(());
     }
     let load_cpus = meter.cpus.load_list();
@@ -192,9 +221,43 @@ pub fn run() -> anyhow::Result<()> {
         cpus: &load_cpus,
     };
     let seconds = plan.seconds;
-    let mut handshakes: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
-    let mut keepalive: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
-    let mut budgeted: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
+    let h1 = Keepalive::H1 {
+        connections: CONCURRENCY,
+    };
+    // The targets of the h1 rows were set against nginx alone; the h2
+    // rows' against the better of nginx and haproxy.
+    let mut handshakes = Throughput::new(
+        format!("full handshakes/s, {CONCURRENCY} at once"),
+        "handshake",
+        &kinds,
+        Some(Target::AtLeast(2.0, Against::Nginx)),
+    );
+    let mut keepalive = Throughput::new(
+        format!("requests/s, {}", h1.label()),
+        "request",
+        &kinds,
+        Some(Target::AtLeast(1.2, Against::Nginx)),
+    );
+    let mut budgeted = Throughput::new(
+        format!(
+            "requests/s, {}, server held to {BUDGET_PERCENT}% of a CPU",
+            h1.label()
+        ),
+        "request",
+        &kinds,
+        Some(Target::AtLeast(1.2, Against::Nginx)),
+    );
+    let mut h2: Vec<Throughput> = H2_LOADS
+        .iter()
+        .map(|load| {
+            Throughput::new(
+                format!("requests/s, {}", load.label()),
+                "request",
+                &kinds,
+                Some(Target::AtLeast(1.5, Against::BetterPeer)),
+            )
+        })
+        .collect();
     {
         // Groups first: dropped after the servers, when they are empty.
         let mut groups = Vec::new();
@@ -204,78 +267,88 @@ pub fn run() -> anyhow::Result<()> {
             groups.push(CpuGroup::holding(&server.name, &server.pids())?);
             servers.push(server);
         }
-        let budget = format!("keep-alive requests/s at {BUDGET_PERCENT}% of a CPU");
         for round in 1..=plan.rounds {
-            let each = |what: &str, unit: &str| Each {
+            let each = Each {
                 meter: &meter,
                 servers: &servers,
                 round,
-                what: what.to_owned(),
-                unit: unit.to_owned(),
             };
-            each("full handshakes/s", "handshake").sample(&mut handshakes, |_, server| {
+            each.sample(&mut handshakes, |_, server| {
                 meter.sample(server, || clients.handshake_rate(server.port, seconds))
             })?;
-            each("keep-alive requests/s", "request").sample(&mut keepalive, |_, server| {
-                meter.sample(server, || clients.keepalive_rate(server.port, seconds))
+            each.sample(&mut keepalive, |_, server| {
+                meter.sample(server, || clients.keepalive_rate(server.port, seconds, h1))
             })?;
-            each(&budget, "request").sample(&mut budgeted, |i, server| {
+            each.sample(&mut budgeted, |i, server| {
                 groups[i].limit(Some(BUDGET_PERCENT))?;
-                let sample = meter.sample(server, || clients.keepalive_rate(server.port, seconds));
+                let sample =
+                    meter.sample(server, || clients.keepalive_rate(server.port, seconds, h1));
                 groups[i].limit(None)?;
                 sample
             })?;
+            for (figure, load) in h2.iter_mut().zip(H2_LOADS) {
+                each.sample(figure, |_, server| {
+                    meter.sample(server, || {
+                        clients.keepalive_rate(server.port, seconds, load)
+                    })
+                })?;
+            }
         }
     }
 
     // After the throughput rounds, so that none of them shares the host
     // with valgrind; one server at a time.
     let started = Instant::now();
-    let instructions = instructions_row(&kinds[..2], &work, &pki, &upstream, &meter, &plan)?;
+    let instructions = instructions_rows(&kinds, &work, &pki, &upstream, &meter, &plan)?;
     println!(
-        "callgrind: {:.0} s for both servers",
+        "callgrind: {:.0} s for every server",
         started.elapsed().as_secs_f64()
     );
 
-    // Memory: one server at a time, each fresh.
-    let mut memory = Vec::new();
-    for kind in &kinds[..2] {
-        let server = kind.start(&work, &pki, &upstream, &meter.cpus)?;
-        let idle = server.memory()?;
-        let holder = Holder::open(&clients, server.port, idle_connections)?;
-        thread::sleep(Duration::from_secs(2));
-        let loaded = server.memory()?;
-        println!(
-            "{}: {} connections held; RSS {:.1} MiB (PSS {:.1} MiB), at start {:.1} MiB",
-            server.name,
-            holder.held,
-            mib(loaded.rss_kib),
-            mib(loaded.pss_kib),
-            mib(idle.rss_kib)
-        );
-        if holder.held < idle_connections {
-            bail!(
-                "{}: only {} of {idle_connections} connections opened; see its log in {}",
-                server.name,
-                holder.held,
-                work.display()
-            );
+    // Memory: one server at a time, each fresh, HTTP/1.1 then h2.
+    let mut idle = Vec::new();
+    for (what, http2) in [("mTLS", false), ("h2", true)] {
+        let mut memory = Vec::new();
+        for kind in &kinds {
+            if !counted(*kind) {
+                memory.push(None);
+                continue;
+            }
+            memory.push(Some(held_memory(
+                *kind,
+                &work,
+                &pki,
+                &upstream,
+                &meter,
+                &clients,
+                (idle_connections, http2),
+            )?));
         }
-        memory.push((idle, loaded));
-        drop(holder);
-        drop(server);
+        // h1's target was set against nginx; h2's is per connection.
+        let (target, per_connection_target) = if http2 {
+            (None, Some(Target::AtMost(0.5, Against::Nginx)))
+        } else {
+            (Some(Target::AtMost(1.0, Against::Nginx)), None)
+        };
+        idle.push(Idle {
+            what,
+            connections: idle_connections,
+            memory,
+            target,
+            per_connection_target,
+        });
     }
 
+    let mut throughput = vec![handshakes, keepalive, budgeted];
+    throughput.extend(h2);
     let table = stats::report(
         &plan,
         &Figures {
             kinds: &kinds,
             cpus: &meter.cpus,
-            handshakes: &handshakes,
-            keepalive: &keepalive,
-            budgeted: &budgeted,
+            throughput: &throughput,
             instructions: &instructions,
-            memory: &memory,
+            idle: &idle,
         },
     );
     println!("\n{table}");
@@ -285,20 +358,54 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One throughput figure's samples in one round: every server in turn,
-/// each sample printed as `what` per `unit` and kept with the server's.
+/// `kind` alone and fresh with `count` idle connections open, each having
+/// served one request (over h2 with `http2`): its memory at start and then.
+fn held_memory(
+    kind: Kind,
+    work: &Path,
+    pki: &Pki,
+    upstream: &str,
+    meter: &Meter,
+    clients: &Clients,
+    (count, http2): (usize, bool),
+) -> anyhow::Result<(Memory, Memory)> {
+    let server = kind.start(work, pki, upstream, &meter.cpus)?;
+    let start = server.memory()?;
+    let holder = Holder::open(clients, server.port, count, http2)?;
+    thread::sleep(Duration::from_secs(2));
+    let held = server.memory()?;
+    let protocol = if http2 { "h2" } else { "HTTP/1.1" };
+    println!(
+        "{}: {} {protocol} connections held; RSS {:.1} MiB (PSS {:.1} MiB), at start {:.1} MiB",
+        server.name,
+        holder.held,
+        mib(held.rss_kib),
+        mib(held.pss_kib),
+        mib(start.rss_kib)
+    );
+    if holder.held < count {
+        bail!(
+            "{}: only {} of {count} {protocol} connections opened; see its log in {}",
+            server.name,
+            holder.held,
+            work.display()
+        );
+    }
+    Ok((start, held))
+}
+
+/// One round of throughput samples: every server in turn, each sample
+/// printed and kept with the server's.
 struct Each<'a> {
     meter: &'a Meter,
     servers: &'a [Server],
     round: usize,
-    what: String,
-    unit: String,
 }
 
 impl Each<'_> {
     fn sample(
         &self,
-        samples: &mut [Vec<Sample>],
+        figure: &mut Throughput,
         mut take: impl FnMut(usize, &Server) -> anyhow::Result<Sample>,
     ) -> anyhow::Result<()> {
         for (i, server) in self.servers.iter().enumerate() {
@@ -307,10 +414,10 @@ impl Each<'_> {
                 "round {}: {} {}: {}",
                 self.round,
                 server.name,
-                self.what,
-                sample.line(&self.meter.cpus, &self.unit)
+                figure.what,
+                sample.line(&self.meter.cpus, figure.unit)
             );
-            samples[i].push(sample);
+            figure.samples[i].push(sample);
         }
         Ok(())
     }

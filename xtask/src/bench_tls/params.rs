@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::load::Keepalive;
+
 /// Connections in flight: enough to keep the server's CPU busy.
 pub const CONCURRENCY: usize = 64;
 /// The budgeted keep-alive samples' CPU quota for the server under test,
@@ -16,9 +18,32 @@ pub const NAME: &str = "localhost";
 /// busy host.
 pub const START_WAIT: Duration = Duration::from_secs(20);
 pub const CALLGRIND_START_WAIT: Duration = Duration::from_secs(60);
-/// oha's connections under callgrind: a few, since valgrind runs the server
-/// at a small fraction of its speed and 64 would only queue.
+/// Requests in flight under callgrind: a few, since valgrind runs the
+/// server at a small fraction of its speed and 64 would only queue.
 pub const CALLGRIND_CONCURRENCY: usize = 4;
+/// The loads counted under callgrind: HTTP/1.1 on 4 connections, h2 with
+/// 4 streams on one.
+pub const CALLGRIND_LOADS: [Keepalive; 2] = [
+    Keepalive::H1 {
+        connections: CALLGRIND_CONCURRENCY,
+    },
+    Keepalive::H2 {
+        connections: 1,
+        streams: CALLGRIND_CONCURRENCY,
+    },
+];
+/// The h2 loads measured: what Cloudflare's edge sends (up to 200 streams
+/// on a connection), spread over a few connections and packed into two.
+pub const H2_LOADS: [Keepalive; 2] = [
+    Keepalive::H2 {
+        connections: 8,
+        streams: 25,
+    },
+    Keepalive::H2 {
+        connections: 2,
+        streams: 200,
+    },
+];
 
 /// How much of each figure a run measures.
 #[derive(Clone, Copy, Debug, PartialEq)]

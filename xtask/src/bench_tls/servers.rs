@@ -25,9 +25,12 @@ use crate::shell;
 /// container).
 const NOFILE: u64 = 65_536;
 
-#[derive(Clone, Copy)]
+/// A server under test: the peers shield is measured against, then
+/// shield's builds.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
     Nginx,
+    Haproxy,
     /// shield built with this rustls provider.
     Shield(&'static str),
 }
@@ -37,8 +40,22 @@ impl Kind {
     pub fn name(self) -> String {
         match self {
             Kind::Nginx => "nginx".to_owned(),
+            Kind::Haproxy => "haproxy".to_owned(),
             Kind::Shield(provider) => format!("shield-{provider}"),
         }
+    }
+
+    /// Its column heading in the results table.
+    pub fn heading(self) -> String {
+        match self {
+            Kind::Shield(provider) => format!("shield ({provider})"),
+            peer => peer.name(),
+        }
+    }
+
+    /// nginx and haproxy: what shield's ratios are taken against.
+    pub fn is_peer(self) -> bool {
+        !matches!(self, Kind::Shield(_))
     }
 
     /// Started alone on the server's CPU.
@@ -54,10 +71,16 @@ impl Kind {
         let (program, args) =
             self.command_line(work, &name, pki, port, upstream, Processes::Workers)?;
         let mut command = pinned(&cpus.server.to_string(), program, &args);
-        if let Kind::Shield(_) = self {
-            command
-                .env("SHIELD_LOG", "warn")
-                .stderr(log_file(work, &name)?);
+        match self {
+            Kind::Shield(_) => {
+                command
+                    .env("SHIELD_LOG", "warn")
+                    .stderr(log_file(work, &name)?);
+            }
+            Kind::Haproxy => {
+                command.stderr(log_file(work, &name)?);
+            }
+            Kind::Nginx => {}
         }
         Server::start(&name, &mut command, port, START_WAIT)
     }
@@ -81,6 +104,18 @@ impl Kind {
                     "nginx".into(),
                     args.into_iter().map(OsString::from).collect(),
                 ))
+            }
+            // One thread is one process whichever `processes` asks for.
+            Kind::Haproxy => {
+                let conf = work.join(format!("{name}.cfg"));
+                fs::write(
+                    &conf,
+                    conf::haproxy_conf(work, pki, port, upstream, nofile_limit()),
+                )
+                .with_context(|| format!("cannot write {}", conf.display()))?;
+                // -db: in the foreground, no master process.
+                let args = vec!["-db".into(), "-f".into(), conf.into_os_string()];
+                Ok(("haproxy".into(), args))
             }
             Kind::Shield(_) => {
                 let conf = work.join(format!("{name}.toml"));
