@@ -174,7 +174,7 @@ impl Client {
         let mut tls = self.connect().await?;
         tls.write_all(&self.keepalive_request).await?;
         read_response(&mut tls).await?;
-        Ok(Held::Http1(tls))
+        Ok(Held::Http1(Box::new(tls)))
     }
 
     /// Handshake (ALPN h2) and one request on a stream, its body read to
@@ -206,7 +206,7 @@ impl Client {
 
 /// A connection held open.
 enum Held {
-    Http1(TlsStream<TcpStream>),
+    Http1(Box<TlsStream<TcpStream>>),
     /// The request handle keeps the connection from closing; the task
     /// drives it.
     Http2(
