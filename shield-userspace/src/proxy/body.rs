@@ -11,11 +11,11 @@ use std::{
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-/// What watches a [`Watched`] body.
-pub trait Watch: Unpin {
+/// What watches a [`Watched`] body whose errors are `E`.
+pub trait Watch<E = hyper::Error>: Unpin {
     /// After each poll that gave a frame, an error or the end (`None`);
     /// `ended` says whether the body has nothing more.
-    fn polled(&mut self, _frame: Option<&Result<Frame<Bytes>, hyper::Error>>, _ended: bool) {}
+    fn polled(&mut self, _frame: Option<&Result<Frame<Bytes>, E>>, _ended: bool) {}
 
     /// When the body is dropped; `ended` as above. A body that is empty
     /// from the start (204, HEAD) may be dropped without ever being polled.
@@ -23,17 +23,17 @@ pub trait Watch: Unpin {
 }
 
 /// Nothing watches.
-impl Watch for () {}
+impl<E> Watch<E> for () {}
 
 #[derive(Debug)]
-pub struct Watched<B: Body<Data = Bytes, Error = hyper::Error> + Unpin, W: Watch> {
+pub struct Watched<B: Body<Data = Bytes> + Unpin, W: Watch<B::Error>> {
     /// A frame read ahead from `body`, passed on first.
     first: Option<Frame<Bytes>>,
     body: B,
     watch: W,
 }
 
-impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin, W: Watch> Watched<B, W> {
+impl<B: Body<Data = Bytes> + Unpin, W: Watch<B::Error>> Watched<B, W> {
     pub fn new(body: B, watch: W) -> Self {
         Watched {
             first: None,
@@ -48,14 +48,14 @@ impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin, W: Watch> Watched<B, W
     }
 }
 
-impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin, W: Watch> Body for Watched<B, W> {
+impl<B: Body<Data = Bytes> + Unpin, W: Watch<B::Error>> Body for Watched<B, W> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         if let Some(frame) = this.first.take() {
             return Poll::Ready(Some(Ok(frame)));
@@ -85,7 +85,7 @@ impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin, W: Watch> Body for Wat
     }
 }
 
-impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin, W: Watch> Drop for Watched<B, W> {
+impl<B: Body<Data = Bytes> + Unpin, W: Watch<B::Error>> Drop for Watched<B, W> {
     fn drop(&mut self) {
         self.watch.dropped(self.body.is_end_stream());
     }

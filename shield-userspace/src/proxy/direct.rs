@@ -16,7 +16,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use http::header;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite},
     net::TcpStream,
     sync::watch,
     time::{sleep, timeout, Instant},
@@ -27,14 +27,12 @@ use super::{
     h1::{
         body::{self, write_out, Broken, Stop, READ_CHUNK},
         request::{self, Context, Forward, Prepared},
-        response::{self, Parsed, ResponseHead},
+        response::ResponseHead,
         wire::{push_date, push_field, push_status_line},
-        Malformed,
     },
     handler::{Connection, RequestId, UpstreamFailure},
     lifecycle::{close, shutdown_then_grace, Clocks, PARK_AFTER},
     upstream::UpstreamError,
-    MAX_HEADER_BYTES,
 };
 
 /// How the direct path left a connection.
@@ -51,7 +49,7 @@ pub(super) enum Direct {
 }
 
 impl Connection {
-    fn context(&self) -> Context<'_> {
+    pub(super) fn context(&self) -> Context<'_> {
         Context {
             sni: &self.sni,
             route: &self.route,
@@ -276,65 +274,21 @@ async fn response_head(
     buffers: &mut Buffers,
     forward: &Forward,
 ) -> Result<(TcpStream, ResponseHead), UpstreamError> {
-    let authority = conn.route.upstream.authority();
-    loop {
-        let (mut tcp, reused) = conn.upstream.stream(authority).await?;
-        buffers.upstream.clear();
-        match read_response_head(&mut tcp, buffers, forward).await {
-            Ok(head) => return Ok((tcp, head)),
-            Err(UpstreamError::Io(_) | UpstreamError::ClosedEarly)
-                if reused && buffers.upstream.is_empty() =>
-            {
-                continue
-            }
-            Err(error) => return Err(error),
-        }
-    }
-}
-
-async fn read_response_head(
-    tcp: &mut TcpStream,
-    buffers: &mut Buffers,
-    forward: &Forward,
-) -> Result<ResponseHead, UpstreamError> {
-    tcp.write_all(&buffers.request)
+    let Buffers {
+        request,
+        upstream,
+        out,
+        ..
+    } = buffers;
+    conn.upstream
+        .exchange_head(
+            conn.route.upstream.authority(),
+            request,
+            upstream,
+            (forward.head_request, forward.close),
+            out,
+        )
         .await
-        .map_err(UpstreamError::Io)?;
-    loop {
-        if !buffers.upstream.is_empty() {
-            buffers.out.clear();
-            match response::prepare_response(
-                &buffers.upstream,
-                forward.head_request,
-                forward.close,
-                &mut buffers.out,
-            )
-            .map_err(|Malformed(what)| UpstreamError::Malformed(what))?
-            {
-                Parsed::Final(head) => {
-                    buffers.upstream.advance(head.len);
-                    return Ok(head);
-                }
-                Parsed::Informational(len) => {
-                    buffers.upstream.advance(len);
-                    continue;
-                }
-                Parsed::Partial if buffers.upstream.len() >= MAX_HEADER_BYTES => {
-                    return Err(UpstreamError::Malformed("response head too large"));
-                }
-                Parsed::Partial => {}
-            }
-        }
-        buffers.upstream.reserve(READ_CHUNK);
-        if tcp
-            .read_buf(&mut buffers.upstream)
-            .await
-            .map_err(UpstreamError::Io)?
-            == 0
-        {
-            return Err(UpstreamError::ClosedEarly);
-        }
-    }
 }
 
 /// Answers 502 or 504 for a request whose upstream gave no response head.

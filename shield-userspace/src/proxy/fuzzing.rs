@@ -107,14 +107,24 @@ pub fn prepare_response(
 /// [`body::Reframe`].
 pub struct Reframe(body::Reframe);
 
+fn inner(framing: Framing) -> body::Framing {
+    match framing {
+        Framing::Empty => body::Framing::Empty,
+        Framing::Length(n) => body::Framing::Length(n),
+        Framing::Chunked => body::Framing::Chunked,
+        Framing::UntilClose => body::Framing::UntilClose,
+    }
+}
+
 impl Reframe {
+    /// Re-encoded for HTTP/1.1.
     pub fn new(framing: Framing) -> Reframe {
-        Reframe(body::Reframe::new(match framing {
-            Framing::Empty => body::Framing::Empty,
-            Framing::Length(n) => body::Framing::Length(n),
-            Framing::Chunked => body::Framing::Chunked,
-            Framing::UntilClose => body::Framing::UntilClose,
-        }))
+        Reframe(body::Reframe::new(inner(framing), body::Encoding::Http1))
+    }
+
+    /// The payload alone, as an h2 stream gets it.
+    pub fn plain(framing: Framing) -> Reframe {
+        Reframe(body::Reframe::new(inner(framing), body::Encoding::Plain))
     }
 
     /// `Ok(true)`: the body ended ([`body::Progress::Done`]).

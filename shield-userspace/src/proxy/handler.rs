@@ -10,20 +10,25 @@ use std::{
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use prometheus_client::metrics::counter::Counter;
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
     activity::{Activity, RequestGuard},
     body::{Watch, Watched},
+    h1::request,
     headers::{self, Forwarding},
     metrics::HttpMetrics,
     upstream::{client_body, started, ClientBody, UpstreamClient, UpstreamError},
     websocket, Route, UpstreamProtocol,
 };
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// What a response body can fail with: hyper's errors from its client, and
+/// the raw exchange's own (`raw`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Who the client of a verified connection is, as the TLS layer found.
 #[derive(Debug)]
@@ -226,6 +231,30 @@ impl Connection {
             None => return text(StatusCode::BAD_REQUEST, "Bad Request\n".into()),
         };
         let h2c = self.route.upstream.protocol() == UpstreamProtocol::H2c;
+        // An h2 stream's GET or HEAD without a body: the raw exchange.
+        // (HTTP/1.1 ones took the direct path already, or were deferred
+        // from it for a reason hyper's client is the one to handle.)
+        if !h2c
+            && upgrade.is_none()
+            && parts.version == Version::HTTP_2
+            && body.is_end_stream()
+            && matches!(parts.method, Method::GET | Method::HEAD)
+        {
+            let mut head = Vec::with_capacity(512);
+            if request::write_parsed_head(
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                &host,
+                self.context(),
+                request_id,
+                &mut head,
+            ) {
+                return self
+                    .respond_raw(&head, parts.method == Method::HEAD, request_id)
+                    .await;
+            }
+        }
         let trailers = h2c && headers::accepts_trailers(&parts.headers);
         headers::prepare_request(
             &mut parts.headers,
@@ -285,7 +314,7 @@ impl Connection {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 match started(body).await {
-                    Ok(body) => Response::from_parts(parts, body.boxed()),
+                    Ok(body) => Response::from_parts(parts, body.map_err(BoxError::from).boxed()),
                     Err(error) => self.failure_answer(UpstreamFailure::Error(&error), request_id),
                 }
             }
@@ -303,6 +332,29 @@ impl Connection {
 }
 
 impl Connection {
+    /// [`UpstreamClient::request_raw`] of `head`, and its answer.
+    async fn respond_raw(
+        &self,
+        head: &[u8],
+        head_request: bool,
+        request_id: &str,
+    ) -> Response<ProxyBody> {
+        let call = self
+            .upstream
+            .request_raw(self.route.upstream.authority(), head, head_request);
+        match tokio::time::timeout(self.route.upstream_timeout, call).await {
+            Ok(Ok(response)) => {
+                let (parts, body) = response.into_parts();
+                match started(body).await {
+                    Ok(body) => Response::from_parts(parts, body.map_err(BoxError::from).boxed()),
+                    Err(error) => self.failure_answer(UpstreamFailure::Error(&error), request_id),
+                }
+            }
+            Ok(Err(error)) => self.failure_answer(UpstreamFailure::Error(&error), request_id),
+            Err(_) => self.failure_answer(UpstreamFailure::Timeout, request_id),
+        }
+    }
+
     /// A WebSocket handshake: the upstream's 101 goes back to the client and
     /// the tunnel starts; any other answer is passed on as it is.
     async fn respond_upgrade(
@@ -346,7 +398,7 @@ impl Connection {
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             websocket::set_upgrade_fields(&mut parts.headers);
         }
-        Response::from_parts(parts, body.boxed())
+        Response::from_parts(parts, body.map_err(BoxError::from).boxed())
     }
 }
 
@@ -419,7 +471,7 @@ pub fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
 /// sent (the guard is dropped with it).
 pub type GuardedBody = Watched<ProxyBody, RequestGuard>;
 
-impl Watch for RequestGuard {}
+impl<E> Watch<E> for RequestGuard {}
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,8 @@
 //! the upstream's framing and re-encoded in shield's, one state per framing
 //! (as hyper's `decode::Kind`). Chunked bodies keep their chunks but lose
 //! extensions and trailer fields; a body ended by close goes on chunked.
+//! For an h2 stream ([`Encoding::Plain`]) only the payload is written:
+//! HTTP/2 frames it itself.
 //!
 //! [`Reframe`] does no I/O, so every byte boundary can be tested (and
 //! fuzzed); [`relay`] drives it over the sockets.
@@ -78,21 +80,36 @@ pub enum BodyError {
     ClosedEarly,
 }
 
+/// What a body is re-encoded as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::proxy) enum Encoding {
+    /// HTTP/1.1 as shield frames it: a length kept, anything else chunked.
+    Http1,
+    /// The payload alone, for a protocol that frames it (h2).
+    Plain,
+}
+
 /// The decoder and encoder of one body.
 #[derive(Debug)]
 pub(in crate::proxy) struct Reframe {
     state: State,
+    encoding: Encoding,
 }
 
 impl Reframe {
-    pub(in crate::proxy) fn new(framing: Framing) -> Reframe {
+    pub(in crate::proxy) fn new(framing: Framing, encoding: Encoding) -> Reframe {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => State::Done,
             Framing::Length(length) => State::Length(length),
             Framing::Chunked => State::Chunked(Chunk::Size),
             Framing::UntilClose => State::UntilClose,
         };
-        Reframe { state }
+        Reframe { state, encoding }
+    }
+
+    /// Nothing more of the body is to come.
+    pub(in crate::proxy) fn is_done(&self) -> bool {
+        self.state == State::Done
     }
 
     /// Moves what it can of the body from `input` to `out`, re-encoded.
@@ -117,14 +134,19 @@ impl Reframe {
                 }
                 State::UntilClose => {
                     if !input.is_empty() {
-                        let _ = write!(out, "{:x}\r\n", input.len());
+                        let plain = self.encoding == Encoding::Plain;
+                        if !plain {
+                            let _ = write!(out, "{:x}\r\n", input.len());
+                        }
                         out.extend_from_slice(input);
-                        out.extend_from_slice(b"\r\n");
+                        if !plain {
+                            out.extend_from_slice(b"\r\n");
+                        }
                         input.clear();
                     }
                     return Ok(Progress::More);
                 }
-                State::Chunked(chunk) => match chunked(chunk, input, out)? {
+                State::Chunked(chunk) => match chunked(chunk, input, out, self.encoding)? {
                     Some(next) => self.state = next,
                     None => return Ok(Progress::More),
                 },
@@ -138,7 +160,9 @@ impl Reframe {
         match self.state {
             State::Done => Ok(()),
             State::UntilClose => {
-                out.extend_from_slice(b"0\r\n\r\n");
+                if self.encoding == Encoding::Http1 {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
                 self.state = State::Done;
                 Ok(())
             }
@@ -163,8 +187,10 @@ fn chunked(
     chunk: Chunk,
     input: &mut BytesMut,
     out: &mut Vec<u8>,
+    encoding: Encoding,
 ) -> Result<Option<State>, BodyError> {
     let malformed = |what| BodyError::Malformed(Malformed(what));
+    let framed = encoding == Encoding::Http1;
     let next = match chunk {
         Chunk::Size => match httparse::parse_chunk_size(input) {
             // httparse reads a line without a digit as size 0 and lets an
@@ -179,7 +205,9 @@ fn chunked(
             }
             Ok(Status::Complete((len, size))) => {
                 input.advance(len);
-                let _ = write!(out, "{size:x}\r\n");
+                if framed {
+                    let _ = write!(out, "{size:x}\r\n");
+                }
                 Chunk::Data(size)
             }
             Ok(Status::Partial) if input.len() < MAX_CHUNK_LINE => return Ok(None),
@@ -193,7 +221,9 @@ fn chunked(
             if left > 0 {
                 Chunk::Data(left)
             } else {
-                out.extend_from_slice(b"\r\n");
+                if framed {
+                    out.extend_from_slice(b"\r\n");
+                }
                 Chunk::DataEnd
             }
         }
@@ -212,7 +242,9 @@ fn chunked(
             match httparse::parse_headers(input, &mut fields) {
                 Ok(Status::Complete((len, _))) => {
                     input.advance(len);
-                    out.extend_from_slice(b"0\r\n\r\n");
+                    if framed {
+                        out.extend_from_slice(b"0\r\n\r\n");
+                    }
                     return Ok(Some(State::Done));
                 }
                 Ok(Status::Partial) if input.len() < MAX_HEADER_BYTES => return Ok(None),
@@ -272,7 +304,7 @@ pub(in crate::proxy) async fn relay<IO: AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
     framing: Framing,
 ) -> Result<bool, Broken> {
-    let mut body = Reframe::new(framing);
+    let mut body = Reframe::new(framing, Encoding::Http1);
     let mut sent = false;
     let broken = |stop, sent| Broken { stop, sent };
     loop {
@@ -313,7 +345,16 @@ mod tests {
         input: &[u8],
         cuts: &[usize],
     ) -> (Result<Progress, BodyError>, String) {
-        let mut body = Reframe::new(framing);
+        fed_as(framing, Encoding::Http1, input, cuts)
+    }
+
+    fn fed_as(
+        framing: Framing,
+        encoding: Encoding,
+        input: &[u8],
+        cuts: &[usize],
+    ) -> (Result<Progress, BodyError>, String) {
+        let mut body = Reframe::new(framing, encoding);
         let (mut buffer, mut out) = (BytesMut::new(), Vec::new());
         let mut last = 0;
         let mut result = Ok(Progress::More);
@@ -365,6 +406,45 @@ mod tests {
         }
     }
 
+    /// For h2 only the payload is written, wherever the input was split.
+    #[test]
+    fn plain_is_the_payload_alone() {
+        let chunked = b"3\r\nabc\r\n10;ext=1\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\nnext";
+        let cases: [(Framing, &[u8], &str, Progress); 3] = [
+            (
+                Framing::Chunked,
+                chunked,
+                "abc0123456789abcdefnext",
+                Progress::Done,
+            ),
+            (
+                Framing::Length(5),
+                b"hellonext",
+                "hellonext",
+                Progress::Done,
+            ),
+            (
+                Framing::UntilClose,
+                b"all of it",
+                "all of it",
+                Progress::More,
+            ),
+        ];
+        for (framing, input, want, progress) in cases {
+            for cut in 0..=input.len() {
+                assert_eq!(
+                    fed_as(framing, Encoding::Plain, input, &[cut]),
+                    (Ok(progress), want.into()),
+                    "{framing:?} cut at {cut}"
+                );
+            }
+        }
+        let mut out = Vec::new();
+        let mut until_close = Reframe::new(Framing::UntilClose, Encoding::Plain);
+        assert_eq!(until_close.end(&mut out), Ok(()));
+        assert!(out.is_empty() && until_close.is_done());
+    }
+
     #[test]
     fn malformed_chunked_bodies_are_refused() {
         for bad in [
@@ -395,14 +475,14 @@ mod tests {
     #[test]
     fn an_early_end_is_the_upstreams_failure_except_for_a_body_ended_by_close() {
         let mut out = Vec::new();
-        let mut body = Reframe::new(Framing::UntilClose);
+        let mut body = Reframe::new(Framing::UntilClose, Encoding::Http1);
         let mut input = BytesMut::from(&b"abc"[..]);
         assert_eq!(body.feed(&mut input, &mut out), Ok(Progress::More));
         assert_eq!(body.end(&mut out), Ok(()));
         assert_eq!(out, b"3\r\nabc\r\n0\r\n\r\n");
         for framing in [Framing::Length(3), Framing::Chunked] {
             assert_eq!(
-                Reframe::new(framing).end(&mut out),
+                Reframe::new(framing, Encoding::Http1).end(&mut out),
                 Err(BodyError::ClosedEarly)
             );
         }

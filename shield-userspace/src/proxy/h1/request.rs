@@ -12,7 +12,7 @@
 
 use std::{borrow::Cow, mem::MaybeUninit};
 
-use http::{uri::PathAndQuery, HeaderValue, Method};
+use http::{uri::PathAndQuery, HeaderMap, HeaderValue, Method};
 use httparse::{Header, ParserConfig, Status};
 
 use super::{wire::push_field, MAX_FIELDS};
@@ -122,15 +122,57 @@ pub(in crate::proxy) fn prepare_request(
     if host != context.sni || !context.route.serves(&host) {
         return Prepared::Defer;
     }
-    let visitor = match visitor
+    write_head(
+        out,
+        &method,
+        &target,
+        request
+            .headers
+            .iter()
+            .map(|field| (field.name, field.value)),
+        &options,
+        Statement {
+            host: &host,
+            visitor,
+            context,
+            request_id,
+        },
+    );
+    Prepared::Forward(Forward {
+        head_len,
+        head_request: method == Method::HEAD,
+        close,
+    })
+}
+
+/// What shield states about a request, beside the fields passed on.
+struct Statement<'a> {
+    host: &'a str,
+    /// The first `CF-Connecting-IP`, if any.
+    visitor: Option<&'a [u8]>,
+    context: Context<'a>,
+    request_id: &'a str,
+}
+
+/// The upstream's request head: the request line, the client's `fields`
+/// that pass the one policy, and shield's statements.
+fn write_head<'f>(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &http::Uri,
+    fields: impl Iterator<Item = (&'f str, &'f [u8])>,
+    options: &Options<'_>,
+    statement: Statement<'_>,
+) {
+    let visitor = match statement
+        .visitor
         .and_then(headers::visible_ascii)
         .and_then(headers::canonical_visitor)
     {
         Some(Cow::Borrowed(text)) => Cow::Borrowed(text.as_bytes()),
         Some(Cow::Owned(text)) => Cow::Owned(text.into_bytes()),
-        None => Cow::Borrowed(context.peer_ip.as_bytes()),
+        None => Cow::Borrowed(statement.context.peer_ip.as_bytes()),
     };
-
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(
@@ -140,27 +182,66 @@ pub(in crate::proxy) fn prepare_request(
             .as_bytes(),
     );
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for field in request.headers.iter() {
-        if !Field::of(field.name).replaced_upstream() && !options.names(field.name) {
-            push_field(out, field.name, field.value);
+    for (name, value) in fields {
+        if !Field::of(name).replaced_upstream() && !options.names(name) {
+            push_field(out, name, value);
         }
     }
     let statements = headers::statements(
-        host.as_bytes(),
+        statement.host.as_bytes(),
         &visitor,
-        context.client_cert_sha256.as_bytes(),
-        request_id.as_bytes(),
+        statement.context.client_cert_sha256.as_bytes(),
+        statement.request_id.as_bytes(),
         headers::HTTPS.as_bytes(),
     );
     for (name, value) in statements {
         push_field(out, name.as_str(), value);
     }
     out.extend_from_slice(b"\r\n");
-    Prepared::Forward(Forward {
-        head_len,
-        head_request: method == Method::HEAD,
-        close,
-    })
+}
+
+/// The upstream's request head for a request hyper parsed (an h2
+/// stream's, with `host` bound to the connection's name already and
+/// `target` from `Upstream::target_for`), written as the direct path
+/// writes its own, and `fields` left as they are. `false` when the
+/// request names more `Connection` options than the direct path keeps:
+/// hyper's client is then the one to send it.
+pub(in crate::proxy) fn write_parsed_head(
+    method: &Method,
+    target: &http::Uri,
+    fields: &HeaderMap,
+    host: &str,
+    context: Context<'_>,
+    request_id: &str,
+    out: &mut Vec<u8>,
+) -> bool {
+    let mut options = Options::default();
+    for value in fields.get_all(http::header::CONNECTION) {
+        for option in headers::options_in(value.as_bytes()) {
+            if !options.push(option) {
+                return false;
+            }
+        }
+    }
+    let visitor = fields
+        .get(&headers::CF_CONNECTING_IP)
+        .map(HeaderValue::as_bytes);
+    write_head(
+        out,
+        method,
+        target,
+        fields
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes())),
+        &options,
+        Statement {
+            host,
+            visitor,
+            context,
+            request_id,
+        },
+    );
+    true
 }
 
 #[cfg(test)]
@@ -322,6 +403,62 @@ mod tests {
     /// The same policy as `headers::prepare_request` on hyper's path: for each
     /// set of client fields, the upstream gets the same values per name (the
     /// order across names may differ; within a name it may not).
+    /// [`write_parsed_head`] of a GET for `/` with `fields`.
+    fn parsed_head(fields: &HeaderMap) -> String {
+        let route = route("http://127.0.0.1:8080");
+        let (peer_ip, cert) = (
+            HeaderValue::from_static(PEER),
+            HeaderValue::from_static(CERT),
+        );
+        let context = Context {
+            sni: SITE,
+            route: &route,
+            peer_ip: &peer_ip,
+            client_cert_sha256: &cert,
+        };
+        let target = http::Uri::from_static("/");
+        let mut out = Vec::new();
+        assert!(write_parsed_head(
+            &Method::GET,
+            &target,
+            fields,
+            SITE,
+            context,
+            "r1",
+            &mut out
+        ));
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn too_many_connection_options_leave_the_raw_exchange() {
+        let mut fields = HeaderMap::new();
+        let many = vec!["a"; MAX_CONNECTION_OPTIONS + 1].join(", ");
+        fields.insert(header::CONNECTION, HeaderValue::from_str(&many).unwrap());
+        let route = route("http://127.0.0.1:8080");
+        let (peer_ip, cert) = (
+            HeaderValue::from_static(PEER),
+            HeaderValue::from_static(CERT),
+        );
+        let context = Context {
+            sni: SITE,
+            route: &route,
+            peer_ip: &peer_ip,
+            client_cert_sha256: &cert,
+        };
+        let target = http::Uri::from_static("/");
+        let mut out = Vec::new();
+        assert!(!write_parsed_head(
+            &Method::GET,
+            &target,
+            &fields,
+            SITE,
+            context,
+            "r1",
+            &mut out
+        ));
+    }
+
     #[test]
     fn header_policy_matches_the_hyper_path() {
         let cases: &[&[(&str, &str)]] = &[
@@ -372,6 +509,10 @@ mod tests {
             head.push_str("\r\n");
             let (prepared, sent) = prepare(&head);
             assert!(matches!(prepared, Prepared::Forward(_)), "{head}");
+            // The raw exchange writes the same head from the parsed fields
+            // of hyper's server, without changing them.
+            let parsed = parsed_head(&map);
+            assert_eq!(parsed, sent, "{head}");
             headers::prepare_request(
                 &mut map,
                 &Forwarding {

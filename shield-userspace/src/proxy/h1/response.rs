@@ -3,10 +3,14 @@
 //! framing shield chooses. Ambiguous framing (both `Transfer-Encoding` and
 //! `Content-Length`, conflicting lengths, a coding other than chunked) is
 //! [`Malformed`]: a 502, never a guess.
+//!
+//! The judging is one; what is written is the client's protocol's: HTTP/1.1
+//! bytes for the direct path (`Vec<u8>`), or the `http` response parts an
+//! h2 stream answers with ([`H2Head`]).
 
 use std::mem::MaybeUninit;
 
-use http::{header, StatusCode};
+use http::{header, response, HeaderName, HeaderValue, Response, StatusCode};
 use httparse::{Header, ParserConfig, Status};
 
 use super::{
@@ -35,13 +39,105 @@ pub(in crate::proxy) enum Parsed {
     Partial,
 }
 
+/// Where the client's response head is written.
+pub(in crate::proxy) trait HeadOut {
+    /// Forgets what a head not passed on (a 1xx) wrote.
+    fn reset(&mut self);
+    fn status(&mut self, status: StatusCode, reason: &str);
+    /// A field passed on as the upstream sent it.
+    fn field(&mut self, name: &str, value: &[u8]) -> Result<(), Malformed>;
+    /// The framing shield chooses: a body of `length`, or one whose length
+    /// is not known ahead (chunked, in HTTP/1.1).
+    fn length(&mut self, length: u64);
+    fn unknown_length(&mut self);
+    /// The head is complete; `dated`: the upstream sent `Date`.
+    fn finish(&mut self, dated: bool, client_close: bool);
+}
+
+/// The direct path's HTTP/1.1 head.
+impl HeadOut for Vec<u8> {
+    fn reset(&mut self) {
+        self.clear();
+    }
+
+    fn status(&mut self, status: StatusCode, reason: &str) {
+        push_status_line(self, status.as_u16(), reason);
+    }
+
+    fn field(&mut self, name: &str, value: &[u8]) -> Result<(), Malformed> {
+        push_field(self, name, value);
+        Ok(())
+    }
+
+    fn length(&mut self, length: u64) {
+        push_field(
+            self,
+            header::CONTENT_LENGTH.as_str(),
+            itoa::Buffer::new().format(length).as_bytes(),
+        );
+    }
+
+    fn unknown_length(&mut self) {
+        push_field(self, header::TRANSFER_ENCODING.as_str(), b"chunked");
+    }
+
+    fn finish(&mut self, dated: bool, client_close: bool) {
+        if !dated {
+            push_date(self);
+        }
+        if client_close {
+            push_field(self, header::CONNECTION.as_str(), b"close");
+        }
+        self.extend_from_slice(b"\r\n");
+    }
+}
+
+/// An h2 stream's head: HTTP/2 frames its own bodies and hyper's server
+/// adds `Date`, so only the status and the fields are shield's.
+pub(in crate::proxy) struct H2Head(pub response::Parts);
+
+impl Default for H2Head {
+    fn default() -> Self {
+        H2Head(Response::new(()).into_parts().0)
+    }
+}
+
+impl HeadOut for H2Head {
+    fn reset(&mut self) {
+        *self = H2Head::default();
+    }
+
+    fn status(&mut self, status: StatusCode, _reason: &str) {
+        self.0.status = status;
+    }
+
+    fn field(&mut self, name: &str, value: &[u8]) -> Result<(), Malformed> {
+        // httparse took both as tokens and field content; `http` is
+        // stricter only about control bytes in values.
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| Malformed("a field name HTTP/2 cannot carry"))?;
+        let value = HeaderValue::from_bytes(value)
+            .map_err(|_| Malformed("a field value HTTP/2 cannot carry"))?;
+        self.0.headers.append(name, value);
+        Ok(())
+    }
+
+    fn length(&mut self, length: u64) {
+        self.0.headers.insert(header::CONTENT_LENGTH, length.into());
+    }
+
+    fn unknown_length(&mut self) {}
+
+    fn finish(&mut self, _dated: bool, _client_close: bool) {}
+}
+
 /// Reads the upstream's response head at the start of `buf` and writes the
 /// client's into `out`: hop-by-hop fields removed, the framing our own.
 pub(in crate::proxy) fn prepare_response(
     buf: &[u8],
     head_request: bool,
     client_close: bool,
-    out: &mut Vec<u8>,
+    out: &mut impl HeadOut,
 ) -> Result<Parsed, Malformed> {
     let mut fields = [const { MaybeUninit::<Header<'_>>::uninit() }; MAX_FIELDS];
     let mut response = httparse::Response::new(&mut []);
@@ -114,7 +210,7 @@ pub(in crate::proxy) fn prepare_response(
         (false, false, None) => Framing::UntilClose,
     };
 
-    push_status_line(out, code, response.reason.unwrap_or(""));
+    out.status(status, response.reason.unwrap_or(""));
     for field in response.headers.iter() {
         // The framing fields are shield's own, written below.
         let field_kind = Field::of(field.name);
@@ -122,30 +218,18 @@ pub(in crate::proxy) fn prepare_response(
             || field_kind.is_hop_by_hop()
             || options.names(field.name);
         if !dropped {
-            push_field(out, field.name, field.value);
+            out.field(field.name, field.value)?;
         }
     }
     match (framing, length) {
-        (Framing::Chunked | Framing::UntilClose, _) => {
-            push_field(out, header::TRANSFER_ENCODING.as_str(), b"chunked");
-        }
+        (Framing::Chunked | Framing::UntilClose, _) => out.unknown_length(),
         // A HEAD or 304 answer states the length the body would have.
         (Framing::Length(length), _) | (Framing::Empty, Some(length)) if !no_content => {
-            push_field(
-                out,
-                header::CONTENT_LENGTH.as_str(),
-                itoa::Buffer::new().format(length).as_bytes(),
-            );
+            out.length(length);
         }
         _ => {}
     }
-    if !dated {
-        push_date(out);
-    }
-    if client_close {
-        push_field(out, header::CONNECTION.as_str(), b"close");
-    }
-    out.extend_from_slice(b"\r\n");
+    out.finish(dated, client_close);
     Ok(Parsed::Final(ResponseHead {
         len,
         status,

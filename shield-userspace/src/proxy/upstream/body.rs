@@ -105,15 +105,14 @@ impl Watch for Release {
 /// back the head of a stream whose first event comes later.
 const FIRST_FRAME_WAIT: Duration = Duration::from_millis(50);
 
-/// An upstream response body whose first frame was read before its head
-/// went to the client, so that a body broken from its first byte (bad
-/// chunk framing, say) is still answered with a 502 instead of a head and
-/// a closed connection.
-pub type Started = Watched<PooledBody, ()>;
-
-/// Reads the first frame of `body` if it comes within [`FIRST_FRAME_WAIT`];
-/// an error in it is the caller's to answer.
-pub async fn started(mut body: PooledBody) -> Result<Started, hyper::Error> {
+/// Reads the first frame of `body` if it comes within [`FIRST_FRAME_WAIT`],
+/// before the response's head goes to the client, so that a body broken
+/// from its first byte (bad chunk framing, say) is still answered with a
+/// 502 instead of a head and a closed connection; an error in it is the
+/// caller's to answer.
+pub async fn started<B: Body<Data = Bytes> + Unpin>(
+    mut body: B,
+) -> Result<Watched<B, ()>, B::Error> {
     let first = if body.is_end_stream() {
         None
     } else {

@@ -18,6 +18,7 @@
 
 mod body;
 mod pool;
+mod raw;
 
 use std::{
     collections::HashMap,
@@ -26,20 +27,33 @@ use std::{
     time::Duration,
 };
 
+use bytes::{Buf as _, BytesMut};
 use http::{header, uri::Authority, HeaderValue, Request, Response};
 use hyper::client::conn::{
     http1::{self, SendRequest},
     http2,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
 
 pub use self::body::{client_body, started, ClientBody, PooledBody};
 use self::{
     body::{Release, Returned},
     pool::Pool,
 };
-use super::{body::Watched, h1::body::BodyError, metrics::HttpMetrics};
+use super::{
+    body::Watched,
+    h1::{
+        body::{BodyError, READ_CHUNK},
+        response::{self, HeadOut, Parsed, ResponseHead},
+        Malformed,
+    },
+    metrics::HttpMetrics,
+    MAX_HEADER_BYTES,
+};
 
 /// A refused or unreachable upstream fails fast as a 502; this bounds only
 /// the TCP connect, the answer itself is bounded by `upstream_timeout`.
@@ -235,9 +249,78 @@ impl UpstreamClient {
             .map_err(UpstreamError::Request)
     }
 
+    /// Sends `request`, a head the `h1` layer wrote, on a raw stream to
+    /// `authority` and reads the response head, written for the client
+    /// into `out`, retrying a reused stream that fails before any answer
+    /// (the request is idempotent: the direct path's and the raw
+    /// exchange's are GET or HEAD). What followed the head is left in
+    /// `upstream`. `head_request`: the response has no body;
+    /// `client_close`: the client asked to close after it.
+    pub(super) async fn exchange_head<O: HeadOut>(
+        &self,
+        authority: &Authority,
+        request: &[u8],
+        upstream: &mut BytesMut,
+        (head_request, client_close): (bool, bool),
+        out: &mut O,
+    ) -> Result<(TcpStream, ResponseHead), UpstreamError> {
+        loop {
+            let (mut tcp, reused) = self.stream(authority).await?;
+            upstream.clear();
+            let head = async {
+                tcp.write_all(request).await.map_err(UpstreamError::Io)?;
+                read_response_head(&mut tcp, upstream, (head_request, client_close), out).await
+            };
+            match head.await {
+                Ok(head) => return Ok((tcp, head)),
+                Err(UpstreamError::Io(_) | UpstreamError::ClosedEarly)
+                    if reused && upstream.is_empty() =>
+                {
+                    continue
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
     /// Gives back a stream whose last response was read to its end.
     pub(super) fn put_stream(&self, authority: &Authority, tcp: TcpStream) {
         self.streams.put(authority, tcp);
+    }
+}
+
+/// Reads a response head from `tcp` into `upstream` until it is whole,
+/// skipping 1xx heads, and writes the client's into `out`.
+async fn read_response_head<O: HeadOut>(
+    tcp: &mut TcpStream,
+    upstream: &mut BytesMut,
+    (head_request, client_close): (bool, bool),
+    out: &mut O,
+) -> Result<ResponseHead, UpstreamError> {
+    loop {
+        if !upstream.is_empty() {
+            out.reset();
+            match response::prepare_response(upstream, head_request, client_close, out)
+                .map_err(|Malformed(what)| UpstreamError::Malformed(what))?
+            {
+                Parsed::Final(head) => {
+                    upstream.advance(head.len);
+                    return Ok(head);
+                }
+                Parsed::Informational(len) => {
+                    upstream.advance(len);
+                    continue;
+                }
+                Parsed::Partial if upstream.len() >= MAX_HEADER_BYTES => {
+                    return Err(UpstreamError::Malformed("response head too large"));
+                }
+                Parsed::Partial => {}
+            }
+        }
+        upstream.reserve(READ_CHUNK);
+        if tcp.read_buf(upstream).await.map_err(UpstreamError::Io)? == 0 {
+            return Err(UpstreamError::ClosedEarly);
+        }
     }
 }
 
