@@ -433,7 +433,7 @@ mod tests {
     #[test]
     fn too_many_connection_options_leave_the_raw_exchange() {
         let mut fields = HeaderMap::new();
-        let many = vec!["a"; MAX_CONNECTION_OPTIONS + 1].join(", ");
+        let many = ["a"; MAX_CONNECTION_OPTIONS + 1].join(", ");
         fields.insert(header::CONNECTION, HeaderValue::from_str(&many).unwrap());
         let route = route("http://127.0.0.1:8080");
         let (peer_ip, cert) = (
