@@ -12,7 +12,7 @@ use tokio::{
 
 use super::workers::Workers;
 use crate::{
-    proxy::{self, metrics::HttpMetrics, Client, HttpProtocol, UpstreamClient},
+    proxy::{self, metrics::HttpMetrics, Client, Closing, HttpProtocol, UpstreamClient},
     tls::{self, Refuse, SiteTable, TlsMetrics, Verified},
 };
 
@@ -25,8 +25,15 @@ pub struct Shared {
     /// upstream client.
     pub workers: Workers,
     pub refuse: Refuse,
-    /// Turns true when the frontend shuts down.
-    pub shutdown: watch::Receiver<bool>,
+}
+
+/// One listener's sites as one reload built them, and what tells the
+/// connections accepted under them to close: retired by the next reload,
+/// or shut down with the frontend.
+#[derive(Debug)]
+pub struct Generation {
+    pub table: SiteTable,
+    pub closing: watch::Receiver<Closing>,
 }
 
 /// Accepts until the task is aborted. The permit is taken before `accept`,
@@ -34,7 +41,7 @@ pub struct Shared {
 /// instead of shield accepting and dropping them.
 pub async fn run(
     listener: TcpListener,
-    table: Arc<ArcSwap<SiteTable>>,
+    table: Arc<ArcSwap<Generation>>,
     limit: Arc<Semaphore>,
     shared: Arc<Shared>,
 ) {
@@ -64,14 +71,20 @@ pub async fn run(
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    table: Arc<SiteTable>,
+    generation: Arc<Generation>,
     permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
     upstream: UpstreamClient,
 ) {
     // Boxed: the handshake's state is several times the size of a served
     // connection's, and the task would keep that size while idle.
-    let handshake = tls::handshake(tcp, peer, &table, &shared.refuse, &shared.metrics);
+    let handshake = tls::handshake(
+        tcp,
+        peer,
+        &generation.table,
+        &shared.refuse,
+        &shared.metrics,
+    );
     let Some(Verified {
         tls,
         site,
@@ -81,7 +94,8 @@ async fn connection(
     else {
         return;
     };
-    drop(table);
+    let closing = generation.closing.clone();
+    drop(generation);
     let protocol = match tls.get_ref().1.alpn_protocol() {
         Some(b"h2") => HttpProtocol::Http2(site.h2),
         _ => HttpProtocol::Http1,
@@ -100,7 +114,7 @@ async fn connection(
         client,
         upstream,
         shared.http_metrics.clone(),
-        shared.shutdown.clone(),
+        closing,
     )
     .await;
     drop(permit);

@@ -22,10 +22,14 @@ use tokio::{
 };
 
 pub use self::workers::WorkerError;
-use self::{accept::Shared, plain::PlainRoutes, workers::Workers};
+use self::{
+    accept::{Generation, Shared},
+    plain::PlainRoutes,
+    workers::Workers,
+};
 use crate::{
     config::{Config, HttpAction},
-    proxy::metrics::HttpMetrics,
+    proxy::{metrics::HttpMetrics, Closing},
     tls::{watch::Stamps, Refuse, Site, SiteTable, TlsError, TlsMetrics},
 };
 
@@ -77,7 +81,9 @@ impl Default for FrontendOptions {
 /// Reloads are atomic: the new state is built completely (every file read
 /// and checked, every new address bound) before any of it replaces the old;
 /// on error the old state keeps serving. Established connections keep the
-/// site state they were accepted with.
+/// site state they were accepted with while they finish what is in flight,
+/// then close ([`Closing::Retired`]): the next request comes on a new
+/// connection, verified under the new state.
 #[derive(Debug, Clone)]
 pub struct Frontend {
     inner: Arc<Inner>,
@@ -86,7 +92,6 @@ pub struct Frontend {
 #[derive(Debug)]
 struct Inner {
     shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
     state: Mutex<State>,
 }
 
@@ -98,12 +103,17 @@ struct State {
     listeners: HashMap<SocketAddr, Listener>,
     plain: Option<PlainListener>,
     watcher: Option<JoinHandle<()>>,
+    /// Tells the connections accepted under the config in force to close.
+    closing: watch::Sender<Closing>,
+    /// The same, of earlier configs whose connections are not all gone:
+    /// retired, and told again at shutdown.
+    retired: Vec<watch::Sender<Closing>>,
 }
 
 #[derive(Debug)]
 struct Listener {
     local_addr: SocketAddr,
-    table: Arc<ArcSwap<SiteTable>>,
+    table: Arc<ArcSwap<Generation>>,
     limit: Arc<Semaphore>,
     capacity: usize,
     task: JoinHandle<()>,
@@ -165,7 +175,6 @@ impl Frontend {
         http_metrics: HttpMetrics,
         options: FrontendOptions,
     ) -> Result<Frontend, ListenError> {
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             metrics,
             workers: match options.workers {
@@ -174,7 +183,6 @@ impl Frontend {
             },
             http_metrics,
             refuse: Refuse::new(),
-            shutdown: shutdown_rx,
         });
         let empty = State {
             config: None,
@@ -182,11 +190,12 @@ impl Frontend {
             listeners: HashMap::new(),
             plain: None,
             watcher: None,
+            closing: watch::Sender::new(Closing::Open),
+            retired: Vec::new(),
         };
         let frontend = Frontend {
             inner: Arc::new(Inner {
                 shared,
-                shutdown,
                 state: Mutex::new(empty),
             }),
         };
@@ -264,10 +273,13 @@ impl Frontend {
             }
         }
 
+        // The connections accepted from now on close with this config; those
+        // accepted before are retired once every table is in place (below).
+        let (closing, closing_rx) = watch::channel(Closing::Open);
         state.listeners.retain(|addr, listener| {
             let keep = tables.contains_key(addr);
             if !keep {
-                // Established connections continue; only accepting stops.
+                // Accepting stops; established connections are retired.
                 listener.task.abort();
                 tracing::info!(listen = %addr, "listener closed");
             }
@@ -275,17 +287,21 @@ impl Frontend {
         });
         for (addr, table) in tables {
             let capacity = table.max_connections;
+            let generation = Generation {
+                table,
+                closing: closing_rx.clone(),
+            };
             match state.listeners.get_mut(&addr) {
                 Some(listener) => {
                     resize(listener, capacity);
-                    listener.table.store(Arc::new(table));
+                    listener.table.store(Arc::new(generation));
                 }
                 None => {
                     let Some(tcp) = bound.remove(&addr) else {
                         continue;
                     };
                     let local_addr = tcp.local_addr().unwrap_or(addr);
-                    let table = Arc::new(ArcSwap::from_pointee(table));
+                    let table = Arc::new(ArcSwap::from_pointee(generation));
                     let limit = Arc::new(Semaphore::new(capacity));
                     let task = tokio::spawn(accept::run(
                         tcp,
@@ -314,8 +330,9 @@ impl Frontend {
             .values()
             .flat_map(|listener| {
                 let port = listener.local_addr.port();
-                let table = listener.table.load_full();
-                table
+                let generation = listener.table.load_full();
+                generation
+                    .table
                     .sites()
                     .map(|site| (site.route.clone(), port))
                     .collect::<Vec<_>>()
@@ -349,6 +366,15 @@ impl Frontend {
                 }
             }
         }
+        // Every table is in place: what was accepted before finishes its
+        // in-flight work and closes (h2 with GOAWAY), so no connection
+        // outlives the config it was verified under.
+        let previous = std::mem::replace(&mut state.closing, closing);
+        previous.send_replace(Closing::Retired);
+        state.retired.retain(|sender| sender.receiver_count() > 0);
+        if previous.receiver_count() > 0 {
+            state.retired.push(previous);
+        }
         state.config = Some(config.clone());
         state.stamps = stamps;
     }
@@ -377,7 +403,10 @@ impl Frontend {
         if let Some(watcher) = state.watcher.take() {
             watcher.abort();
         }
-        let _ = self.inner.shutdown.send(true);
+        state.closing.send_replace(Closing::Shutdown);
+        for retired in &state.retired {
+            retired.send_replace(Closing::Shutdown);
+        }
     }
 }
 

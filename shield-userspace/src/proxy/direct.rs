@@ -31,7 +31,7 @@ use super::{
         wire::{push_date, push_field, push_status_line},
     },
     handler::{Connection, RequestId, UpstreamFailure},
-    lifecycle::{close, shutdown_then_grace, Clocks, PARK_AFTER},
+    lifecycle::{close, shutdown_then_grace, Clocks, Closing, PARK_AFTER},
     upstream::UpstreamError,
 };
 
@@ -77,7 +77,7 @@ pub(super) async fn serve<IO>(
     io: &mut Tracked<IO>,
     conn: &Connection,
     clocks: &Clocks<'_>,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<Closing>,
 ) -> Direct
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -120,7 +120,7 @@ where
         };
         drop(guard);
         match exchanged {
-            Exchanged::Done if !forward.close && !*shutdown.borrow() => {}
+            Exchanged::Done if !forward.close && !shutdown.borrow().is_closing() => {}
             Exchanged::Done => {
                 close(io).await;
                 return Direct::Ended;
@@ -138,7 +138,7 @@ async fn read_client<IO>(
     conn: &Connection,
     clocks: &Clocks<'_>,
     timer: &mut std::pin::Pin<&mut tokio::time::Sleep>,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<Closing>,
 ) -> Option<Direct>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -183,7 +183,10 @@ where
                 }
             }
             changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
+                let closing = if changed.is_err() { Closing::Shutdown } else { *shutdown.borrow() };
+                // Retired, a head already begun is read and answered
+                // first; shutting down, the connection closes now.
+                if closing == Closing::Shutdown || (closing.is_closing() && buffer.is_empty()) {
                     close(io).await;
                     return Some(Direct::Ended);
                 }

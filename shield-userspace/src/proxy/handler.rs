@@ -19,6 +19,7 @@ use super::{
     body::{Watch, Watched},
     h1::request,
     headers::{self, Forwarding},
+    lifecycle::Closing,
     metrics::HttpMetrics,
     upstream::{client_body, started, ClientBody, UpstreamClient, UpstreamError},
     websocket, Route, UpstreamProtocol,
@@ -60,7 +61,7 @@ pub struct Connection {
     /// connection's task waits for it, so it stays counted as a connection.
     tunnel: Mutex<Option<JoinHandle<()>>>,
     /// Turns true when shield shuts down; a tunnel then ends after the grace.
-    shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<Closing>,
 }
 
 impl Connection {
@@ -70,7 +71,7 @@ impl Connection {
         activity: Arc<Activity>,
         upstream: UpstreamClient,
         metrics: HttpMetrics,
-        shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<Closing>,
     ) -> Connection {
         // Both are made once for all the connection's requests. An IP
         // address and hex digits always make valid header values.

@@ -26,6 +26,28 @@ const LINGER: Duration = Duration::from_secs(5);
 /// And how much of it, at most.
 const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
+/// How far the close of the connections accepted under one config has
+/// been asked for. Ordered: a connection only ever moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Closing {
+    Open,
+    /// A reload replaced the config they were accepted under: each takes
+    /// no new request (h2: GOAWAY; h1: closes after the one in flight, at
+    /// once when idle), and what is in flight finishes, however long it
+    /// takes (as nginx's old workers do; a WebSocket tunnel runs on).
+    Retired,
+    /// The frontend stops: the same, and after [`CLOSE_GRACE`] whatever is
+    /// still open is dropped.
+    Shutdown,
+}
+
+impl Closing {
+    /// Whether the connection is to take no more requests.
+    pub fn is_closing(self) -> bool {
+        self != Closing::Open
+    }
+}
+
 /// A site's clocks, as its connections apply them.
 #[derive(Clone, Copy)]
 pub(super) struct Clocks<'a> {
@@ -64,10 +86,12 @@ pub(super) async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
     .await;
 }
 
-/// Resolves [`CLOSE_GRACE`] after shutdown is asked for.
-pub(super) async fn shutdown_then_grace(shutdown: &mut watch::Receiver<bool>) {
-    while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
+/// Resolves [`CLOSE_GRACE`] after shutdown is asked for (not a reload's
+/// retirement: that lets in-flight work finish). A sender gone is a
+/// shutdown too.
+pub(super) async fn shutdown_then_grace(closing: &mut watch::Receiver<Closing>) {
+    while *closing.borrow_and_update() != Closing::Shutdown {
+        if closing.changed().await.is_err() {
             break;
         }
     }

@@ -21,7 +21,7 @@ use super::{
     activity::{Activity, Check, Tracked},
     direct::{self, Direct},
     handler::{Client, Connection, GuardedBody},
-    lifecycle::{close, linger, Clocks, CLOSE_GRACE, MAX_HEADER_BYTES, PARK_AFTER},
+    lifecycle::{close, linger, Clocks, Closing, CLOSE_GRACE, MAX_HEADER_BYTES, PARK_AFTER},
     metrics::HttpMetrics,
     upstream::UpstreamClient,
     Route,
@@ -36,8 +36,8 @@ pub enum HttpProtocol {
 }
 
 /// Serves `io`, verified as `client` for `route`, until the client leaves,
-/// a timeout closes it, or `shutdown` turns true (in-flight requests then
-/// finish first).
+/// a timeout closes it, or `shutdown` says it is closing (in-flight
+/// requests then finish first; see [`Closing`]).
 pub async fn serve<IO>(
     io: IO,
     protocol: HttpProtocol,
@@ -45,7 +45,7 @@ pub async fn serve<IO>(
     client: Client,
     upstream: UpstreamClient,
     metrics: HttpMetrics,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Closing>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -129,7 +129,7 @@ async fn serve_http1<IO, S>(
     mut service: S,
     activity: &Activity,
     clocks: &Clocks<'_>,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<Closing>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<Incoming, ResBody = GuardedBody, Error = Infallible> + Unpin,
@@ -204,7 +204,7 @@ async fn park<IO>(
     io: &mut Tracked<IO>,
     activity: &Activity,
     clocks: &Clocks<'_>,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<Closing>,
 ) -> bool
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -238,7 +238,7 @@ where
             }
             _ = sleep_until(wake) => {}
             changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
+                if changed.is_err() || shutdown.borrow().is_closing() {
                     close(io).await;
                     return false;
                 }
@@ -264,7 +264,7 @@ async fn drive<C, E>(
     activity: &Activity,
     clocks: &Clocks<'_>,
     park_after: Option<Duration>,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<Closing>,
 ) -> Driven
 where
     C: Future<Output = Result<(), E>>,
@@ -275,6 +275,10 @@ where
         idle_timeout,
         label,
     } = *clocks;
+    // Asked to finish what is in flight and close (idle, retired or
+    // shutting down), and since when the grace runs (idle or shutdown; a
+    // retired connection's in-flight work has no deadline of its own).
+    let mut graceful_sent = false;
     let mut closing_since = None;
     loop {
         let wake = match closing_since {
@@ -288,7 +292,10 @@ where
                 Check::Park => return Driven::Park,
                 Check::Idle => {
                     tracing::debug!(site = %label, "closing idle connection");
-                    graceful(connection.as_mut());
+                    if !graceful_sent {
+                        graceful(connection.as_mut());
+                        graceful_sent = true;
+                    }
                     closing_since = Some(tokio::time::Instant::now());
                     continue;
                 }
@@ -310,8 +317,12 @@ where
                 }
             }
             changed = shutdown.changed(), if closing_since.is_none() => {
-                if changed.is_err() || *shutdown.borrow() {
+                let closing = if changed.is_err() { Closing::Shutdown } else { *shutdown.borrow() };
+                if closing.is_closing() && !graceful_sent {
                     graceful(connection.as_mut());
+                    graceful_sent = true;
+                }
+                if closing == Closing::Shutdown {
                     closing_since = Some(tokio::time::Instant::now());
                 }
             }

@@ -21,7 +21,7 @@ use tokio::{
 
 use super::{
     headers,
-    lifecycle::{close, shutdown_then_grace},
+    lifecycle::{close, shutdown_then_grace, Closing},
 };
 
 /// Bytes read from one side before they are written to the other.
@@ -84,7 +84,7 @@ pub(super) async fn tunnel(
     upstream: OnUpgrade,
     idle: Duration,
     active: Gauge,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Closing>,
     site: String,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -115,7 +115,7 @@ pub(super) async fn relay<A, B>(
     mut a: A,
     mut b: B,
     idle: Duration,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<Closing>,
 ) -> Ended
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -219,7 +219,7 @@ mod tests {
     async fn relay_passes_bytes_both_ways_and_ends_with_either_side() {
         let (client, mut client_peer) = tokio::io::duplex(64);
         let (upstream, mut upstream_peer) = tokio::io::duplex(64);
-        let (_keep, mut shutdown) = watch::channel(false);
+        let (_keep, mut shutdown) = watch::channel(Closing::Open);
         let relay = tokio::spawn(async move {
             relay(client, upstream, Duration::from_secs(5), &mut shutdown).await
         });
@@ -244,7 +244,7 @@ mod tests {
     async fn relay_ends_when_idle() {
         let (client, _client_peer) = tokio::io::duplex(64);
         let (upstream, _upstream_peer) = tokio::io::duplex(64);
-        let (_keep, mut shutdown) = watch::channel(false);
+        let (_keep, mut shutdown) = watch::channel(Closing::Open);
         let ended = relay(client, upstream, Duration::from_secs(30), &mut shutdown).await;
         assert_eq!(ended, Ended::Idle);
     }
