@@ -75,7 +75,9 @@ pub(super) async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
             return;
         }
         let mut drained = 0;
-        let mut buf = [0; 16 * 1024];
+        // On the heap: on the stack of this async fn it would be part of
+        // every connection task's state, 16 KiB per idle connection.
+        let mut buf = vec![0; 16 * 1024];
         while drained < LINGER_BYTES {
             match io.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
