@@ -1,10 +1,12 @@
 //! The bodies that cross to and from the upstream on hyper's path.
 
 use std::{
+    future::Future as _,
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
         Arc,
     },
+    task::Poll,
     time::Duration,
 };
 
@@ -116,7 +118,15 @@ pub async fn started<B: Body<Data = Bytes> + Unpin>(
     let first = if body.is_end_stream() {
         None
     } else {
-        match tokio::time::timeout(FIRST_FRAME_WAIT, body.frame()).await {
+        let mut frame = std::pin::pin!(body.frame());
+        // Most bodies arrive with their head: read without arming a timer,
+        // which costs more than the read itself.
+        let now = std::future::poll_fn(|cx| Poll::Ready(frame.as_mut().poll(cx))).await;
+        let waited = match now {
+            Poll::Ready(frame) => Ok(frame),
+            Poll::Pending => tokio::time::timeout(FIRST_FRAME_WAIT, frame).await,
+        };
+        match waited {
             Ok(Some(frame)) => Some(frame?),
             // Ended, or a stream taking its time: passed on as it comes.
             Ok(None) | Err(_) => None,
