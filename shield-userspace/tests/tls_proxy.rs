@@ -287,6 +287,51 @@ async fn a_client_still_sending_an_oversized_head_reads_its_431() {
     assert_eq!(answer.map(|(status, ..)| status), Some(431));
 }
 
+/// A client posting a body to port 80 reads its redirect although nothing
+/// reads the body: the close waits for what it still sends (a lingering
+/// close, as on the TLS side), where closing on unread bytes would make
+/// the kernel reset the connection under the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_posting_to_port_80_reads_its_redirect() {
+    let pki = Pki::new();
+    let up = upstream().await;
+    let server = pki.server("site-a", &[SITE]);
+    let site = site_toml(
+        &[SITE],
+        "127.0.0.1:0",
+        &server,
+        &[&pki.zone_ca.file],
+        up.addr,
+        "",
+    );
+    let shield = Shield::start(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\naction = \"redirect\"\n{site}"
+    ))
+    .await;
+    let port = shield.frontend.http_local_addr().unwrap().port();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    // Like curl, all of the request before any of the answer: 8 MiB.
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'a'; 64 * 1024];
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: {SITE}\r\nContent-Length: {}\r\n\r\n",
+            128 * chunk.len()
+        );
+        write.write_all(head.as_bytes()).await?;
+        for _ in 0..128 {
+            write.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(write)
+    });
+    let sent = writer.await.unwrap();
+    assert!(sent.is_ok(), "the client's request was cut off: {sent:?}");
+    let answer = raw::response(&mut read, &mut Vec::new(), false).await;
+    assert_eq!(answer.map(|(status, ..)| status), Some(301));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_80_redirects_denies_or_is_off() {
     shield_test_support::require("curl");

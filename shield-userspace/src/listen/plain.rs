@@ -1,16 +1,27 @@
 //! Port 80: redirect to https, or refuse with 403.
 
-use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper::{body::Incoming, service::service_fn};
+use hyper::{
+    body::{Body as _, Incoming},
+    service::service_fn,
+};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{io::AsyncWriteExt as _, net::TcpListener, sync::Semaphore};
 
 use crate::{
     config::{HttpAction, NO_SITE},
-    proxy::{headers, metrics::HttpMetrics, text, ProxyBody, Route, MAX_HEADER_BYTES},
+    proxy::{self, headers, metrics::HttpMetrics, text, ProxyBody, Route, MAX_HEADER_BYTES},
 };
 
 /// Plain-HTTP connections open at once; port 80 only ever answers with a
@@ -98,20 +109,39 @@ pub async fn run(listener: TcpListener, routes: Arc<ArcSwap<PlainRoutes>>, metri
         let routes = routes.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            // Whether the request came with a body that nothing here reads.
+            let unread = Arc::new(AtomicBool::new(false));
+            let seen = unread.clone();
             let service = service_fn(move |request: Request<Incoming>| {
+                if !request.body().is_end_stream() {
+                    seen.store(true, Relaxed);
+                }
                 let (site, response) = routes.load().respond(&request);
                 metrics.request(&site, response.status().as_u16());
-                async move { Ok::<_, Infallible>(response) }
+                std::future::ready(Ok::<_, Infallible>(response))
             });
-            let result = hyper::server::conn::http1::Builder::new()
+            let mut connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEADER_BYTES)
                 .keep_alive(false)
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-            if let Err(error) = result {
-                tracing::debug!(error = %crate::error::Chain(&error), "port 80 connection ended with an error");
+                .serve_connection(TokioIo::new(tcp), service);
+            let result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await;
+            let refused = match result {
+                Ok(()) => false,
+                Err(error) => {
+                    tracing::debug!(error = %crate::error::Chain(&error), "port 80 connection ended with an error");
+                    true
+                }
+            };
+            let mut tcp = connection.into_parts().io.into_inner();
+            // A client still sending a body (or a head hyper refused) when
+            // the answer went out reads it only if the close waits for it,
+            // as on the TLS side; any other closes at once.
+            if refused || unread.load(Relaxed) {
+                proxy::linger(&mut tcp).await;
+            } else {
+                let _ = tcp.shutdown().await;
             }
             drop(permit);
         });

@@ -63,13 +63,14 @@ pub(super) async fn close<IO: AsyncWrite + Unpin>(io: &mut IO) {
 }
 
 /// Closes a connection hyper gave up on after answering a bad request (400,
-/// 431) while the client may still be sending it. Closing a socket with
+/// 431), or one whose answer went out before its body was read (port 80),
+/// while the client may still be sending. Closing a socket with
 /// unread bytes makes the kernel reset the connection, and a client still
 /// writing (curl, for one) then fails on the reset and never reads the
 /// answer. So the write side is closed first, and what still arrives is
 /// read and dropped until the client closes too, for at most [`LINGER`] or
 /// [`LINGER_BYTES`] (nginx's lingering close).
-pub(super) async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
+pub async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
     let _ = timeout(LINGER, async {
         if io.shutdown().await.is_err() {
             return;

@@ -19,7 +19,7 @@ mod upstream;
 mod websocket;
 
 pub use handler::{text, Client, ProxyBody};
-pub use lifecycle::{Closing, MAX_HEADER_BYTES};
+pub use lifecycle::{linger, Closing, MAX_HEADER_BYTES};
 pub use route::{Route, Upstream, UpstreamProtocol};
 pub use serve::{serve, HttpProtocol};
 pub use upstream::{client as upstream_client, UpstreamClient};
