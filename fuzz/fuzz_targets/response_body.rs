@@ -4,6 +4,8 @@
 //! strict decoder written here, and must hold the body that a second,
 //! independent decoder reads from the upstream's bytes under the framing
 //! shield chose. The head it writes must frame that body one way only.
+//! The same body decoded for an h2 stream (`Reframe::plain`, the payload
+//! alone) must be that body too, ending at the same byte.
 
 #![no_main]
 
@@ -229,22 +231,15 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The body, fed in the remaining pieces, then the upstream closes.
-    let mut body = Reframe::new(framing);
-    let mut out = Vec::new();
-    let mut result: Result<bool, BodyError> = body.feed(&mut buffer, &mut out);
-    while let Ok(false) = result {
-        match pieces.next() {
-            Some(piece) => {
-                buffer.extend_from_slice(piece);
-                result = body.feed(&mut buffer, &mut out);
-            }
-            None => {
-                result = body.end(&mut out).map(|()| true);
-                break;
-            }
-        }
-    }
+    let pieces: Vec<&[u8]> = pieces.collect();
+    let (plain_result, plain_out, plain_left) =
+        fed(Reframe::plain(framing), buffer.clone(), &pieces);
+    let (result, out, left) = fed(Reframe::new(framing), buffer, &pieces);
     let rest = &message[offset..];
+    match (&plain_result, &result) {
+        (Ok(true), Ok(true)) | (Err(_), Err(_)) => {}
+        _ => panic!("h2: {plain_result:?}, HTTP/1.1: {result:?}, input {rest:?}"),
+    }
     let expected = reference(framing, rest);
     match (&result, &expected) {
         (Ok(true), Body::Whole(want, used)) => {
@@ -260,16 +255,44 @@ fuzz_target!(|data: &[u8]| {
                 _ => out.clone(),
             };
             assert_eq!(&written, want, "input {rest:?}");
+            assert_eq!(&plain_out, want, "h2, input {rest:?}");
             if framing != Framing::UntilClose {
                 // What followed the body is left in the buffer (or unread).
-                let left = buffer.len() + pieces.map(<[u8]>::len).sum::<usize>();
                 assert_eq!(rest.len() - used, left, "input {rest:?}");
+                assert_eq!(plain_left, left, "h2, input {rest:?}");
             }
         }
         (Err(_), Body::Short | Body::Malformed) => {}
         _ => panic!("shield: {result:?}, reference: {expected:?}, input {rest:?}"),
     }
 });
+
+/// `body` fed what is buffered, then `pieces` one by one, then the
+/// upstream's close: whether it ended, what it wrote, and how many bytes
+/// were left after it (buffered or not fed).
+fn fed(
+    mut body: Reframe,
+    mut buffer: BytesMut,
+    pieces: &[&[u8]],
+) -> (Result<bool, BodyError>, Vec<u8>, usize) {
+    let mut out = Vec::new();
+    let mut pieces = pieces.iter();
+    let mut result = body.feed(&mut buffer, &mut out);
+    while let Ok(false) = result {
+        match pieces.next() {
+            Some(piece) => {
+                buffer.extend_from_slice(piece);
+                result = body.feed(&mut buffer, &mut out);
+            }
+            None => {
+                result = body.end(&mut out).map(|()| true);
+                break;
+            }
+        }
+    }
+    let left = buffer.len() + pieces.map(|p| p.len()).sum::<usize>();
+    (result, out, left)
+}
 
 /// The `Content-Length` the upstream's head states (valid by now: shield
 /// refused anything else).
