@@ -15,7 +15,10 @@ use std::{borrow::Cow, mem::MaybeUninit};
 use http::{uri::PathAndQuery, HeaderMap, HeaderValue, Method};
 use httparse::{Header, ParserConfig, Status};
 
-use super::{wire::push_field, MAX_FIELDS};
+use super::{
+    wire::{push_field, push_lowercase_field},
+    MAX_FIELDS,
+};
 use crate::proxy::{
     headers::{self, Field, Options},
     Route, UpstreamProtocol, MAX_HEADER_BYTES,
@@ -132,6 +135,7 @@ pub(in crate::proxy) fn prepare_request(
             .map(|field| (field.name, field.value)),
         &options,
         Statement {
+            lowercase: false,
             host: &host,
             visitor,
             context,
@@ -147,6 +151,9 @@ pub(in crate::proxy) fn prepare_request(
 
 /// What shield states about a request, beside the fields passed on.
 struct Statement<'a> {
+    /// The client's field names are lowercase already (hyper parsed
+    /// them), so they are written as they are.
+    lowercase: bool,
     host: &'a str,
     /// The first `CF-Connecting-IP`, if any.
     visitor: Option<&'a [u8]>,
@@ -184,7 +191,11 @@ fn write_head<'f>(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in fields {
         if !Field::of(name).replaced_upstream() && !options.names(name) {
-            push_field(out, name, value);
+            if statement.lowercase {
+                push_lowercase_field(out, name, value);
+            } else {
+                push_field(out, name, value);
+            }
         }
     }
     let statements = headers::statements(
@@ -195,7 +206,7 @@ fn write_head<'f>(
         headers::HTTPS.as_bytes(),
     );
     for (name, value) in statements {
-        push_field(out, name.as_str(), value);
+        push_lowercase_field(out, name.as_str(), value);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -235,6 +246,7 @@ pub(in crate::proxy) fn write_parsed_head(
             .map(|(name, value)| (name.as_str(), value.as_bytes())),
         &options,
         Statement {
+            lowercase: true,
             host,
             visitor,
             context,
@@ -272,21 +284,39 @@ mod tests {
         }
     }
 
-    fn prepare_with(upstream: &str, head: &str) -> (Prepared, String) {
+    /// `f` with the context of a connection to [`SITE`] whose site's
+    /// upstream is `upstream`.
+    fn in_context<T>(upstream: &str, f: impl FnOnce(Context<'_>) -> T) -> T {
         let route = route(upstream);
         let (peer_ip, cert) = (
             HeaderValue::from_static(PEER),
             HeaderValue::from_static(CERT),
         );
-        let context = Context {
+        f(Context {
             sni: SITE,
             route: &route,
             peer_ip: &peer_ip,
             client_cert_sha256: &cert,
-        };
+        })
+    }
+
+    fn prepare_with(upstream: &str, head: &str) -> (Prepared, String) {
         let mut out = Vec::new();
-        let prepared = prepare_request(head.as_bytes(), context, "r1", &mut out);
+        let prepared = in_context(upstream, |context| {
+            prepare_request(head.as_bytes(), context, "r1", &mut out)
+        });
         (prepared, String::from_utf8(out).expect("utf-8"))
+    }
+
+    /// [`write_parsed_head`] of a GET for `/` with `fields`: whether it
+    /// took them, and what it wrote.
+    fn write_parsed(fields: &HeaderMap) -> (bool, String) {
+        let mut out = Vec::new();
+        let target = http::Uri::from_static("/");
+        let took = in_context("http://127.0.0.1:8080", |context| {
+            write_parsed_head(&Method::GET, &target, fields, SITE, context, "r1", &mut out)
+        });
+        (took, String::from_utf8(out).expect("utf-8"))
     }
 
     fn prepare(head: &str) -> (Prepared, String) {
@@ -403,60 +433,12 @@ mod tests {
     /// The same policy as `headers::prepare_request` on hyper's path: for each
     /// set of client fields, the upstream gets the same values per name (the
     /// order across names may differ; within a name it may not).
-    /// [`write_parsed_head`] of a GET for `/` with `fields`.
-    fn parsed_head(fields: &HeaderMap) -> String {
-        let route = route("http://127.0.0.1:8080");
-        let (peer_ip, cert) = (
-            HeaderValue::from_static(PEER),
-            HeaderValue::from_static(CERT),
-        );
-        let context = Context {
-            sni: SITE,
-            route: &route,
-            peer_ip: &peer_ip,
-            client_cert_sha256: &cert,
-        };
-        let target = http::Uri::from_static("/");
-        let mut out = Vec::new();
-        assert!(write_parsed_head(
-            &Method::GET,
-            &target,
-            fields,
-            SITE,
-            context,
-            "r1",
-            &mut out
-        ));
-        String::from_utf8(out).expect("utf-8")
-    }
-
     #[test]
     fn too_many_connection_options_leave_the_raw_exchange() {
         let mut fields = HeaderMap::new();
         let many = ["a"; MAX_CONNECTION_OPTIONS + 1].join(", ");
         fields.insert(header::CONNECTION, HeaderValue::from_str(&many).unwrap());
-        let route = route("http://127.0.0.1:8080");
-        let (peer_ip, cert) = (
-            HeaderValue::from_static(PEER),
-            HeaderValue::from_static(CERT),
-        );
-        let context = Context {
-            sni: SITE,
-            route: &route,
-            peer_ip: &peer_ip,
-            client_cert_sha256: &cert,
-        };
-        let target = http::Uri::from_static("/");
-        let mut out = Vec::new();
-        assert!(!write_parsed_head(
-            &Method::GET,
-            &target,
-            &fields,
-            SITE,
-            context,
-            "r1",
-            &mut out
-        ));
+        assert!(!write_parsed(&fields).0);
     }
 
     #[test]
@@ -511,8 +493,7 @@ mod tests {
             assert!(matches!(prepared, Prepared::Forward(_)), "{head}");
             // The raw exchange writes the same head from the parsed fields
             // of hyper's server, without changing them.
-            let parsed = parsed_head(&map);
-            assert_eq!(parsed, sent, "{head}");
+            assert_eq!(write_parsed(&map), (true, sent.clone()), "{head}");
             headers::prepare_request(
                 &mut map,
                 &Forwarding {

@@ -43,6 +43,8 @@ pub(in crate::proxy) enum Parsed {
 pub(in crate::proxy) trait HeadOut {
     /// Forgets what a head not passed on (a 1xx) wrote.
     fn reset(&mut self);
+    /// At most this many fields follow.
+    fn expect_fields(&mut self, _count: usize) {}
     fn status(&mut self, status: StatusCode, reason: &str);
     /// A field passed on as the upstream sent it.
     fn field(&mut self, name: &str, value: &[u8]) -> Result<(), Malformed>;
@@ -105,6 +107,11 @@ impl Default for H2Head {
 impl HeadOut for H2Head {
     fn reset(&mut self) {
         *self = H2Head::default();
+    }
+
+    fn expect_fields(&mut self, count: usize) {
+        // One allocation, not a growth per power of two (and Date).
+        self.0.headers.reserve(count + 1);
     }
 
     fn status(&mut self, status: StatusCode, _reason: &str) {
@@ -210,6 +217,7 @@ pub(in crate::proxy) fn prepare_response(
         (false, false, None) => Framing::UntilClose,
     };
 
+    out.expect_fields(response.headers.len());
     out.status(status, response.reason.unwrap_or(""));
     for field in response.headers.iter() {
         // The framing fields are shield's own, written below.

@@ -21,6 +21,18 @@ pub(in crate::proxy) fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) 
     let start = out.len();
     out.extend_from_slice(name.as_bytes());
     out[start..].make_ascii_lowercase();
+    push_rest(out, value);
+}
+
+/// [`push_field`] for a name known to be lowercase already (`http`'s
+/// `HeaderName`s are).
+pub(in crate::proxy) fn push_lowercase_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    debug_assert!(!name.bytes().any(|b| b.is_ascii_uppercase()), "{name}");
+    out.extend_from_slice(name.as_bytes());
+    push_rest(out, value);
+}
+
+fn push_rest(out: &mut Vec<u8>, value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
