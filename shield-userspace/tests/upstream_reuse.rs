@@ -8,15 +8,24 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
 use shield::proxy::metrics::Discard;
 use shield_test_support::{
     pki::Pki,
     raw::{self, Answer, Seen},
-    tls::{client_config, one_site_toml, tls_connect, Shield},
+    tls::{client_config, h2_client, one_site_toml, tls_connect, Shield},
 };
 use tokio::io::AsyncWriteExt;
 
 const SITE: &str = "www.a.test";
+
+/// The misbehaving requests, and the status each is answered with.
+const CASES: [(&str, &str, u16); 3] = [
+    ("HEAD", "/head-late-body", 200),
+    ("GET", "/no-content-late-body", 204),
+    ("GET", "/late-response", 200),
+];
 /// How long after its answer the upstream sends the stray bytes.
 const LATE: Duration = Duration::from_millis(300);
 
@@ -59,12 +68,7 @@ async fn bytes_an_upstream_sends_unasked_never_reach_another_request() {
         let config = client_config(&pki, Some(&pki.good), &[b"http/1.1"]);
         tls_connect(config, shield.tls_port(), SITE).await.unwrap()
     };
-    let cases = [
-        ("HEAD", "/head-late-body", 200),
-        ("GET", "/no-content-late-body", 204),
-        ("GET", "/late-response", 200),
-    ];
-    for (round, (method, path, status)) in cases.into_iter().enumerate() {
+    for (round, (method, path, status)) in CASES.into_iter().enumerate() {
         let mut client = connect().await;
         let mut buf = Vec::new();
         let request = format!("{method} {path} HTTP/1.1\r\nHost: {SITE}\r\n\r\n");
@@ -112,4 +116,55 @@ async fn bytes_an_upstream_sends_unasked_never_reach_another_request() {
     );
     let text = shield.metrics_text();
     assert!(text.contains(&series), "{series} not in\n{text}");
+}
+
+/// The same over h2, where a GET or HEAD takes the raw exchange on the
+/// same pool of plain streams: the same clients, the same proof.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_an_upstream_sends_unasked_never_reach_another_h2_request() {
+    let pki = Pki::new();
+    let upstream = raw::recording(answer).await;
+    let addr = upstream.addr;
+    let server = pki.server("site-a", &[SITE]);
+    let shield = Shield::one_worker(&one_site_toml(&pki, &[SITE], &server, addr, "")).await;
+    let port = shield.tls_port();
+    let request = |method: &str, path: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("https://{SITE}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    for (round, (method, path, status)) in CASES.into_iter().enumerate() {
+        let mut client = h2_client(&pki, port, SITE).await;
+        let response = client.send_request(request(method, path)).await.unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        response.into_body().collect().await.unwrap();
+        // The stray bytes are in the pooled stream's socket by now.
+        tokio::time::sleep(LATE * 2).await;
+
+        // The same connection, then fresh ones.
+        let mut senders = vec![client];
+        for _ in 0..2 {
+            senders.push(h2_client(&pki, port, SITE).await);
+        }
+        for (who, sender) in senders.iter_mut().enumerate() {
+            let own = format!("/after{round}/client{who}");
+            let response = sender.send_request(request("GET", &own)).await.unwrap();
+            let got = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                (got.as_u16(), String::from_utf8_lossy(&body).into_owned()),
+                (200, format!("GET {own}")),
+                "after {method} {path}: client {who} got an answer not meant for it"
+            );
+        }
+        assert_eq!(
+            shield
+                .http_metrics
+                .upstream_discards(&addr.to_string(), Discard::UnsolicitedBytes),
+            round as u64 + 1,
+            "after {method} {path}"
+        );
+    }
 }
