@@ -183,7 +183,7 @@ where
                 }
             }
             changed = shutdown.changed() => {
-                let closing = if changed.is_err() { Closing::Shutdown } else { *shutdown.borrow() };
+                let closing = Closing::after(changed, shutdown);
                 // Retired, a head already begun is read and answered
                 // first; shutting down, the connection closes now.
                 if closing == Closing::Shutdown || (closing.is_closing() && buffer.is_empty()) {

@@ -60,7 +60,8 @@ pub struct Connection {
     /// The WebSocket tunnel this connection turned into, if it did: the
     /// connection's task waits for it, so it stays counted as a connection.
     tunnel: Mutex<Option<JoinHandle<()>>>,
-    /// Turns true when shield shuts down; a tunnel then ends after the grace.
+    /// Whether the connection is to close (see `Closing`); a tunnel ends
+    /// only on shutdown, after the grace.
     shutdown: watch::Receiver<Closing>,
 }
 
@@ -332,10 +333,7 @@ impl Connection {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                match started(body).await {
-                    Ok(body) => Response::from_parts(parts, body.map_err(BoxError::from).boxed()),
-                    Err(error) => self.failure_answer(UpstreamFailure::Error(&error), request_id),
-                }
+                self.answer_started(parts, body, request_id).await
             }
             Ok(Err(_)) if broken_by_client.get() => {
                 tracing::info!(site = %self.route.label, request_id, "400: the client's request body is malformed");
@@ -364,10 +362,7 @@ impl Connection {
         match tokio::time::timeout(self.route.upstream_timeout, call).await {
             Ok(Ok(response)) => {
                 let (parts, body) = response.into_parts();
-                match started(body).await {
-                    Ok(body) => Response::from_parts(parts, body.map_err(BoxError::from).boxed()),
-                    Err(error) => self.failure_answer(UpstreamFailure::Error(&error), request_id),
-                }
+                self.answer_started(parts, body, request_id).await
             }
             Ok(Err(error)) => self.failure_answer(UpstreamFailure::Error(&error), request_id),
             Err(_) => self.failure_answer(UpstreamFailure::Timeout, request_id),
@@ -417,8 +412,35 @@ impl Connection {
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             websocket::set_upgrade_fields(&mut parts.headers);
         }
-        Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+        Response::from_parts(parts, proxy_body(body))
     }
+
+    /// The upstream's answer with `body` once its first frame is in (see
+    /// `started`), or a 502 when that frame is broken.
+    async fn answer_started<B>(
+        &self,
+        parts: http::response::Parts,
+        body: B,
+        request_id: &str,
+    ) -> Response<ProxyBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        match started(body).await {
+            Ok(body) => Response::from_parts(parts, proxy_body(body)),
+            Err(error) => self.failure_answer(UpstreamFailure::Error(&error), request_id),
+        }
+    }
+}
+
+/// Any upstream body as the one type hyper's server is given.
+fn proxy_body<B>(body: B) -> ProxyBody
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
 }
 
 /// `http://HOST` and the origin-form `target`: an HTTP/2 request's

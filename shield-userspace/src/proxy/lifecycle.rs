@@ -27,8 +27,8 @@ const LINGER: Duration = Duration::from_secs(5);
 const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
 /// How far the close of the connections accepted under one config has
-/// been asked for. Ordered: a connection only ever moves forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// been asked for; it only ever moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closing {
     Open,
     /// A reload replaced the config they were accepted under: each takes
@@ -45,6 +45,18 @@ impl Closing {
     /// Whether the connection is to take no more requests.
     pub fn is_closing(self) -> bool {
         self != Closing::Open
+    }
+
+    /// What `closing` says after its `changed()` gave `changed`: a sender
+    /// gone is a shutdown.
+    pub(super) fn after(
+        changed: Result<(), watch::error::RecvError>,
+        closing: &watch::Receiver<Closing>,
+    ) -> Closing {
+        match changed {
+            Ok(()) => *closing.borrow(),
+            Err(_) => Closing::Shutdown,
+        }
     }
 }
 

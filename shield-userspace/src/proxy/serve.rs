@@ -238,7 +238,7 @@ where
             }
             _ = sleep_until(wake) => {}
             changed = shutdown.changed() => {
-                if changed.is_err() || shutdown.borrow().is_closing() {
+                if Closing::after(changed, shutdown).is_closing() {
                     close(io).await;
                     return false;
                 }
@@ -317,7 +317,7 @@ where
                 }
             }
             changed = shutdown.changed(), if closing_since.is_none() => {
-                let closing = if changed.is_err() { Closing::Shutdown } else { *shutdown.borrow() };
+                let closing = Closing::after(changed, shutdown);
                 if closing.is_closing() && !graceful_sent {
                     graceful(connection.as_mut());
                     graceful_sent = true;
