@@ -15,7 +15,7 @@
 /// hole. The compile-time checks below refuse numbers out of order or
 /// beyond [`REASON_SLOTS`].
 macro_rules! reasons {
-    ($($(#[$doc:meta])* $variant:ident = $number:literal, $name:literal, drops: $drops:literal;)*) => {
+    ($($(#[$doc:meta])* $variant:ident = $number:literal, $name:literal, $effect:ident;)*) => {
         /// Why the dataplane gave a packet its verdict.
         ///
         /// The discriminant indexes the counter map (see [`counter_index`]);
@@ -41,10 +41,10 @@ macro_rules! reasons {
                 }
             }
 
-            /// Whether this reason drops the packet when enforcing.
-            pub const fn drops(self) -> bool {
+            /// What this reason does to the packet when enforcing.
+            pub const fn effect(self) -> Effect {
                 match self {
-                    $(Reason::$variant => $drops,)*
+                    $(Reason::$variant => Effect::$effect,)*
                 }
             }
 
@@ -59,34 +59,66 @@ macro_rules! reasons {
     };
 }
 
+/// What a reason does to the packet when enforcing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// On to the kernel's stack.
+    Pass,
+    /// Dropped in XDP (passed and counted as a would-drop in monitor mode).
+    Drop,
+    /// Rewritten into the answer and sent back out of the interface it came
+    /// in on (`XDP_TX`). Only an enforcing program answers.
+    Answer,
+}
+
 reasons! {
     /// Not IPv4 or IPv6 after at most two VLAN tags (ARP, LLDP, ...), or an
     /// Ethernet header too short to say.
-    NonIp = 0, "non_ip", drops: false;
+    NonIp = 0, "non_ip", Pass;
     /// IP, but not TCP/UDP to a protected port (SSH, ICMP, ESP, DNS replies).
-    Unprotected = 1, "unprotected", drops: false;
+    Unprotected = 1, "unprotected", Pass;
     /// Source inside the Cloudflare ranges or `extra_allow`.
-    Allowed = 2, "allowed", drops: false;
+    Allowed = 2, "allowed", Pass;
     /// A non-first fragment under `fragments = "judge-first"`.
-    NonFirstFragment = 3, "non_first_fragment", drops: false;
+    NonFirstFragment = 3, "non_first_fragment", Pass;
     /// TCP/UDP to a protected port from a source outside the ranges.
-    OutsideRanges = 4, "outside_ranges", drops: true;
+    OutsideRanges = 4, "outside_ranges", Drop;
     /// From outside the ranges, with headers too short or too deep to find
     /// the destination port.
-    Malformed = 5, "malformed", drops: true;
+    Malformed = 5, "malformed", Drop;
     /// A fragment from outside the ranges under `fragments = "drop-outside"`.
-    Fragment = 6, "fragment", drops: true;
+    Fragment = 6, "fragment", Drop;
+    /// A SYN to a protected port from inside the ranges, answered in XDP
+    /// with a SYN-ACK carrying the kernel's SYN cookie (`[xdp].syn_cookies`).
+    SynCookie = 7, "syn_cookie", Answer;
+    /// An ACK to a protected port from inside the ranges that matches no
+    /// socket and carries no valid SYN cookie: a forged ACK flood.
+    BadAck = 8, "bad_ack", Drop;
+    /// UDP to a protected port from inside the ranges under
+    /// `udp_from_ranges = "drop"`: Cloudflare sends no UDP to origins.
+    UdpFromRanges = 9, "udp_from_ranges", Drop;
 }
 
 impl Reason {
+    /// Whether this reason drops the packet when enforcing.
+    pub const fn drops(self) -> bool {
+        matches!(self.effect(), Effect::Drop)
+    }
+
+    /// Whether the program answers the packet itself (`XDP_TX`).
+    pub const fn answers(self) -> bool {
+        matches!(self.effect(), Effect::Answer)
+    }
+
     /// The verdict this reason gives under the given enforcement setting.
+    /// A program in monitor mode never answers, so an answering reason has
+    /// no other verdict.
     pub const fn verdict(self, enforce: bool) -> Verdict {
-        if !self.drops() {
-            Verdict::Pass
-        } else if enforce {
-            Verdict::Drop
-        } else {
-            Verdict::WouldDrop
+        match self.effect() {
+            Effect::Pass => Verdict::Pass,
+            Effect::Drop if enforce => Verdict::Drop,
+            Effect::Drop => Verdict::WouldDrop,
+            Effect::Answer => Verdict::Answered,
         }
     }
 }
@@ -135,6 +167,8 @@ verdicts! {
     Drop = 1, "drop";
     /// Monitor mode: it would have been dropped, and was passed.
     WouldDrop = 2, "would_drop";
+    /// The program answered the packet itself (`XDP_TX`).
+    Answered = 3, "answered";
 }
 
 /// Reasons the counter layout has room for. Part of the pinned layout: a
@@ -142,8 +176,8 @@ verdicts! {
 /// the counts on upgrade, so it stays fixed while reasons are added below it.
 pub const REASON_SLOTS: u32 = 32;
 
-/// Verdicts the counter layout has room for (one more than today: a program
-/// that answers packets itself needs its own row).
+/// Verdicts the counter layout has room for. Part of the pinned layout, as
+/// [`REASON_SLOTS`] is; today's verdicts fill it.
 pub const VERDICT_SLOTS: u32 = 4;
 
 /// Slots in the per-CPU counter array: one per possible (verdict, reason)
@@ -162,9 +196,9 @@ const _: () = {
     }
 };
 
-/// Verdicts today, their numbers in order, and room for at least one more.
+/// Verdicts today, their numbers in order, within the layout.
 const _: () = {
-    assert!(Verdict::COUNT < VERDICT_SLOTS as usize);
+    assert!(Verdict::COUNT <= VERDICT_SLOTS as usize);
     let mut i = 0;
     while i < Verdict::COUNT {
         assert!((Verdict::ALL[i] as u32) < VERDICT_SLOTS);
@@ -199,7 +233,9 @@ pub enum FragmentPolicy {
     DropOutside = 1,
 }
 
-/// The enforcement switches, part of [`Policy`].
+/// The enforcement switches, part of [`Policy`]. All zero is the policy
+/// before in-range floods were handled: SYNs, ACKs and UDP from inside the
+/// ranges pass.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -207,16 +243,64 @@ pub struct Settings {
     pub enforce: u32,
     /// A [`FragmentPolicy`] discriminant.
     pub fragments: u32,
+    /// 1: a SYN from inside the ranges to a protected TCP port is answered
+    /// with a SYN cookie whenever the kernel would issue one, and an ACK
+    /// that matches no socket and carries no valid cookie is dropped. Under
+    /// `[xdp].syn_cookies` "flood" and "always" alike: they differ in the
+    /// namespace's `net.ipv4.tcp_syncookies`, which decides when the kernel
+    /// issues cookies.
+    pub syn_cookies: u32,
+    /// 1: UDP to protected ports from inside the ranges is dropped.
+    pub drop_udp_from_ranges: u32,
+    pub cookie: CookieOptions,
 }
 
 impl Settings {
+    /// These switches, with in-range packets passing.
     pub const fn new(enforce: bool, fragments: FragmentPolicy) -> Self {
         Settings {
             enforce: enforce as u32,
             fragments: fragments as u32,
+            syn_cookies: 0,
+            drop_udp_from_ranges: 0,
+            cookie: CookieOptions {
+                flags: 0,
+                window_scale: 0,
+                window: 0,
+                mtu: 0,
+            },
         }
     }
 }
+
+/// How the program builds a cookie's SYN-ACK so that the kernel, which
+/// checks the returning ACK itself, agrees with every option in it. The
+/// kernel takes a cookie connection's SACK and the client's window scale
+/// back from the low bits of the echoed timestamp, so those ride on
+/// timestamps, and only when its sysctls let it decode them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CookieOptions {
+    /// [`COOKIE_TIMESTAMPS`], [`COOKIE_SACK`], [`COOKIE_WINDOW_SCALING`].
+    pub flags: u32,
+    /// The window scale the kernel gives a connection made from a cookie
+    /// (its own receive scale), sent in the SYN-ACK.
+    pub window_scale: u32,
+    /// The receive window the SYN-ACK offers, before it is rounded down to
+    /// the MSS (at most 65535: a SYN-ACK's window is never scaled).
+    pub window: u32,
+    /// The smallest MTU of the protected interfaces, which caps the MSS
+    /// offered (the kernel offers its route's); 0: no cap.
+    pub mtu: u32,
+}
+
+/// Timestamps may be mirrored: the kernel adds no per-connection offset
+/// to them (`net.ipv4.tcp_timestamps = 2`), so an echoed value decodes.
+pub const COOKIE_TIMESTAMPS: u32 = 1;
+/// SACK may be offered (`net.ipv4.tcp_sack = 1`).
+pub const COOKIE_SACK: u32 = 2;
+/// Window scaling may be offered (`net.ipv4.tcp_window_scaling = 1`).
+pub const COOKIE_WINDOW_SCALING: u32 = 4;
 
 /// Protected ports are a bitmap per protocol, [`Policy::ports`]: the word
 /// for `port` of protocol slot `p` is `p * PORT_WORDS + port / 64`.
@@ -559,6 +643,7 @@ mod user {
         Counter,
         CpuCounters,
         Settings,
+        CookieOptions,
         Policy,
         InterfaceState,
         DropEvent
@@ -601,7 +686,7 @@ mod tests {
     /// a shield process: a change here breaks an upgrade. Only append.
     #[test]
     fn numbers_never_change() {
-        let reasons: [(u32, &str); 7] = [
+        let reasons: [(u32, &str); 10] = [
             (0, "non_ip"),
             (1, "unprotected"),
             (2, "allowed"),
@@ -609,11 +694,14 @@ mod tests {
             (4, "outside_ranges"),
             (5, "malformed"),
             (6, "fragment"),
+            (7, "syn_cookie"),
+            (8, "bad_ack"),
+            (9, "udp_from_ranges"),
         ];
         for (number, name) in reasons {
             assert_eq!(Reason::from_u32(number).map(Reason::name), Some(name));
         }
-        for (number, name) in [(0, "pass"), (1, "drop"), (2, "would_drop")] {
+        for (number, name) in [(0, "pass"), (1, "drop"), (2, "would_drop"), (3, "answered")] {
             assert_eq!(Verdict::from_u32(number).map(Verdict::name), Some(name));
         }
         // The slot layout itself: row length and count.
@@ -627,7 +715,7 @@ mod tests {
     #[test]
     fn counter_values_have_room_to_grow() {
         assert!(Reason::COUNT + 16 <= REASON_SLOTS as usize);
-        assert!(Verdict::COUNT < VERDICT_SLOTS as usize);
+        assert!(Verdict::COUNT <= VERDICT_SLOTS as usize);
         assert_eq!(
             map_specs::COUNTERS.value_size as usize,
             COUNTER_SLOTS as usize * core::mem::size_of::<Counter>()
@@ -672,5 +760,17 @@ mod tests {
         assert_eq!(Reason::OutsideRanges.verdict(true), Verdict::Drop);
         assert_eq!(Reason::OutsideRanges.verdict(false), Verdict::WouldDrop);
         assert_eq!(Reason::Malformed.verdict(false), Verdict::WouldDrop);
+        assert_eq!(Reason::BadAck.verdict(false), Verdict::WouldDrop);
+        assert_eq!(Reason::UdpFromRanges.verdict(true), Verdict::Drop);
+        assert_eq!(Reason::SynCookie.verdict(true), Verdict::Answered);
+        assert!(Reason::SynCookie.answers() && !Reason::SynCookie.drops());
+    }
+
+    /// Padding in a pinned value would hold bytes the kernel never
+    /// initialised; every field is a u32 or made of them.
+    #[test]
+    fn settings_have_no_padding() {
+        assert_eq!(core::mem::size_of::<CookieOptions>(), 16);
+        assert_eq!(core::mem::size_of::<Settings>(), 4 * 4 + 16);
     }
 }

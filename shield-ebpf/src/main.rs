@@ -8,6 +8,7 @@
 #![no_main]
 
 mod program;
+mod tcp;
 
 use core::mem::size_of;
 
@@ -94,8 +95,8 @@ fn try_shield(ctx: &XdpContext) -> Result<u32, MissingEntry> {
     // Each family gets its own copy of the judging code (generic over the
     // address), so the fast path never builds or matches a family enum.
     let reason = match ethernet(ctx) {
-        Some((ETH_P_IPV4, l3)) => judge(walk_ipv4(ctx, l3), policy),
-        Some((ETH_P_IPV6, l3)) => judge(walk_ipv6(ctx, l3), policy),
+        Some((ETH_P_IPV4, l3)) => judge(ctx, walk_ipv4(ctx, l3), policy),
+        Some((ETH_P_IPV6, l3)) => judge(ctx, walk_ipv6(ctx, l3), policy),
         _ => Reason::NonIp,
     };
     let verdict = reason.verdict(enforce);
@@ -107,6 +108,9 @@ fn try_shield(ctx: &XdpContext) -> Result<u32, MissingEntry> {
         .ok_or(MissingEntry)?;
     counter.packets += 1;
     counter.bytes += (ctx.data_end() - ctx.data()) as u64;
+    if reason.answers() {
+        return Ok(xdp_action::XDP_TX);
+    }
     if !reason.drops() {
         return Ok(xdp_action::XDP_PASS);
     }
@@ -175,7 +179,7 @@ fn describe<A: Address>(walk: Option<Walk<A>>, event: &mut DropEvent) -> bool {
         return false;
     };
     walk.source.describe(event);
-    if let Transport::Port(protocol, port) = walk.transport {
+    if let Transport::Port(protocol, port, _) = walk.transport {
         event.port = port;
         event.protocol = match protocol {
             PortProtocol::Tcp => IPPROTO_TCP,
@@ -218,6 +222,20 @@ impl<const LEN: usize> Header<LEN> {
     fn be16<const AT: usize>(self) -> u16 {
         u16::from_be(self.field::<u16, AT>())
     }
+
+    /// Writes the field of type `T` at byte `AT`, bounded as [`Header::field`] is.
+    #[inline(always)]
+    fn set<T: Copy, const AT: usize>(self, value: T) {
+        const { assert!(AT + size_of::<T>() <= LEN) };
+        // SAFETY: as in `field`; XDP may write the packet it was given.
+        unsafe { core::ptr::write_unaligned((self.start + AT) as *mut T, value) }
+    }
+
+    /// Where the header starts, for the helpers that read it.
+    #[inline(always)]
+    fn pointer(self) -> *mut core::ffi::c_void {
+        self.start as *mut core::ffi::c_void
+    }
 }
 
 /// The ethertype after at most [`MAX_VLAN_TAGS`] tags, and where the L3
@@ -240,15 +258,35 @@ fn ethernet(ctx: &XdpContext) -> Option<(u16, usize)> {
     Some((ethertype, offset))
 }
 
-/// A source address of one family, and how to judge it.
+/// The IP header of one family: how to judge its source, and what the
+/// answers to TCP from inside the ranges need of it (`tcp`).
 trait Address: Copy {
+    /// IP and TCP fixed headers together: an MTU less this is the MSS.
+    const HEADERS_LEN: u32;
     /// Whether an allowed prefix holds this address.
     fn is_allowed(&self) -> bool;
     fn describe(&self, event: &mut DropEvent);
+    /// The fixed IP header and its length, for the socket helpers.
+    fn header(&self) -> (*mut core::ffi::c_void, u32);
+    /// Fills the socket tuple for a TCP segment whose ports (as on the
+    /// wire) are `ports`; returns the tuple's size.
+    fn tuple(&self, ports: u32, tuple: &mut [u32; 9]) -> u32;
+    /// How many bytes the IP header says its payload holds.
+    fn payload_len(&self) -> usize;
+    /// The pseudo header's addresses, summed as native-order words for
+    /// the TCP checksum (the order of source and destination is moot).
+    fn address_sum(&self) -> u64;
+    /// Makes the header the answer's: addresses swapped, fresh hop limit,
+    /// no flow or fragment state, checksum recomputed.
+    fn turn_around(&self);
 }
 
+/// The IPv4 header and its source, read once.
 #[derive(Clone, Copy)]
-struct V4([u8; 4]);
+struct V4 {
+    source: [u8; 4],
+    header: Header<IPV4_MIN_HEADER_LEN>,
+}
 
 /// The IPv6 header, whose source is read where it is needed: the
 /// prefilter wants only its first bytes.
@@ -257,20 +295,74 @@ struct V6(Header<IPV6_HEADER_LEN>);
 
 const IPV6_SOURCE_AT: usize = 8;
 
+/// The hop limit of an answer, as Linux's default.
+const ANSWER_TTL: u8 = 64;
+
 impl Address for V4 {
+    const HEADERS_LEN: u32 = (IPV4_MIN_HEADER_LEN + TCP_MIN_HEADER_LEN) as u32;
+
     #[inline(always)]
     fn is_allowed(&self) -> bool {
-        may_be_allowed(&PREFILTER_V4, self.0) && ALLOW_V4.get(Key::new(32, self.0)).is_some()
+        may_be_allowed(&PREFILTER_V4, self.source)
+            && ALLOW_V4.get(Key::new(32, self.source)).is_some()
     }
 
     #[inline(always)]
     fn describe(&self, event: &mut DropEvent) {
         event.family = 4;
-        event.source[..4].copy_from_slice(&self.0);
+        event.source[..4].copy_from_slice(&self.source);
+    }
+
+    #[inline(always)]
+    fn header(&self) -> (*mut core::ffi::c_void, u32) {
+        (self.header.pointer(), IPV4_MIN_HEADER_LEN as u32)
+    }
+
+    #[inline(always)]
+    fn tuple(&self, ports: u32, tuple: &mut [u32; 9]) -> u32 {
+        tuple[0] = self.header.field::<u32, 12>();
+        tuple[1] = self.header.field::<u32, 16>();
+        tuple[2] = ports;
+        12
+    }
+
+    #[inline(always)]
+    fn payload_len(&self) -> usize {
+        // Only asked of a header without options.
+        (self.header.be16::<2>() as usize).saturating_sub(IPV4_MIN_HEADER_LEN)
+    }
+
+    #[inline(always)]
+    fn address_sum(&self) -> u64 {
+        self.header.field::<u32, 12>() as u64 + self.header.field::<u32, 16>() as u64
+    }
+
+    #[inline(always)]
+    fn turn_around(&self) {
+        let h = self.header;
+        let source = h.field::<u32, 12>();
+        let destination = h.field::<u32, 16>();
+        h.set::<u32, 12>(destination);
+        h.set::<u32, 16>(source);
+        h.set::<u8, 1>(0);
+        // Identification 0 and don't-fragment, as Linux sends a SYN-ACK.
+        h.set::<u16, 4>(0);
+        h.set::<u16, 6>(0x4000u16.to_be());
+        h.set::<u8, 8>(ANSWER_TTL);
+        h.set::<u16, 10>(0);
+        let mut sum = 0u64;
+        sum += h.field::<u32, 0>() as u64;
+        sum += h.field::<u32, 4>() as u64;
+        sum += h.field::<u32, 8>() as u64;
+        sum += h.field::<u32, 12>() as u64;
+        sum += h.field::<u32, 16>() as u64;
+        h.set::<u16, 10>(tcp::fold(sum));
     }
 }
 
 impl Address for V6 {
+    const HEADERS_LEN: u32 = (IPV6_HEADER_LEN + TCP_MIN_HEADER_LEN) as u32;
+
     #[inline(always)]
     fn is_allowed(&self) -> bool {
         may_be_allowed(&PREFILTER_V6, self.0.field::<[u8; 4], IPV6_SOURCE_AT>())
@@ -284,13 +376,63 @@ impl Address for V6 {
         event.family = 6;
         event.source = self.0.field::<[u8; 16], IPV6_SOURCE_AT>();
     }
+
+    #[inline(always)]
+    fn header(&self) -> (*mut core::ffi::c_void, u32) {
+        (self.0.pointer(), IPV6_HEADER_LEN as u32)
+    }
+
+    #[inline(always)]
+    fn tuple(&self, ports: u32, tuple: &mut [u32; 9]) -> u32 {
+        let h = self.0;
+        tuple[0] = h.field::<u32, 8>();
+        tuple[1] = h.field::<u32, 12>();
+        tuple[2] = h.field::<u32, 16>();
+        tuple[3] = h.field::<u32, 20>();
+        tuple[4] = h.field::<u32, 24>();
+        tuple[5] = h.field::<u32, 28>();
+        tuple[6] = h.field::<u32, 32>();
+        tuple[7] = h.field::<u32, 36>();
+        tuple[8] = ports;
+        36
+    }
+
+    #[inline(always)]
+    fn payload_len(&self) -> usize {
+        self.0.be16::<4>() as usize
+    }
+
+    #[inline(always)]
+    fn address_sum(&self) -> u64 {
+        let h = self.0;
+        h.field::<u32, 8>() as u64
+            + h.field::<u32, 12>() as u64
+            + h.field::<u32, 16>() as u64
+            + h.field::<u32, 20>() as u64
+            + h.field::<u32, 24>() as u64
+            + h.field::<u32, 28>() as u64
+            + h.field::<u32, 32>() as u64
+            + h.field::<u32, 36>() as u64
+    }
+
+    #[inline(always)]
+    fn turn_around(&self) {
+        let h = self.0;
+        let source = h.field::<[u8; 16], 8>();
+        let destination = h.field::<[u8; 16], 24>();
+        h.set::<[u8; 16], 8>(destination);
+        h.set::<[u8; 16], 24>(source);
+        // Version 6, no traffic class or flow label.
+        h.set::<u32, 0>(0x6000_0000u32.to_be());
+        h.set::<u8, 7>(ANSWER_TTL);
+    }
 }
 
 /// What the L3/L4 walk learned about the packet, before the source is judged.
 #[derive(Clone, Copy)]
 enum Transport {
-    /// TCP or UDP to this destination port.
-    Port(PortProtocol, u16),
+    /// TCP or UDP to this destination port, its header at this offset.
+    Port(PortProtocol, u16, usize),
     /// Some other protocol, or an IPv6 chain ending in a header we do not walk.
     Other,
     /// A non-first fragment: no transport header to read.
@@ -304,6 +446,9 @@ struct Walk<A> {
     source: A,
     transport: Transport,
     fragment: bool,
+    /// The transport header follows the fixed IP header directly: no IPv4
+    /// options, no IPv6 extension headers.
+    plain: bool,
 }
 
 impl<A> Walk<A> {
@@ -313,13 +458,14 @@ impl<A> Walk<A> {
             source,
             transport: Transport::Malformed,
             fragment,
+            plain: false,
         })
     }
 }
 
 /// The policy, given the walk (`None`: IP, but too short to hold a source).
 #[inline(always)]
-fn judge<A: Address>(walk: Option<Walk<A>>, policy: &Policy) -> Reason {
+fn judge<A: Address>(ctx: &XdpContext, walk: Option<Walk<A>>, policy: &Policy) -> Reason {
     let Some(walk) = walk else {
         return Reason::Malformed;
     };
@@ -327,11 +473,20 @@ fn judge<A: Address>(walk: Option<Walk<A>>, policy: &Policy) -> Reason {
         return judge_source(walk.source, Reason::Fragment);
     }
     match walk.transport {
-        Transport::Port(protocol, port) => {
-            if policy.protects(protocol, port) {
-                judge_source(walk.source, Reason::OutsideRanges)
-            } else {
-                Reason::Unprotected
+        Transport::Port(protocol, port, l4) => {
+            if !policy.protects(protocol, port) {
+                return Reason::Unprotected;
+            }
+            if !walk.source.is_allowed() {
+                return Reason::OutsideRanges;
+            }
+            let settings = &policy.settings;
+            match protocol {
+                PortProtocol::Udp if settings.drop_udp_from_ranges != 0 => Reason::UdpFromRanges,
+                PortProtocol::Tcp if settings.syn_cookies != 0 => {
+                    tcp::judge(ctx, &walk, l4, settings)
+                }
+                _ => Reason::Allowed,
             }
         }
         Transport::Other => Reason::Unprotected,
@@ -363,7 +518,10 @@ fn may_be_allowed(prefilter: &Array<u64>, first_four: [u8; 4]) -> bool {
 #[inline(always)]
 fn walk_ipv4(ctx: &XdpContext, offset: usize) -> Option<Walk<V4>> {
     let header = Header::<IPV4_MIN_HEADER_LEN>::at(ctx, offset)?;
-    let source = V4(header.field::<[u8; 4], 12>());
+    let source = V4 {
+        source: header.field::<[u8; 4], 12>(),
+        header,
+    };
     let version_ihl = header.field::<u8, 0>();
     let header_len = ((version_ihl & 0x0f) as usize) * 4;
     if version_ihl >> 4 != 4
@@ -384,6 +542,7 @@ fn walk_ipv4(ctx: &XdpContext, offset: usize) -> Option<Walk<V4>> {
         source,
         transport,
         fragment: fragment_offset != 0 || more_fragments,
+        plain: header_len == IPV4_MIN_HEADER_LEN,
     })
 }
 
@@ -397,6 +556,17 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk<V6>> {
     }
     let mut next_header = header.field::<u8, 6>();
     let mut offset = offset + IPV6_HEADER_LEN;
+    // Transport right after the fixed header, nearly every packet: its own
+    // return, so `plain` is a constant on each path and the verifier never
+    // follows the answers to in-range SYNs past an extension header.
+    if next_header == IPPROTO_TCP || next_header == IPPROTO_UDP {
+        return Some(Walk {
+            source,
+            transport: transport_at(ctx, next_header, offset),
+            fragment: false,
+            plain: true,
+        });
+    }
     let mut fragment = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let header_len = match next_header {
@@ -431,6 +601,7 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk<V6>> {
                         source,
                         transport: Transport::NonFirstFragment,
                         fragment,
+                        plain: false,
                     });
                 }
                 next_header = ext.field::<u8, 0>();
@@ -441,6 +612,7 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk<V6>> {
                     source,
                     transport: transport_at(ctx, next_header, offset),
                     fragment,
+                    plain: false,
                 })
             }
         };
@@ -457,6 +629,7 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk<V6>> {
         source,
         transport,
         fragment,
+        plain: false,
     })
 }
 
@@ -474,7 +647,7 @@ fn transport_at(ctx: &XdpContext, protocol: u8, offset: usize) -> Transport {
         PortProtocol::Udp
     };
     match port {
-        Some(port) => Transport::Port(protocol, port),
+        Some(port) => Transport::Port(protocol, port, offset),
         None => Transport::Malformed,
     }
 }

@@ -60,6 +60,10 @@ fn main() -> anyhow::Result<()> {
         fragments: FragmentPolicy::JudgeFirst,
         protected_tcp_ports: [80, 443].into(),
         protected_udp_ports: [443].into(),
+        // The shipped defaults: syn_cookies = "flood", udp_from_ranges = "drop".
+        syn_cookies: true,
+        drop_udp_from_ranges: true,
+        cookie: Default::default(),
     };
     write_policy(program.maps(), &settings, &[])?;
     let cloudflare = RangeSet::snapshot();

@@ -157,7 +157,13 @@ impl Daemon {
         if let Some(dataplane) = self.dataplane.as_mut() {
             let allowlist =
                 ranges::tagged_allowlist(self.ranges.current(), &config.ranges.extra_allow);
-            let settings = DataplaneSettings::from_config(config);
+            let settings = match DataplaneSettings::prepare(config, dataplane.layout()) {
+                Ok((settings, _)) => settings,
+                Err(error) => {
+                    tracing::error!(error = %Chain(&error), "reload refused: cannot apply [xdp].syn_cookies; keeping the running config");
+                    return false;
+                }
+            };
             match dataplane::write_policy(dataplane.maps(), &settings, &allowlist) {
                 Ok(stats) => {
                     tracing::info!(added = stats.added, removed = stats.removed, "reloaded")

@@ -13,10 +13,11 @@ use std::{
 
 use ipnetwork::IpNetwork;
 use shield_common::{
-    FragmentPolicy, PortProtocol, Reason, Verdict, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
+    CookieOptions, FragmentPolicy, PortProtocol, Reason, Verdict, COOKIE_TIMESTAMPS,
+    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
 };
 
-use crate::config::XdpConfig;
+use crate::config::{SynCookies, UdpFromRanges, XdpConfig};
 
 /// The allowed prefixes with the longest-prefix match the kernel's LPM trie
 /// performs.
@@ -44,7 +45,7 @@ impl Allowlist {
 }
 
 /// The reference classifier, holding everything the verdict depends on:
-/// the dataplane's settings and maps.
+/// the dataplane's settings and maps, and what the kernel's sockets say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classifier {
     pub enforce: bool,
@@ -52,6 +53,29 @@ pub struct Classifier {
     pub protected_tcp_ports: BTreeSet<u16>,
     pub protected_udp_ports: BTreeSet<u16>,
     pub allowed: Allowlist,
+    /// SYN cookies and the stray-ACK check (`[xdp].syn_cookies` not "off").
+    pub syn_cookies: bool,
+    pub drop_udp_from_ranges: bool,
+    /// How cookie SYN-ACKs are built; decides which SYNs one fits.
+    pub cookie: CookieOptions,
+    pub sockets: Sockets,
+}
+
+/// What the kernel's socket table holds, which the XDP program asks about
+/// TCP from inside the ranges and a packet alone does not tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sockets {
+    /// Ports with a TCP listener (on any address).
+    pub listening: BTreeSet<u16>,
+    /// Whether a listener issues SYN cookies now: `tcp_syncookies = 2`, or
+    /// its SYN queue is full.
+    pub issuing_cookies: bool,
+    /// Flows a socket other than a listener owns (established, request or
+    /// time-wait): source, source port, destination port.
+    pub connections: BTreeSet<(IpAddr, u16, u16)>,
+    /// ACKs that carry a cookie the kernel issued: source, source port,
+    /// destination port, acknowledgement number.
+    pub cookie_acks: BTreeSet<(IpAddr, u16, u16, u32)>,
 }
 
 /// The verdict for one packet and why.
@@ -93,26 +117,46 @@ fn protocol_number(protocol: PortProtocol) -> u8 {
 }
 
 /// What parsing found before the allowlist is consulted.
-enum Parsed {
+enum Parsed<'a> {
     NotIp,
     /// IP ethertype, but not even the source address is there.
     NoSource,
     Ip {
         source: IpAddr,
         fragment: bool,
-        transport: Transport,
+        transport: Transport<'a>,
     },
 }
 
-enum Transport {
-    Port(PortProtocol, u16),
+enum Transport<'a> {
+    Port(PortProtocol, u16, Segment<'a>),
     Other,
     NonFirstFragment,
     Malformed,
 }
 
+/// The transport header and what the IP header says about it.
+#[derive(Clone, Copy)]
+struct Segment<'a> {
+    /// From the transport header to the frame's end.
+    bytes: &'a [u8],
+    /// Right after the fixed IP header: no IPv4 options or IPv6 extensions.
+    plain: bool,
+    /// Payload length by the IP header (IPv4 without options: total less 20).
+    ip_payload: usize,
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
 impl Classifier {
     /// What the dataplane does under these settings with this allowlist.
+    ///
+    /// The sockets are assumed as on a host running shield: a listener on
+    /// every protected TCP port, issuing cookies only under "always", and
+    /// no connection.
     pub fn new(xdp: &XdpConfig, allowed: Allowlist) -> Classifier {
         Classifier {
             enforce: xdp.enforce,
@@ -120,11 +164,20 @@ impl Classifier {
             protected_tcp_ports: xdp.protected_tcp_ports.iter().copied().collect(),
             protected_udp_ports: xdp.protected_udp_ports.iter().copied().collect(),
             allowed,
+            syn_cookies: xdp.syn_cookies != SynCookies::Off,
+            drop_udp_from_ranges: xdp.udp_from_ranges == UdpFromRanges::Drop,
+            cookie: CookieOptions::default(),
+            sockets: Sockets {
+                listening: xdp.protected_tcp_ports.iter().copied().collect(),
+                issuing_cookies: xdp.syn_cookies == SynCookies::Always,
+                ..Sockets::default()
+            },
         }
     }
 
     /// The verdict the dataplane gives this Ethernet frame.
     pub fn classify_packet(&self, frame: &[u8]) -> Decision {
+        let tagged = matches!(be16(frame, 12), Some(ETH_P_8021Q | ETH_P_8021AD));
         let (reason, matched) = match parse(frame) {
             Parsed::NotIp => (Reason::NonIp, None),
             Parsed::NoSource => (Reason::Malformed, None),
@@ -132,7 +185,7 @@ impl Classifier {
                 source,
                 fragment,
                 transport,
-            } => self.judge(source, fragment, transport),
+            } => self.judge(source, fragment, tagged, transport),
         };
         Decision {
             reason,
@@ -145,6 +198,7 @@ impl Classifier {
         &self,
         source: IpAddr,
         fragment: bool,
+        tagged: bool,
         transport: Transport,
     ) -> (Reason, Option<IpNetwork>) {
         let by_source = |otherwise: Reason| match self.allowed.longest_match(source) {
@@ -155,13 +209,105 @@ impl Classifier {
             return by_source(Reason::Fragment);
         }
         match transport {
-            Transport::Port(protocol, port) if self.is_protected(protocol, port) => {
-                by_source(Reason::OutsideRanges)
+            Transport::Port(protocol, port, segment) if self.is_protected(protocol, port) => {
+                match by_source(Reason::OutsideRanges) {
+                    (Reason::Allowed, prefix) => {
+                        let answerable = !fragment && !tagged;
+                        (
+                            self.judge_from_ranges(source, answerable, protocol, segment),
+                            prefix,
+                        )
+                    }
+                    outside => outside,
+                }
             }
             Transport::Port(..) | Transport::Other => (Reason::Unprotected, None),
             Transport::NonFirstFragment => (Reason::NonFirstFragment, None),
             Transport::Malformed => by_source(Reason::Malformed),
         }
+    }
+
+    /// TCP or UDP to a protected port from inside the ranges. Only an
+    /// `answerable` SYN (unfragmented, in an untagged frame) gets a cookie.
+    fn judge_from_ranges(
+        &self,
+        source: IpAddr,
+        answerable: bool,
+        protocol: PortProtocol,
+        segment: Segment<'_>,
+    ) -> Reason {
+        match protocol {
+            PortProtocol::Udp if self.drop_udp_from_ranges => Reason::UdpFromRanges,
+            PortProtocol::Tcp if self.syn_cookies => {
+                self.judge_tcp_from_ranges(source, answerable, segment)
+            }
+            _ => Reason::Allowed,
+        }
+    }
+
+    fn judge_tcp_from_ranges(
+        &self,
+        source: IpAddr,
+        answerable: bool,
+        segment: Segment<'_>,
+    ) -> Reason {
+        let tcp = segment.bytes;
+        let (Some(sport), Some(dport), Some(&flags)) = (be16(tcp, 0), be16(tcp, 2), tcp.get(13))
+        else {
+            return Reason::Allowed;
+        };
+        if flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
+            let ack = tcp
+                .get(8..12)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(0);
+            let sockets = &self.sockets;
+            let owned = sockets.connections.contains(&(source, sport, dport))
+                || (sockets.listening.contains(&dport)
+                    && sockets.cookie_acks.contains(&(source, sport, dport, ack)));
+            return if owned {
+                Reason::Allowed
+            } else {
+                Reason::BadAck
+            };
+        }
+        if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) != TCP_SYN
+            || !self.enforce
+            || !answerable
+            || !segment.plain
+        {
+            return Reason::Allowed;
+        }
+        let header_len = usize::from(tcp[12] >> 4) * 4;
+        if header_len < 20 || segment.ip_payload != header_len || tcp.len() < header_len {
+            return Reason::Allowed;
+        }
+        let Some(offer) = syn_offer(&tcp[20..header_len]) else {
+            return Reason::Allowed;
+        };
+        if !self.sockets.listening.contains(&dport) || !self.sockets.issuing_cookies {
+            return Reason::Allowed;
+        }
+        // The answer's length: a bare header for a SYN without options,
+        // else an MSS, then the timestamp block and the window scale when
+        // they may be mirrored.
+        let answer_len = if header_len == 20 {
+            20
+        } else if offer.timestamp && self.cookie.flags & COOKIE_TIMESTAMPS != 0 {
+            let scale =
+                offer.window_scale && self.cookie.flags & shield_common::COOKIE_WINDOW_SCALING != 0;
+            if scale {
+                40
+            } else {
+                36
+            }
+        } else {
+            24
+        };
+        if answer_len > header_len {
+            return Reason::Allowed;
+        }
+        Reason::SynCookie
     }
 
     fn is_protected(&self, protocol: PortProtocol, port: u16) -> bool {
@@ -222,11 +368,51 @@ pub fn flow_packet(source: IpAddr, protocol: PortProtocol, port: u16) -> Vec<u8>
     frame
 }
 
+/// Which options a SYN offered, of those a cookie SYN-ACK mirrors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SynOffer {
+    pub timestamp: bool,
+    pub sack: bool,
+    pub window_scale: bool,
+}
+
+/// The SYN's options as the kernel would take them; `None` when they do
+/// not parse (a length under two or past the end, a known option of the
+/// wrong length), which no cookie answers.
+pub fn syn_offer(options: &[u8]) -> Option<SynOffer> {
+    let mut offer = SynOffer::default();
+    let mut rest = options;
+    while let Some(&kind) = rest.first() {
+        match kind {
+            0 => break,
+            1 => {
+                rest = &rest[1..];
+                continue;
+            }
+            _ => {}
+        }
+        let size = usize::from(*rest.get(1)?);
+        if size < 2 || size > rest.len() {
+            return None;
+        }
+        match (kind, size) {
+            (2, 4) => {}
+            (3, 3) => offer.window_scale = true,
+            (4, 2) => offer.sack = true,
+            (8, 10) => offer.timestamp = true,
+            (2 | 3 | 4 | 8, _) => return None,
+            _ => {}
+        }
+        rest = &rest[size..];
+    }
+    Some(offer)
+}
+
 fn be16(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
 }
 
-fn parse(frame: &[u8]) -> Parsed {
+fn parse(frame: &[u8]) -> Parsed<'_> {
     let Some(mut ethertype) = be16(frame, 12) else {
         return Parsed::NotIp;
     };
@@ -247,7 +433,7 @@ fn parse(frame: &[u8]) -> Parsed {
     }
 }
 
-fn parse_ipv4(packet: &[u8]) -> Parsed {
+fn parse_ipv4(packet: &[u8]) -> Parsed<'_> {
     if packet.len() < 20 {
         return Parsed::NoSource;
     }
@@ -265,10 +451,16 @@ fn parse_ipv4(packet: &[u8]) -> Parsed {
     let field = u16::from_be_bytes([packet[6], packet[7]]);
     let offset = field & 0x1fff;
     let more = field & 0x2000 != 0;
+    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
     let transport = if offset != 0 {
         Transport::NonFirstFragment
     } else {
-        transport(packet[9], &packet[header_len..])
+        transport(
+            packet[9],
+            &packet[header_len..],
+            header_len == 20,
+            total.saturating_sub(20),
+        )
     };
     Parsed::Ip {
         source,
@@ -277,7 +469,7 @@ fn parse_ipv4(packet: &[u8]) -> Parsed {
     }
 }
 
-fn parse_ipv6(packet: &[u8]) -> Parsed {
+fn parse_ipv6(packet: &[u8]) -> Parsed<'_> {
     if packet.len() < 40 {
         return Parsed::NoSource;
     }
@@ -293,6 +485,7 @@ fn parse_ipv6(packet: &[u8]) -> Parsed {
         return malformed(false);
     }
     let mut next = packet[6];
+    let payload = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
     let mut rest = &packet[40..];
     let mut fragment = false;
     let mut walked = 0;
@@ -332,7 +525,7 @@ fn parse_ipv6(packet: &[u8]) -> Parsed {
                 return Parsed::Ip {
                     source,
                     fragment,
-                    transport: transport(protocol, rest),
+                    transport: transport(protocol, rest, walked == 0, payload),
                 }
             }
         };
@@ -344,7 +537,7 @@ fn parse_ipv6(packet: &[u8]) -> Parsed {
     }
 }
 
-fn transport(protocol: u8, l4: &[u8]) -> Transport {
+fn transport(protocol: u8, l4: &[u8], plain: bool, ip_payload: usize) -> Transport<'_> {
     let (protocol, min_len) = match protocol {
         IPPROTO_TCP => (PortProtocol::Tcp, 20),
         IPPROTO_UDP => (PortProtocol::Udp, 8),
@@ -353,7 +546,15 @@ fn transport(protocol: u8, l4: &[u8]) -> Transport {
     if l4.len() < min_len {
         return Transport::Malformed;
     }
-    Transport::Port(protocol, u16::from_be_bytes([l4[2], l4[3]]))
+    Transport::Port(
+        protocol,
+        u16::from_be_bytes([l4[2], l4[3]]),
+        Segment {
+            bytes: l4,
+            plain,
+            ip_payload,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -370,6 +571,10 @@ mod tests {
                 "173.245.48.0/20".parse().unwrap(),
                 "2400:cb00::/32".parse().unwrap(),
             ]),
+            syn_cookies: false,
+            drop_udp_from_ranges: false,
+            cookie: CookieOptions::default(),
+            sockets: Sockets::default(),
         }
     }
 
@@ -429,6 +634,98 @@ mod tests {
             Some("10.0.0.0/8".parse().unwrap())
         );
         assert_eq!(list.longest_match("11.0.0.1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn traffic_from_inside_meets_the_flood_policy() {
+        let mut policy = policy();
+        policy.syn_cookies = true;
+        policy.drop_udp_from_ranges = true;
+        policy.sockets.listening.insert(443);
+        let inside = "173.245.48.1".parse().unwrap();
+        let verdict = |policy: &Classifier, protocol, port| {
+            policy.classify_flow(inside, protocol, port).to_string()
+        };
+        // The prefix the source matched is named: it is why the rule applies.
+        assert_eq!(
+            verdict(&policy, PortProtocol::Udp, 443),
+            "drop udp_from_ranges 173.245.48.0/20"
+        );
+        assert_eq!(verdict(&policy, PortProtocol::Udp, 53), "pass unprotected");
+        // A listener that issues no cookie now: the SYN goes to the kernel.
+        assert_eq!(
+            verdict(&policy, PortProtocol::Tcp, 443),
+            "pass allowed 173.245.48.0/20"
+        );
+        policy.sockets.issuing_cookies = true;
+        assert_eq!(
+            verdict(&policy, PortProtocol::Tcp, 443),
+            "answered syn_cookie 173.245.48.0/20"
+        );
+        // No listener on 80: the kernel answers with a reset.
+        assert_eq!(
+            verdict(&policy, PortProtocol::Tcp, 80),
+            "pass allowed 173.245.48.0/20"
+        );
+        // Monitor mode never answers.
+        policy.enforce = false;
+        assert_eq!(
+            verdict(&policy, PortProtocol::Tcp, 443),
+            "pass allowed 173.245.48.0/20"
+        );
+        policy.enforce = true;
+        let mut ack = flow_packet(inside, PortProtocol::Tcp, 443);
+        let flags = ack.len() - 20 + 13;
+        ack[flags] = 0x10;
+        assert_eq!(policy.classify_packet(&ack).reason, Reason::BadAck);
+        policy.sockets.connections.insert((inside, 40000, 443));
+        assert_eq!(policy.classify_packet(&ack).reason, Reason::Allowed);
+        policy.syn_cookies = false;
+        policy.drop_udp_from_ranges = false;
+        policy.sockets = Sockets::default();
+        assert_eq!(policy.classify_packet(&ack).reason, Reason::Allowed);
+        assert_eq!(
+            verdict(&policy, PortProtocol::Udp, 443),
+            "pass allowed 173.245.48.0/20"
+        );
+    }
+
+    #[test]
+    fn syn_options_parse_as_the_kernel_takes_them() {
+        let linux = [
+            2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        assert_eq!(
+            syn_offer(&linux),
+            Some(SynOffer {
+                timestamp: true,
+                sack: true,
+                window_scale: true
+            })
+        );
+        let windows = [2, 4, 5, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2];
+        assert_eq!(
+            syn_offer(&windows),
+            Some(SynOffer {
+                timestamp: false,
+                sack: true,
+                window_scale: true
+            })
+        );
+        // End of options stops the walk; what follows is not read.
+        assert_eq!(syn_offer(&[0, 0xff, 0xff, 0xff]), Some(SynOffer::default()));
+        // Unknown options are skipped by their length.
+        assert_eq!(syn_offer(&[34, 2, 1, 1]), Some(SynOffer::default()));
+        for malformed in [
+            &[2, 4, 5][..],
+            &[2, 0, 0, 0],
+            &[3, 4, 7, 0],
+            &[8, 10, 0, 0],
+            &[4],
+            &[30, 9, 0, 0],
+        ] {
+            assert_eq!(syn_offer(malformed), None, "{malformed:?}");
+        }
     }
 
     #[test]

@@ -61,6 +61,9 @@ fn steady_address_is_never_dropped_during_1000_flips() {
         fragments: FragmentPolicy::JudgeFirst,
         protected_tcp_ports: [80, 443].into(),
         protected_udp_ports: [443].into(),
+        syn_cookies: false,
+        drop_udp_from_ranges: false,
+        cookie: Default::default(),
     };
     let (a, b) = sets();
     let list_a = tagged_allowlist(&a, &extras(0x0b00_0000)); // 11.0.0.0/16 area

@@ -7,9 +7,16 @@
 
 use ipnetwork::IpNetwork;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use shield::dataplane::testrun::TestProgram;
+use std::net::TcpListener;
+
+use shield::dataplane::{sysctl::TcpSysctls, testrun::TestProgram};
 use shield_common::FragmentPolicy;
-use shield_test_support::{packet::*, require_root, xdp::*};
+use shield_test_support::{
+    netns::{isolated, set_sysctl},
+    packet::*,
+    require_root,
+    xdp::*,
+};
 
 struct Generator {
     rng: StdRng,
@@ -85,9 +92,46 @@ impl Generator {
         }
     }
 
+    /// A TCP header: a bare SYN, or any flags with options as real stacks
+    /// send them, random, malformed or none, and sometimes data.
+    fn tcp(&mut self) -> Vec<u8> {
+        let port = self.port();
+        if self.rng.random_bool(0.3) {
+            return tcp(port);
+        }
+        let flags = match self.rng.random_range(0..8) {
+            0..=2 => SYN,
+            3 | 4 => ACK,
+            5 => SYN | ACK,
+            6 => [RST, FIN | ACK, SYN | RST, SYN | FIN, PSH | ACK, 0][self.rng.random_range(0..6)],
+            _ => self.rng.random(),
+        };
+        let options = match self.rng.random_range(0..6) {
+            0 | 1 => linux_syn_options(1460, self.rng.random(), self.rng.random_range(0..16)),
+            2 => vec![2, 4, 5, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2],
+            3 => Vec::new(),
+            4 => (0..self.rng.random_range(0..=40))
+                .map(|_| self.rng.random_range(0..12))
+                .collect(),
+            _ => {
+                let mut options = linux_syn_options(1460, 7, 7);
+                let at = self.rng.random_range(0..options.len());
+                options[at] = self.rng.random();
+                options
+            }
+        };
+        let mut segment = Segment::syn("192.0.2.9", "192.0.2.1", port, &options);
+        segment.flags = flags;
+        segment.ack = self.rng.random();
+        if self.rng.random_bool(0.1) {
+            segment.payload = vec![0x47; self.rng.random_range(1..40)];
+        }
+        segment.tcp_bytes()
+    }
+
     fn transport(&mut self) -> (u8, Vec<u8>) {
         match self.rng.random_range(0..10) {
-            0..=4 => (TCP, tcp(self.port())),
+            0..=4 => (TCP, self.tcp()),
             5..=7 => (UDP, udp(self.port())),
             8 => (ICMP, vec![8, 0, 0, 0, 0, 0, 0, 0]),
             _ => (
@@ -175,8 +219,16 @@ impl Generator {
             frame.extend_from_slice(&header);
         }
         frame.extend_from_slice(&l4);
+        // The payload length, right but now and then.
+        let l3 = 14 + 4 * tags.len();
+        let payload = if self.rng.random_bool(0.9) {
+            (frame.len() - l3 - 40) as u16
+        } else {
+            self.rng.random()
+        };
+        frame[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
         if self.rng.random_bool(0.03) {
-            frame[14 + 4 * tags.len()] = self.rng.random();
+            frame[l3] = self.rng.random();
         }
         frame
     }
@@ -214,10 +266,10 @@ const CASES: usize = 1_000_000;
 const BATCH: usize = 4096;
 
 fn expected_action(expected: &shield::policy::Decision) -> u32 {
-    if expected.verdict == shield_common::Verdict::Drop {
-        XDP_DROP
-    } else {
-        XDP_PASS
+    match expected.verdict {
+        shield_common::Verdict::Drop => XDP_DROP,
+        shield_common::Verdict::Answered => XDP_TX,
+        _ => XDP_PASS,
     }
 }
 
@@ -226,6 +278,16 @@ fn kernel_program_matches_reference_classifier() {
     if !require_root() {
         return;
     }
+    // A namespace of its own: a listener on 443 that issues cookies for
+    // every SYN, as `syn_cookies = "always"` has it, and none on 80.
+    isolated(compare);
+}
+
+fn compare() {
+    set_sysctl("net/ipv4/tcp_syncookies", "2");
+    set_sysctl("net/ipv4/tcp_timestamps", "2");
+    let _listener = TcpListener::bind("[::]:443").unwrap();
+    let cookie = TcpSysctls::read().unwrap().cookie_options(1500);
     let cases: usize = std::env::var("SHIELD_DIFF_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -255,18 +317,25 @@ fn kernel_program_matches_reference_classifier() {
         rng: StdRng::seed_from_u64(seed),
         allowed: prefix_refs.iter().map(|p| p.parse().unwrap()).collect(),
     };
+    // Enforcing or not, fragment policy, in-range floods handled or not.
     let variants = [
-        (true, FragmentPolicy::JudgeFirst),
-        (true, FragmentPolicy::DropOutside),
-        (false, FragmentPolicy::JudgeFirst),
-        (false, FragmentPolicy::DropOutside),
+        (true, FragmentPolicy::JudgeFirst, true),
+        (true, FragmentPolicy::DropOutside, true),
+        (false, FragmentPolicy::JudgeFirst, true),
+        (false, FragmentPolicy::DropOutside, false),
+        (true, FragmentPolicy::JudgeFirst, false),
     ];
     let mut program = TestProgram::load().expect("load XDP program");
     let mut compared = 0usize;
     let mut mismatches = Vec::new();
     let mut by_reason = std::collections::BTreeMap::new();
-    for (i, (enforce, fragments)) in variants.into_iter().enumerate() {
-        let policy = policy(&prefix_refs, enforce, fragments);
+    for (i, (enforce, fragments, in_range)) in variants.into_iter().enumerate() {
+        let mut policy = policy(&prefix_refs, enforce, fragments);
+        policy.syn_cookies = in_range;
+        policy.drop_udp_from_ranges = in_range;
+        policy.cookie = cookie;
+        policy.sockets.listening.insert(443);
+        policy.sockets.issuing_cookies = true;
         apply(&mut program, &policy);
         let share = cases / variants.len() + usize::from(i < cases % variants.len());
         let mut left = share;

@@ -10,6 +10,7 @@
 
 pub mod ebpf;
 pub mod h2raw;
+pub mod netns;
 pub mod packet;
 pub mod pki;
 pub mod process;

@@ -142,3 +142,164 @@ pub fn ipv6_tcp(source: &str, port: u16) -> Vec<u8> {
         &tcp(port),
     ])
 }
+
+/// The one's-complement sum of `bytes` as big-endian 16-bit words, folded
+/// and inverted: the Internet checksum, computed here independently of
+/// the XDP program's own.
+pub fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    let mut odd: Option<u8> = None;
+    for part in parts {
+        for &byte in *part {
+            match odd.take() {
+                Some(high) => sum += u32::from(u16::from_be_bytes([high, byte])),
+                None => odd = Some(byte),
+            }
+        }
+    }
+    if let Some(high) = odd {
+        sum += u32::from(u16::from_be_bytes([high, 0]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// TCP flags.
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const PSH: u8 = 0x08;
+pub const ACK: u8 = 0x10;
+
+/// A TCP segment between two addresses of one family, checksums right.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub source: std::net::IpAddr,
+    pub destination: std::net::IpAddr,
+    pub source_port: u16,
+    pub destination_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    /// Raw option bytes; padded with zeros to a multiple of four.
+    pub options: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl Segment {
+    /// A SYN from `source` to `destination:port` with `options`.
+    pub fn syn(source: &str, destination: &str, port: u16, options: &[u8]) -> Segment {
+        Segment {
+            source: source.parse().expect("test source"),
+            destination: destination.parse().expect("test destination"),
+            source_port: 40000,
+            destination_port: port,
+            seq: 0x1234_5678,
+            ack: 0,
+            flags: SYN,
+            window: 64240,
+            options: options.to_vec(),
+            payload: Vec::new(),
+        }
+    }
+
+    /// The TCP header and payload, checksum included.
+    pub fn tcp_bytes(&self) -> Vec<u8> {
+        let mut options = self.options.clone();
+        while !options.len().is_multiple_of(4) {
+            options.push(0);
+        }
+        let header_len = 20 + options.len();
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&self.source_port.to_be_bytes());
+        tcp[2..4].copy_from_slice(&self.destination_port.to_be_bytes());
+        tcp[4..8].copy_from_slice(&self.seq.to_be_bytes());
+        tcp[8..12].copy_from_slice(&self.ack.to_be_bytes());
+        tcp[12] = ((header_len / 4) as u8) << 4;
+        tcp[13] = self.flags;
+        tcp[14..16].copy_from_slice(&self.window.to_be_bytes());
+        tcp.extend_from_slice(&options);
+        tcp.extend_from_slice(&self.payload);
+        let checksum = tcp_checksum(self.source, self.destination, &tcp);
+        tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
+        tcp
+    }
+
+    /// The Ethernet frame (no VLAN tags) carrying the segment.
+    pub fn frame(&self) -> Vec<u8> {
+        let tcp = self.tcp_bytes();
+        match (self.source, self.destination) {
+            (std::net::IpAddr::V4(source), std::net::IpAddr::V4(destination)) => {
+                let mut ip = vec![0u8; 20];
+                ip[0] = 0x45;
+                ip[2..4].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+                ip[6] = 0x40;
+                ip[8] = 57;
+                ip[9] = TCP;
+                ip[12..16].copy_from_slice(&source.octets());
+                ip[16..20].copy_from_slice(&destination.octets());
+                let checksum = internet_checksum(&[&ip]);
+                ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+                concat(&[&ethernet(&[], ETH_P_IPV4), &ip, &tcp])
+            }
+            (std::net::IpAddr::V6(source), std::net::IpAddr::V6(destination)) => {
+                let mut ip = vec![0u8; 40];
+                ip[0] = 0x60;
+                ip[4..6].copy_from_slice(&(tcp.len() as u16).to_be_bytes());
+                ip[6] = TCP;
+                ip[7] = 57;
+                ip[8..24].copy_from_slice(&source.octets());
+                ip[24..40].copy_from_slice(&destination.octets());
+                concat(&[&ethernet(&[], ETH_P_IPV6), &ip, &tcp])
+            }
+            _ => panic!("a segment's addresses must be of one family"),
+        }
+    }
+}
+
+/// The TCP checksum of `tcp` (header with its checksum field as given,
+/// and payload) between these addresses: 0 when the field is right.
+pub fn tcp_checksum(source: std::net::IpAddr, destination: std::net::IpAddr, tcp: &[u8]) -> u16 {
+    let mut tcp = tcp.to_vec();
+    if tcp.len() >= 18 {
+        tcp[16..18].copy_from_slice(&[0, 0]);
+    }
+    pseudo_checksum(source, destination, &tcp)
+}
+
+/// The checksum over the pseudo header and `tcp` exactly as given: 0 for
+/// a segment whose checksum field is right.
+pub fn pseudo_checksum(source: std::net::IpAddr, destination: std::net::IpAddr, tcp: &[u8]) -> u16 {
+    let length = tcp.len() as u32;
+    match (source, destination) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => internet_checksum(&[
+            &s.octets(),
+            &d.octets(),
+            &[0, TCP],
+            &(length as u16).to_be_bytes(),
+            tcp,
+        ]),
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => internet_checksum(&[
+            &s.octets(),
+            &d.octets(),
+            &length.to_be_bytes(),
+            &[0, 0, 0, TCP],
+            tcp,
+        ]),
+        _ => panic!("a segment's addresses must be of one family"),
+    }
+}
+
+/// The SYN options Linux sends: MSS, SACK-permitted, timestamps, NOP,
+/// window scale.
+pub fn linux_syn_options(mss: u16, timestamp: u32, window_scale: u8) -> Vec<u8> {
+    let mut options = vec![2, 4];
+    options.extend_from_slice(&mss.to_be_bytes());
+    options.extend_from_slice(&[4, 2, 8, 10]);
+    options.extend_from_slice(&timestamp.to_be_bytes());
+    options.extend_from_slice(&[0, 0, 0, 0, 1, 3, 3, window_scale]);
+    options
+}

@@ -6,13 +6,16 @@ use std::collections::BTreeSet;
 use ipnetwork::IpNetwork;
 use shield::{
     dataplane::{testrun::TestProgram, write_policy, DataplaneSettings},
-    policy::{Allowlist, Classifier},
+    policy::{Allowlist, Classifier, Sockets},
 };
-use shield_common::{FragmentPolicy, Reason, Verdict, PREFIX_FROM_RANGES};
+use shield_common::{CookieOptions, FragmentPolicy, Reason, Verdict, PREFIX_FROM_RANGES};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
+/// The policy before in-range floods were handled: SYN cookies off, UDP
+/// from inside the ranges passed.
 pub fn policy(prefixes: &[&str], enforce: bool, fragments: FragmentPolicy) -> Classifier {
     Classifier {
         enforce,
@@ -24,12 +27,19 @@ pub fn policy(prefixes: &[&str], enforce: bool, fragments: FragmentPolicy) -> Cl
                 .iter()
                 .map(|p| p.parse::<IpNetwork>().expect("test prefix")),
         ),
+        syn_cookies: false,
+        drop_udp_from_ranges: false,
+        cookie: CookieOptions::default(),
+        sockets: Sockets::default(),
     }
 }
 
 /// Writes `policy` into the program's maps exactly as the daemon would.
 pub fn apply(program: &mut TestProgram, policy: &Classifier) {
     let settings = DataplaneSettings {
+        syn_cookies: policy.syn_cookies,
+        drop_udp_from_ranges: policy.drop_udp_from_ranges,
+        cookie: policy.cookie,
         enforce: policy.enforce,
         fragments: policy.fragments,
         protected_tcp_ports: policy
@@ -79,10 +89,10 @@ pub fn judge(program: &TestProgram, policy: &Classifier, frame: &[u8]) -> (u32, 
         frame.len() as u64,
         "bytes counter must grow by the frame length"
     );
-    let expected_action = if verdict == Verdict::Drop {
-        XDP_DROP
-    } else {
-        XDP_PASS
+    let expected_action = match verdict {
+        Verdict::Drop => XDP_DROP,
+        Verdict::Answered => XDP_TX,
+        Verdict::Pass | Verdict::WouldDrop => XDP_PASS,
     };
     assert_eq!(
         action, expected_action,

@@ -119,6 +119,31 @@ impl From<Fragments> for shield_common::FragmentPolicy {
     }
 }
 
+/// `[xdp].syn_cookies`: SYNs to protected TCP ports from inside the ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SynCookies {
+    /// Answered in XDP whenever the kernel would answer with a cookie
+    /// itself: while the listener's SYN queue is full.
+    Flood,
+    /// Answered in XDP always: shield sets `net.ipv4.tcp_syncookies = 2`
+    /// (and `tcp_timestamps = 2`, so cookies keep SACK and window scaling)
+    /// in its network namespace, and restores both on detach.
+    Always,
+    /// Passed to the kernel; stray ACKs from inside the ranges pass too.
+    Off,
+}
+
+/// `[xdp].udp_from_ranges`: UDP to protected UDP ports from inside the ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UdpFromRanges {
+    /// Dropped: Cloudflare sends no UDP or QUIC to an origin.
+    Drop,
+    /// Passed, for Spectrum UDP applications.
+    Pass,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct XdpConfig {
@@ -128,6 +153,8 @@ pub struct XdpConfig {
     pub protected_tcp_ports: Vec<u16>,
     pub protected_udp_ports: Vec<u16>,
     pub fragments: Fragments,
+    pub syn_cookies: SynCookies,
+    pub udp_from_ranges: UdpFromRanges,
 }
 
 impl Default for XdpConfig {
@@ -139,6 +166,8 @@ impl Default for XdpConfig {
             protected_tcp_ports: vec![80, 443],
             protected_udp_ports: vec![443],
             fragments: Fragments::JudgeFirst,
+            syn_cookies: SynCookies::Flood,
+            udp_from_ranges: UdpFromRanges::Drop,
         }
     }
 }
@@ -444,6 +473,8 @@ mod tests {
             (8, 16)
         );
         assert_eq!(config.xdp.fragments, Fragments::JudgeFirst);
+        assert_eq!(config.xdp.syn_cookies, SynCookies::Flood);
+        assert_eq!(config.xdp.udp_from_ranges, UdpFromRanges::Drop);
         assert_eq!(
             config.ranges.refresh,
             Refresh::Every(Duration::from_secs(21600))
@@ -467,6 +498,8 @@ enforce = true
 protected_tcp_ports = [80, 443]
 protected_udp_ports = [443]
 fragments = "judge-first"
+syn_cookies = "flood"
+udp_from_ranges = "drop"
 
 [ranges]
 sources = ["https://api.cloudflare.com/client/v4/ips"]
@@ -590,6 +623,11 @@ upstream = "http://127.0.0.1:8080"
         let cases: &[(&str, String)] = &[
             ("xdp.mode", "[xdp]\nmode = \"fast\"".into()),
             ("xdp.fragments", "[xdp]\nfragments = \"drop-all\"".into()),
+            ("xdp.syn_cookies", "[xdp]\nsyn_cookies = \"on\"".into()),
+            (
+                "xdp.udp_from_ranges",
+                "[xdp]\nudp_from_ranges = true".into(),
+            ),
             ("xdp.unknown", "[xdp]\nunknown = 1".into()),
             ("nope", "[nope]\n".into()),
             ("ranges.refresh", "[ranges]\nrefresh = \"soon\"".into()),

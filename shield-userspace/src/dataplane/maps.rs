@@ -345,12 +345,14 @@ impl Counters {
             .unwrap_or_default()
     }
 
-    /// The (verdict, reason) pairs that a packet can land in, with counts;
-    /// pass reasons never drop, so their drop slots are left out.
+    /// The (verdict, reason) pairs that a packet can land in, with counts:
+    /// a reason's verdicts when enforcing and in monitor mode, no others.
     pub fn iter(&self) -> impl Iterator<Item = (Verdict, Reason, Counter)> + '_ {
         self.slots
             .iter()
-            .filter(|((verdict, reason), _)| (*verdict == Verdict::Pass) != reason.drops())
+            .filter(|((verdict, reason), _)| {
+                *verdict == reason.verdict(true) || *verdict == reason.verdict(false)
+            })
             .map(|(&(verdict, reason), &counter)| (verdict, reason, counter))
     }
 }

@@ -15,6 +15,7 @@ mod layout;
 mod link;
 mod maps;
 mod pins;
+pub mod sysctl;
 #[cfg(feature = "testrun")]
 pub mod testrun;
 
@@ -35,8 +36,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use shield_common::{
-    map_specs, AttachMode, CpuCounters, FragmentPolicy, InterfaceState, MapScope, Settings,
-    PROGRAM_NAME,
+    map_specs, AttachMode, CookieOptions, CpuCounters, FragmentPolicy, InterfaceState, MapScope,
+    Settings, PROGRAM_NAME,
 };
 
 pub use maps::{ApplyStats, Counters, SharedMaps, TaggedPrefix};
@@ -146,21 +147,83 @@ pub struct DataplaneSettings {
     pub fragments: FragmentPolicy,
     pub protected_tcp_ports: BTreeSet<u16>,
     pub protected_udp_ports: BTreeSet<u16>,
+    /// SYN cookies and the stray-ACK check for TCP from inside the ranges.
+    pub syn_cookies: bool,
+    pub drop_udp_from_ranges: bool,
+    /// How cookie SYN-ACKs are built, from the namespace's sysctls.
+    pub cookie: CookieOptions,
 }
 
 impl DataplaneSettings {
-    pub fn from_config(config: &Config) -> Self {
+    /// The settings for `config`, with cookie SYN-ACKs built as `cookie`
+    /// says (see [`sysctl::TcpSysctls::cookie_options`]).
+    pub fn new(config: &Config, cookie: CookieOptions) -> Self {
         DataplaneSettings {
             enforce: config.xdp.enforce,
             fragments: config.xdp.fragments.into(),
             protected_tcp_ports: config.xdp.protected_tcp_ports.iter().copied().collect(),
             protected_udp_ports: config.xdp.protected_udp_ports.iter().copied().collect(),
+            syn_cookies: config.xdp.syn_cookies != config::SynCookies::Off,
+            drop_udp_from_ranges: config.xdp.udp_from_ranges == config::UdpFromRanges::Drop,
+            cookie,
         }
     }
 
-    fn kernel_settings(&self) -> Settings {
-        Settings::new(self.enforce, self.fragments)
+    /// Puts the namespace's TCP sysctls where `[xdp].syn_cookies` wants
+    /// them, then reads them for the settings of `config`.
+    pub fn prepare(
+        config: &Config,
+        layout: &PinLayout,
+    ) -> Result<(DataplaneSettings, sysctl::Applied), DataplaneError> {
+        let applied = sysctl::apply(layout, config.xdp.syn_cookies)?;
+        let tcp = sysctl::TcpSysctls::read()?;
+        let mode = config.xdp.syn_cookies;
+        if mode != config::SynCookies::Off && tcp.syncookies.unwrap_or(0) == 0 {
+            tracing::warn!(
+                ?mode,
+                tcp_syncookies = ?tcp.syncookies,
+                "[xdp].syn_cookies: the kernel issues no SYN cookies here (net.ipv4.tcp_syncookies is 0 or missing), so XDP answers no SYN; in-range SYN floods reach the kernel"
+            );
+        }
+        let mtu = config
+            .xdp
+            .interfaces
+            .iter()
+            .filter_map(|name| interface_mtu(name))
+            .min()
+            .unwrap_or(0);
+        Ok((
+            DataplaneSettings::new(config, tcp.cookie_options(mtu)),
+            applied,
+        ))
     }
+
+    /// Whether XDP can answer SYNs under these settings: cookies are on
+    /// and the kernel issues them.
+    pub fn answers_syns(config: &Config) -> bool {
+        config.xdp.syn_cookies != config::SynCookies::Off
+            && sysctl::TcpSysctls::read()
+                .ok()
+                .and_then(|tcp| tcp.syncookies)
+                .unwrap_or(0)
+                != 0
+    }
+
+    fn kernel_settings(&self) -> Settings {
+        let mut settings = Settings::new(self.enforce, self.fragments);
+        settings.syn_cookies = u32::from(self.syn_cookies);
+        settings.drop_udp_from_ranges = u32::from(self.drop_udp_from_ranges);
+        settings.cookie = self.cookie;
+        settings
+    }
+}
+
+fn interface_mtu(name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Writes settings, ports and the allowlist, in the order that never opens
@@ -245,6 +308,7 @@ impl Dataplane {
             fresh: Vec::new(),
             created_dirs: Vec::new(),
             retirements: layout::Retirements::default(),
+            sysctls: sysctl::Applied::Unchanged,
         };
         match started.run(config, &targets, allowlist) {
             Ok((maps, interfaces)) => {
@@ -304,6 +368,8 @@ struct Starting<'a> {
     created_dirs: Vec<std::path::PathBuf>,
     /// Pins of another layout moved aside for this start's new maps.
     retirements: layout::Retirements,
+    /// What this start did to the namespace's sysctls.
+    sysctls: sysctl::Applied,
 }
 
 impl Starting<'_> {
@@ -315,7 +381,8 @@ impl Starting<'_> {
     ) -> Result<(SharedMaps, Vec<AttachedInterface>), DataplaneError> {
         self.create_dir(self.layout.root().to_owned())?;
         self.create_dir(self.layout.interfaces_dir())?;
-        let settings = DataplaneSettings::from_config(config);
+        let (settings, applied) = DataplaneSettings::prepare(config, self.layout)?;
+        self.sysctls = applied;
         for target in targets {
             self.create_dir(self.layout.interface_dir(&target.name))?;
         }
@@ -417,6 +484,13 @@ impl Starting<'_> {
         // Before the pins of fresh interfaces go: a restored pin must land
         // in a directory that still exists.
         self.retirements.restore();
+        // What "always" set here goes back; a restore by this start is
+        // left (the old program's mode had no cookies to keep).
+        if self.sysctls == sysctl::Applied::SetAlways {
+            if let Err(error) = sysctl::restore(self.layout) {
+                tracing::error!(error = %crate::error::Chain(&error), "rollback: could not restore the TCP sysctls");
+            }
+        }
         for name in self.fresh.drain(..) {
             if let Err(error) = remove_interface_pins(self.layout, &name) {
                 tracing::error!(interface = %name, error = %crate::error::Chain(&error), "rollback: could not detach");
@@ -726,6 +800,7 @@ pub fn detach(layout: &PinLayout, interface: Option<&str>) -> Result<Vec<String>
         remove_interface_pins(layout, name)?;
     }
     if chosen.len() == pinned.len() {
+        sysctl::restore(layout)?;
         remove_shared_pins(layout)?;
         let _ = std::fs::remove_dir(layout.interfaces_dir());
         std::fs::remove_dir(layout.root()).map_err(io_error(format!(

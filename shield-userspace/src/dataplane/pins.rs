@@ -3,6 +3,7 @@
 //! ```text
 //! /sys/fs/bpf/shield/            shared by every interface
 //!   POLICY ALLOW_V4 ALLOW_V6 PREFILTER_V4 PREFILTER_V6 DROP_EVENTS
+//!   saved_sysctls                what syn_cookies = "always" replaced
 //!   ifaces/<name>/               one per attached interface
 //!     link  prog  COUNTERS  state
 //! ```
@@ -67,6 +68,11 @@ impl PinLayout {
 
     pub fn state(&self, interface: &str) -> PathBuf {
         self.interface_dir(interface).join("state")
+    }
+
+    /// The TCP sysctls `syn_cookies = "always"` replaced (see `sysctl`).
+    pub fn saved_sysctls(&self) -> PathBuf {
+        self.root.join("saved_sysctls")
     }
 
     /// Names of the interfaces that have a pin directory.

@@ -141,6 +141,13 @@ impl TestProgram {
         Ok(infos)
     }
 
+    /// How many instructions the verifier went through to accept the
+    /// program (its limit is 1,000,000): the headroom left for new paths.
+    pub fn verified_instructions(&self) -> Result<u32, DataplaneError> {
+        let info = self.program()?.info().map_err(run_error)?;
+        Ok(info.verified_instruction_count().unwrap_or(0))
+    }
+
     fn program(&self) -> Result<&Xdp, DataplaneError> {
         self.ebpf
             .program(PROGRAM_NAME)
@@ -164,6 +171,21 @@ impl TestProgram {
             action: result.return_value,
             per_run: result.duration,
         })
+    }
+
+    /// Runs the program once on `frame`; returns the action and the frame
+    /// as the program left it (an answer, for `XDP_TX`).
+    pub fn run_output(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), DataplaneError> {
+        // Room for a frame the program grew; the kernel says what it wrote.
+        let mut out = vec![0u8; frame.len() + 256];
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let result = self.program()?.test_run(options).map_err(run_error)?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
     }
 
     pub fn run(&self, frame: &[u8]) -> Result<u32, DataplaneError> {
