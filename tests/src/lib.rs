@@ -5,6 +5,8 @@
 //! of killed runs. Public addresses exist only inside these namespaces,
 //! which have no route out.
 
+pub mod pki;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},

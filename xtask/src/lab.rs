@@ -21,10 +21,9 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{
-    pki::{self, Usage},
-    shell,
-};
+use shield_tests::pki::{self, Usage};
+
+use crate::shell;
 
 const ORIGIN: &str = "shield-lab-origin";
 const EDGE: &str = "shield-lab-edge";

@@ -10,7 +10,6 @@ mod compat;
 mod dist;
 mod fuzz;
 mod lab;
-mod pki;
 mod run;
 mod setup;
 mod shell;

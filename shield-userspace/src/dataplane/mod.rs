@@ -218,12 +218,34 @@ impl DataplaneSettings {
     }
 }
 
+/// The MTU of `name` in this network namespace. Asked of a socket (made
+/// in this namespace), not read from /sys, which may be mounted for
+/// another namespace (`nsenter --net` keeps the host's).
 fn interface_mtu(name: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    let name = CString::new(name).ok()?;
+    let bytes = name.as_bytes_with_nul();
+    // SAFETY: a zeroed ifreq is a valid value of this plain C struct.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    if bytes.len() > request.ifr_name.len() {
+        return None;
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: a plain socket call; the descriptor is closed below.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFMTU reads the name and writes the MTU in `request`.
+    let status = unsafe { libc::ioctl(socket, libc::SIOCGIFMTU, &mut request) };
+    // SAFETY: the descriptor made above, closed once.
+    unsafe { libc::close(socket) };
+    if status < 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFMTU filled the MTU member of the union.
+    u32::try_from(unsafe { request.ifr_ifru.ifru_mtu }).ok()
 }
 
 /// Writes settings, ports and the allowlist, in the order that never opens

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 
 use super::params::NAME;
-use crate::pki::{self, Usage};
+use shield_tests::pki::{self, Usage};
 
 /// A CA, a server leaf for `localhost`, a client leaf; all ECDSA P-256.
 pub struct Pki {

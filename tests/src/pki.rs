@@ -1,5 +1,5 @@
-//! Throwaway certificates for the lab and the TLS bench, made with the
-//! openssl CLI (OpenSSL 3, for `req -x509 -CA`): ECDSA P-256 CAs and the
+//! Throwaway certificates for the lab, the TLS bench and the end-to-end
+//! tests, made with the openssl CLI (OpenSSL 3, for `req -x509 -CA`): ECDSA P-256 CAs and the
 //! leaves they sign, `NAME.pem` and `NAME.key` in a work directory.
 
 use std::{
@@ -8,8 +8,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-
-use crate::shell;
 
 /// A certificate and its key.
 pub struct Cert {
@@ -115,7 +113,7 @@ fn make(
         args.extend(["-addext".to_owned(), extension.clone()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    shell::output("openssl", &args)
+    crate::check("openssl", &args)
         .with_context(|| format!("openssl could not make {name}.pem (OpenSSL 3 is needed)"))?;
     Ok(made)
 }
