@@ -236,7 +236,10 @@ fn a_syn_from_inside_is_answered_with_a_cookie_syn_ack() {
             // The low bits carry the client's window scale and SACK.
             assert_eq!(tsval & 0x0f, 7);
             assert_eq!(tsval & 0x10, 0x10);
-            assert!(answer.window > 0 && answer.window.is_multiple_of(mss), "{answer:?}");
+            assert!(
+                answer.window > 0 && answer.window.is_multiple_of(mss),
+                "{answer:?}"
+            );
             // The same SYN through the oracle.
             h.expect(&frame, Reason::SynCookie);
 
