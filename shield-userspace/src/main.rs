@@ -259,6 +259,23 @@ fn print_status(layout: &PinLayout, interfaces: &[dataplane::InterfaceStatus]) {
                 },
                 allow.len()
             );
+            println!(
+                "syn_cookies: {}  udp_from_ranges: {}",
+                match (
+                    settings.syn_cookies != 0,
+                    dataplane::syn_cookies_active(layout)
+                ) {
+                    (false, _) => "off",
+                    (true, Some(true)) => "answering in XDP",
+                    (true, _) =>
+                        "on, but not answering (monitor mode, or net.ipv4.tcp_syncookies = 0)",
+                },
+                if settings.drop_udp_from_ranges != 0 {
+                    "drop"
+                } else {
+                    "pass"
+                }
+            );
         }
     }
 }

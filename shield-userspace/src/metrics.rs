@@ -105,6 +105,15 @@ impl Collector for XdpCollector {
             ConstGauge::new(i64::from(interface.attached))
                 .encode(family.encode_family(&labels)?)?;
         }
+        if let Some(active) = dataplane::syn_cookies_active(&self.layout) {
+            let family = encoder.encode_descriptor(
+                "shield_xdp_syn_cookies_active",
+                "1 when SYNs from inside the ranges are answered with XDP SYN cookies while the kernel would use cookies; 0 when they all go to the kernel (syn_cookies = \"off\", monitor mode, or net.ipv4.tcp_syncookies = 0)",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::from(active)).encode(family)?;
+        }
         Ok(())
     }
 }

@@ -120,7 +120,7 @@ fn prometheus_scrapes_drops_by_reason_and_loads_the_alert_rules() {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert_eq!(loaded.len(), 5, "{rules_state}");
+    assert_eq!(loaded.len(), 7, "{rules_state}");
     assert!(loaded.iter().all(|r| r["health"] == "ok"), "{rules_state}");
 
     // Every metric the rules and dashboard use is one shield exports.

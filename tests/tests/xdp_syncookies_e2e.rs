@@ -169,6 +169,14 @@ fn under_always_the_edge_connects_through_cookies_and_the_kernel_never_sees_its_
     assert_eq!(sysctl(&lab.origin, "tcp_syncookies"), "2", "always sets it");
     assert_eq!(sysctl(&lab.origin, "tcp_timestamps"), "2");
     wait_for(Duration::from_secs(10), || mtls_get(&lab) == 200).expect("the site serves");
+    let metrics = lab
+        .origin
+        .exec_check(&["curl", "-sS", "http://127.0.0.1:9469/metrics"])
+        .unwrap();
+    assert!(
+        metrics.contains("\nshield_xdp_syn_cookies_active 1\n"),
+        "{metrics}"
+    );
 
     let out = lab.work_dir.join("tap");
     let ready = lab.work_dir.join("tap-ready");

@@ -198,17 +198,6 @@ impl DataplaneSettings {
         ))
     }
 
-    /// Whether XDP can answer SYNs under these settings: cookies are on
-    /// and the kernel issues them.
-    pub fn answers_syns(config: &Config) -> bool {
-        config.xdp.syn_cookies != config::SynCookies::Off
-            && sysctl::TcpSysctls::read()
-                .ok()
-                .and_then(|tcp| tcp.syncookies)
-                .unwrap_or(0)
-                != 0
-    }
-
     fn kernel_settings(&self) -> Settings {
         let mut settings = Settings::new(self.enforce, self.fragments);
         settings.syn_cookies = u32::from(self.syn_cookies);
@@ -831,6 +820,20 @@ pub fn detach(layout: &PinLayout, interface: Option<&str>) -> Result<Vec<String>
         )))?;
     }
     Ok(chosen)
+}
+
+/// Whether XDP answers in-range SYNs now, read from the pinned settings and
+/// the namespace: `[xdp].syn_cookies` is not "off", the program enforces,
+/// and the kernel issues cookies (`net.ipv4.tcp_syncookies` is not 0).
+/// `None` when nothing is pinned.
+pub fn syn_cookies_active(layout: &PinLayout) -> Option<bool> {
+    let settings = SharedMaps::open_pinned(layout).ok()?.settings().ok()?;
+    let issued = sysctl::TcpSysctls::read()
+        .ok()
+        .and_then(|tcp| tcp.syncookies)
+        .unwrap_or(0)
+        != 0;
+    Some(settings.syn_cookies != 0 && settings.enforce != 0 && issued)
 }
 
 /// One interface as `shield status` reports it, read from the pins alone.
