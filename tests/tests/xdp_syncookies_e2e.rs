@@ -251,6 +251,28 @@ fn under_always_the_edge_connects_through_cookies_and_the_kernel_never_sees_its_
         assert!(window < 4096, "the window is scaled: {line}");
     }
 
+    // A reload to "flood" puts the sysctls back; back to "always" sets them.
+    let flood = lab.write_config("flood.toml", "").unwrap();
+    std::fs::copy(&config, lab.work_dir.join("always.toml")).unwrap();
+    let site = std::fs::read_to_string(&config).unwrap();
+    let site = &site[site.find("[[site]]").unwrap()..];
+    let mut text = std::fs::read_to_string(&flood).unwrap();
+    text.push_str(site);
+    std::fs::write(&config, text).unwrap();
+    shield.signal(libc::SIGHUP);
+    wait_for(Duration::from_secs(10), || {
+        sysctl(&lab.origin, "tcp_syncookies") == "1"
+    })
+    .expect("a reload to flood restores tcp_syncookies");
+    assert_eq!(sysctl(&lab.origin, "tcp_timestamps"), timestamps_before);
+    std::fs::copy(lab.work_dir.join("always.toml"), &config).unwrap();
+    shield.signal(libc::SIGHUP);
+    wait_for(Duration::from_secs(10), || {
+        sysctl(&lab.origin, "tcp_syncookies") == "2"
+    })
+    .expect("a reload to always sets it again");
+    assert_eq!(mtls_get(&lab), 200);
+
     shield.kill_hard();
     let output = lab.shield(&["detach"]).unwrap();
     assert!(
