@@ -589,6 +589,12 @@ pub mod map_names {
 /// The name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "shield";
 
+/// The same program without the answers to SYNs and the ACK checks from
+/// inside the ranges, which need `bpf_loop` (Linux 5.17) and the socket
+/// helpers: loaded where the kernel refuses [`PROGRAM_NAME`] and
+/// `[xdp].syn_cookies` is not "always". UDP from inside still drops.
+pub const PROGRAM_WITHOUT_COOKIES: &str = "shield_no_cookies";
+
 /// Per-interface attachment record kept in a pinned one-entry array, so
 /// `shield status` can tell the mode while the daemon is down.
 #[repr(C)]

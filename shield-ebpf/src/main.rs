@@ -77,7 +77,19 @@ const CLOCK_CHECK_EVERY: u64 = 64;
 
 #[xdp]
 pub fn shield(ctx: XdpContext) -> u32 {
-    match try_shield(&ctx) {
+    entry::<true>(&ctx)
+}
+
+/// `shield` without the answers to in-range SYNs and the ACK checks, for
+/// kernels that refuse those (see `PROGRAM_WITHOUT_COOKIES`).
+#[xdp]
+pub fn shield_no_cookies(ctx: XdpContext) -> u32 {
+    entry::<false>(&ctx)
+}
+
+#[inline(always)]
+fn entry<const COOKIES: bool>(ctx: &XdpContext) -> u32 {
+    match try_shield::<COOKIES>(ctx) {
         Ok(action) => action,
         // Arrays always have their entries; passing is the safe answer if
         // the kernel ever says otherwise.
@@ -89,14 +101,14 @@ pub fn shield(ctx: XdpContext) -> u32 {
 struct MissingEntry;
 
 #[inline(always)]
-fn try_shield(ctx: &XdpContext) -> Result<u32, MissingEntry> {
+fn try_shield<const COOKIES: bool>(ctx: &XdpContext) -> Result<u32, MissingEntry> {
     let policy = POLICY.get(0).ok_or(MissingEntry)?;
     let enforce = policy.settings.enforce != 0;
     // Each family gets its own copy of the judging code (generic over the
     // address), so the fast path never builds or matches a family enum.
     let reason = match ethernet(ctx) {
-        Some((ETH_P_IPV4, l3)) => judge(ctx, walk_ipv4(ctx, l3), policy),
-        Some((ETH_P_IPV6, l3)) => judge(ctx, walk_ipv6(ctx, l3), policy),
+        Some((ETH_P_IPV4, l3)) => judge::<_, COOKIES>(ctx, walk_ipv4(ctx, l3), policy),
+        Some((ETH_P_IPV6, l3)) => judge::<_, COOKIES>(ctx, walk_ipv6(ctx, l3), policy),
         _ => Reason::NonIp,
     };
     let verdict = reason.verdict(enforce);
@@ -465,7 +477,11 @@ impl<A> Walk<A> {
 
 /// The policy, given the walk (`None`: IP, but too short to hold a source).
 #[inline(always)]
-fn judge<A: Address>(ctx: &XdpContext, walk: Option<Walk<A>>, policy: &Policy) -> Reason {
+fn judge<A: Address, const COOKIES: bool>(
+    ctx: &XdpContext,
+    walk: Option<Walk<A>>,
+    policy: &Policy,
+) -> Reason {
     let Some(walk) = walk else {
         return Reason::Malformed;
     };
@@ -483,7 +499,7 @@ fn judge<A: Address>(ctx: &XdpContext, walk: Option<Walk<A>>, policy: &Policy) -
             let settings = &policy.settings;
             match protocol {
                 PortProtocol::Udp if settings.drop_udp_from_ranges != 0 => Reason::UdpFromRanges,
-                PortProtocol::Tcp if settings.syn_cookies != 0 => {
+                PortProtocol::Tcp if COOKIES && settings.syn_cookies != 0 => {
                     tcp::judge(ctx, &walk, l4, settings)
                 }
                 _ => Reason::Allowed,

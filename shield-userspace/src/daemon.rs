@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     config::Config,
-    dataplane::{self, Dataplane, DataplaneSettings, PinLayout},
+    dataplane::{self, Dataplane, PinLayout},
     error::Chain,
     listen::Frontend,
     proxy::metrics::HttpMetrics,
@@ -157,8 +157,8 @@ impl Daemon {
         if let Some(dataplane) = self.dataplane.as_mut() {
             let allowlist =
                 ranges::tagged_allowlist(self.ranges.current(), &config.ranges.extra_allow);
-            let settings = match DataplaneSettings::prepare(config, dataplane.layout()) {
-                Ok((settings, _)) => settings,
+            let settings = match dataplane.reload_settings(config) {
+                Ok(settings) => settings,
                 Err(error) => {
                     tracing::error!(error = %Chain(&error), "reload refused: cannot apply [xdp].syn_cookies; keeping the running config");
                     return false;

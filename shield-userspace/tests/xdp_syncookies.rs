@@ -511,3 +511,51 @@ fn the_verifier_keeps_headroom() {
         "the verifier went through {verified} instructions"
     );
 }
+
+/// What a kernel that refuses the cookie program gets instead: the same
+/// policy, with in-range SYNs and ACKs passed to the kernel whatever the
+/// settings say, and UDP from inside still dropped.
+#[test]
+fn the_program_without_cookies_leaves_in_range_tcp_to_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    isolated(|| {
+        let h = Harness::new(true);
+        let mut program = TestProgram::load_object(
+            shield::dataplane::PROGRAM_OBJECT,
+            shield_common::PROGRAM_WITHOUT_COOKIES,
+        )
+        .expect("the verifier must accept the program without cookies");
+        // The kernel settings ask for cookies; this program has none.
+        apply(&mut program, &h.policy);
+        let mut oracle = h.policy.clone();
+        oracle.syn_cookies = false;
+        let syn = Segment::syn(INSIDE_V4, ORIGIN_V4, 443, &linux_syn_options(1460, 1, 7));
+        let mut ack = syn.clone();
+        ack.flags = ACK;
+        let udp_443 = concat(&[
+            &ethernet(&[], ETH_P_IPV4),
+            &ipv4(v4(INSIDE_V4), UDP, 5, 0, 8),
+            &udp(443),
+        ]);
+        for (frame, expected, action) in [
+            (syn.frame(), Reason::Allowed, XDP_PASS),
+            (ack.frame(), Reason::Allowed, XDP_PASS),
+            (udp_443, Reason::UdpFromRanges, XDP_DROP),
+            (
+                ipv4_tcp("203.0.113.7", 443),
+                Reason::OutsideRanges,
+                XDP_DROP,
+            ),
+        ] {
+            let (kernel_action, kernel, reference) = judge(&program, &oracle, &frame);
+            assert_eq!(
+                (kernel_action, kernel, reference),
+                (action, expected, expected)
+            );
+        }
+        let verified = program.verified_instructions().unwrap();
+        assert!((1..=400_000).contains(&verified), "{verified}");
+    });
+}

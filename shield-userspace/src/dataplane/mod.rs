@@ -37,7 +37,7 @@ use aya::{
 };
 use shield_common::{
     map_specs, AttachMode, CookieOptions, CpuCounters, FragmentPolicy, InterfaceState, MapScope,
-    Settings, PROGRAM_NAME,
+    Settings, PROGRAM_NAME, PROGRAM_WITHOUT_COOKIES,
 };
 
 pub use maps::{ApplyStats, Counters, SharedMaps, TaggedPrefix};
@@ -77,6 +77,18 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    /// `syn_cookies = "always"` on a kernel that refused the program that
+    /// answers SYNs (it needs `bpf_loop`, Linux 5.17).
+    #[error("[xdp].syn_cookies = \"always\" needs XDP SYN cookies, which this kernel refused for {interface} (Linux 5.17+ with bpf_loop); set syn_cookies = \"flood\" or \"off\"")]
+    CookiesRefused {
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+    /// A reload to `syn_cookies = "always"` where the kernel refused the
+    /// program that answers SYNs at start.
+    #[error("[xdp].syn_cookies = \"always\" needs XDP SYN cookies, which this kernel refused when shield started (Linux 5.17+ with bpf_loop); set syn_cookies = \"flood\" or \"off\"")]
+    CookiesUnavailable,
     /// The program could not be attached (or its link taken over).
     #[error("cannot attach XDP to {interface} in {mode} mode")]
     Attach {
@@ -280,6 +292,9 @@ pub struct Dataplane {
     layout: PinLayout,
     maps: SharedMaps,
     interfaces: Vec<AttachedInterface>,
+    /// Whether the program in force answers in-range SYNs (`PROGRAM_NAME`)
+    /// or the kernel refused it (`PROGRAM_WITHOUT_COOKIES`).
+    cookies: bool,
 }
 
 /// An interface to attach: its name, index and wanted mode.
@@ -322,7 +337,7 @@ impl Dataplane {
             sysctls: sysctl::Applied::Unchanged,
         };
         match started.run(config, &targets, allowlist) {
-            Ok((maps, interfaces)) => {
+            Ok((maps, interfaces, cookies)) => {
                 started.fresh.clear();
                 started.created_dirs.clear();
                 started.retirements.commit();
@@ -330,6 +345,7 @@ impl Dataplane {
                     layout: layout.clone(),
                     maps,
                     interfaces,
+                    cookies,
                 };
                 dataplane.release_unconfigured(config)?;
                 Ok(dataplane)
@@ -351,6 +367,18 @@ impl Dataplane {
 
     pub fn layout(&self) -> &PinLayout {
         &self.layout
+    }
+
+    /// The settings for a reload to `config`: prepared as a start prepares
+    /// them, with in-range SYN handling off when the kernel refused the
+    /// program for it, and refused when `config` demands it ("always").
+    pub fn reload_settings(&self, config: &Config) -> Result<DataplaneSettings, DataplaneError> {
+        if !self.cookies && config.xdp.syn_cookies == config::SynCookies::Always {
+            return Err(DataplaneError::CookiesUnavailable);
+        }
+        let (mut settings, _) = DataplaneSettings::prepare(config, &self.layout)?;
+        settings.syn_cookies &= self.cookies;
+        Ok(settings)
     }
 
     /// Detaches interfaces pinned by an earlier run that the config no
@@ -389,10 +417,10 @@ impl Starting<'_> {
         config: &Config,
         targets: &[Target],
         allowlist: &[TaggedPrefix],
-    ) -> Result<(SharedMaps, Vec<AttachedInterface>), DataplaneError> {
+    ) -> Result<(SharedMaps, Vec<AttachedInterface>, bool), DataplaneError> {
         self.create_dir(self.layout.root().to_owned())?;
         self.create_dir(self.layout.interfaces_dir())?;
-        let (settings, applied) = DataplaneSettings::prepare(config, self.layout)?;
+        let (mut settings, applied) = DataplaneSettings::prepare(config, self.layout)?;
         self.sysctls = applied;
         for target in targets {
             self.create_dir(self.layout.interface_dir(&target.name))?;
@@ -403,8 +431,12 @@ impl Starting<'_> {
         self.retirements = layout::Retirements::prepare(self.layout, &names)?;
         let mut shared: Option<SharedMaps> = None;
         let mut interfaces = Vec::new();
+        let mut cookies = true;
         for target in targets {
-            let mut ebpf = load_program(self.layout, &target.name)?;
+            let (mut ebpf, program) =
+                load_program(self.layout, &target.name, config.xdp.syn_cookies)?;
+            cookies &= program == PROGRAM_NAME;
+            settings.syn_cookies &= cookies;
             if shared.is_none() {
                 // The first load created or re-opened the shared pins; fill
                 // them before any program can run against them. A replaced
@@ -421,12 +453,12 @@ impl Starting<'_> {
                 );
                 shared = Some(maps);
             }
-            let attached = self.attach(&mut ebpf, target, config.xdp.mode)?;
+            let attached = self.attach(&mut ebpf, program, target, config.xdp.mode)?;
             interfaces.push(attached);
         }
         // `start` refuses an empty interface list, so the loop ran.
         let maps = shared.ok_or(DataplaneError::NoInterfaces)?;
-        Ok((maps, interfaces))
+        Ok((maps, interfaces, cookies))
     }
 
     fn create_dir(&mut self, path: std::path::PathBuf) -> Result<(), DataplaneError> {
@@ -442,13 +474,14 @@ impl Starting<'_> {
     fn attach(
         &mut self,
         ebpf: &mut Ebpf,
+        program: &str,
         target: &Target,
         wanted: config::AttachPreference,
     ) -> Result<AttachedInterface, DataplaneError> {
         let link_path = self.layout.link(&target.name);
         let state_path = self.layout.state(&target.name);
         let previous = read_state(&state_path).ok();
-        let program = xdp_program(ebpf, PROGRAM_NAME, &target.name)?;
+        let program = xdp_program(ebpf, program, &target.name)?;
 
         let mut adopted = None;
         if link_path.exists() {
@@ -646,7 +679,14 @@ fn interface_index(name: &str) -> Result<u32, DataplaneError> {
 
 /// The object with every map pinned where [`map_specs`] puts it: the
 /// shared ones in the root, the per-interface ones under `interface`.
-fn load_program(layout: &PinLayout, interface: &str) -> Result<Ebpf, DataplaneError> {
+/// Loads the program for `interface`: the one that answers in-range SYNs,
+/// or, where the kernel refuses it and `mode` is not "always", the one
+/// without (with a warning under "flood"). Returns which was loaded.
+fn load_program(
+    layout: &PinLayout,
+    interface: &str,
+    mode: config::SynCookies,
+) -> Result<(Ebpf, &'static str), DataplaneError> {
     let mut loader = EbpfLoader::new();
     for spec in &map_specs::ALL {
         loader.map_pin_path(spec.name, layout::pin_path(layout, spec, interface));
@@ -654,12 +694,52 @@ fn load_program(layout: &PinLayout, interface: &str) -> Result<Ebpf, DataplaneEr
     let mut ebpf = loader
         .load(PROGRAM_OBJECT)
         .map_err(DataplaneError::Object)?;
-    let program = xdp_program(&mut ebpf, PROGRAM_NAME, interface)?;
-    program.load().map_err(|source| DataplaneError::Load {
-        interface: interface.to_owned(),
-        source,
-    })?;
-    Ok(ebpf)
+    let refusal = match xdp_program(&mut ebpf, PROGRAM_NAME, interface)?.load() {
+        Ok(()) => return Ok((ebpf, PROGRAM_NAME)),
+        Err(source) if refused_by_verifier(&source) => source,
+        Err(source) => {
+            return Err(DataplaneError::Load {
+                interface: interface.to_owned(),
+                source,
+            })
+        }
+    };
+    match mode {
+        config::SynCookies::Always => {
+            return Err(DataplaneError::CookiesRefused {
+                interface: interface.to_owned(),
+                source: refusal,
+            })
+        }
+        config::SynCookies::Flood => tracing::warn!(
+            interface,
+            error = %crate::error::Chain(&refusal),
+            "[xdp].syn_cookies: this kernel refused XDP SYN cookies (Linux 5.17+ with bpf_loop), so in-range SYNs and ACKs go to the kernel; shield_xdp_syn_cookies_active is 0"
+        ),
+        config::SynCookies::Off => {}
+    }
+    xdp_program(&mut ebpf, PROGRAM_WITHOUT_COOKIES, interface)?
+        .load()
+        .map_err(|source| DataplaneError::Load {
+            interface: interface.to_owned(),
+            source,
+        })?;
+    Ok((ebpf, PROGRAM_WITHOUT_COOKIES))
+}
+
+/// Whether the kernel's verifier refused a program (an unknown helper,
+/// or past its budget), as opposed to a missing privilege or resource.
+fn refused_by_verifier(error: &ProgramError) -> bool {
+    match error {
+        ProgramError::LoadError { io_error, .. } => is_verifier_refusal(io_error.raw_os_error()),
+        _ => false,
+    }
+}
+
+/// The errors a program load fails with when the verifier refused it
+/// (EPERM, a missing privilege, is not one).
+fn is_verifier_refusal(code: Option<i32>) -> bool {
+    matches!(code, Some(libc::EINVAL | libc::EACCES | libc::E2BIG))
 }
 
 /// The XDP program `name` in a loaded object; `interface` names where it
@@ -874,4 +954,21 @@ pub fn status(layout: &PinLayout) -> Result<Vec<InterfaceStatus>, DataplaneError
         });
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+
+    /// Only the verifier's refusals fall back to the program without
+    /// cookies; a missing privilege fails the start as it is.
+    #[test]
+    fn only_verifier_refusals_fall_back() {
+        for code in [libc::EINVAL, libc::EACCES, libc::E2BIG] {
+            assert!(is_verifier_refusal(Some(code)), "{code}");
+        }
+        assert!(!is_verifier_refusal(Some(libc::EPERM)));
+        assert!(!is_verifier_refusal(None));
+        assert!(!refused_by_verifier(&ProgramError::NotLoaded));
+    }
 }

@@ -14,6 +14,8 @@ use super::{Counters, DataplaneError, SharedMaps, PROGRAM_OBJECT};
 
 pub struct TestProgram {
     ebpf: Ebpf,
+    /// The program's name in the object.
+    name: String,
     maps: SharedMaps,
     /// `None` for another build's object whose counter value has another
     /// layout (benchmarks time such builds side by side, never count them).
@@ -71,6 +73,7 @@ impl TestProgram {
         };
         Ok(TestProgram {
             ebpf,
+            name: program.to_owned(),
             maps,
             counters,
         })
@@ -150,9 +153,9 @@ impl TestProgram {
 
     fn program(&self) -> Result<&Xdp, DataplaneError> {
         self.ebpf
-            .program(PROGRAM_NAME)
+            .program(&self.name)
             .ok_or_else(|| DataplaneError::MissingProgram {
-                name: PROGRAM_NAME.into(),
+                name: self.name.clone(),
             })?
             .try_into()
             .map_err(run_error)
