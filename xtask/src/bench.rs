@@ -19,15 +19,18 @@ pub fn run(which: Option<&str>) -> anyhow::Result<()> {
             "ranges",
         ])
     };
+    let flood = || shell::cargo(&["bench", "--package", "shield-userspace", "--bench", "flood"]);
     match which {
         None => {
             xdp()?;
             ranges()?;
+            flood()?;
             bench_tls::run()
         }
         Some("xdp") => xdp(),
         Some("ranges") => ranges(),
+        Some("flood") => flood(),
         Some("tls") => bench_tls::run(),
-        Some(other) => bail!("unknown benchmark {other:?}; known: xdp, ranges, tls"),
+        Some(other) => bail!("unknown benchmark {other:?}; known: xdp, ranges, flood, tls"),
     }
 }
