@@ -233,11 +233,7 @@ impl Bench {
     }
 
     fn pki(&mut self) -> anyhow::Result<()> {
-        let dir = &self.dir;
-        let server_ca = pki::ca(dir, "server-ca", "bench server CA", 2)?;
-        pki::leaf(dir, "site", SITE, &server_ca, pki::Usage::Server(SITE), 2)?;
-        let zone_ca = pki::ca(dir, "zone-ca", "bench zone CA", 2)?;
-        pki::leaf(dir, "edge", "edge", &zone_ca, pki::Usage::Client, 2)?;
+        pki::mtls_site(&self.dir, SITE)?;
         let upstream = self
             .rx
             .command(&[
@@ -296,14 +292,13 @@ impl Bench {
     /// shield on the receiver: the TLS site always, XDP on r0 when
     /// `xdp` holds the `[xdp]` keys.
     fn start_shield(&self, xdp: Option<&str>) -> anyhow::Result<ShieldRun> {
-        let d = self.dir.display();
         let interfaces = if xdp.is_some() { "[\"r0\"]" } else { "[]" };
         let config = format!(
-            "[xdp]\ninterfaces = {interfaces}\n{}\n[ranges]\nrefresh = \"off\"\ncache = \"{d}/ranges.json\"\n\
-             [http]\nlisten = \"0.0.0.0:80\"\n\n[[site]]\nserver_names = [\"{SITE}\"]\nlisten = \"0.0.0.0:443\"\n\
-             cert = \"{d}/site.pem\"\nkey = \"{d}/site.key\"\nclient_ca = [\"{d}/zone-ca.pem\"]\n\
-             upstream = \"http://127.0.0.1:8080\"\n",
-            xdp.unwrap_or("")
+            "[xdp]\ninterfaces = {interfaces}\n{}\n[ranges]\nrefresh = \"off\"\ncache = \"{}/ranges.json\"\n\
+             [http]\nlisten = \"0.0.0.0:80\"\n{}",
+            xdp.unwrap_or(""),
+            self.dir.display(),
+            pki::site_toml(&self.dir, SITE, "http://127.0.0.1:8080"),
         );
         let path = self.dir.join("shield.toml");
         std::fs::write(&path, config)?;
@@ -341,28 +336,9 @@ impl Bench {
     }
 
     fn get_ok(&self) -> bool {
-        let d = self.dir.display();
-        self.gen
-            .exec(&[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "2",
-                "--cacert",
-                &format!("{d}/server-ca.pem"),
-                "--cert",
-                &format!("{d}/edge.pem"),
-                "--key",
-                &format!("{d}/edge.key"),
-                "--resolve",
-                &format!("{SITE}:443:{RX_ADDR}"),
-                &format!("https://{SITE}/"),
-            ])
-            .is_ok_and(|o| o.stdout == b"200")
+        let args = pki::edge_curl_args(&self.dir, SITE, RX_ADDR);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.gen.exec(&args).is_ok_and(|o| o.stdout == b"200")
     }
 
     /// The edge's bounded client: a new mTLS connection per request, 20 a
@@ -508,53 +484,42 @@ impl Bench {
     fn generate(&self, flood: Flood, pace: Option<f64>) -> anyhow::Result<f64> {
         let (frame, mut generator) = self.frame(flood);
         generator.interval_ns = pace.map_or(0, |rate| (1e9 / rate) as u64);
-        let netns = std::fs::File::open(self.gen.path())?;
         let ifindex = self.gen_ifindex;
         let seconds = self.seconds;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(move || -> anyhow::Result<f64> {
-                    pin_thread(GEN_CPU)?;
-                    // SAFETY: setns on this thread alone.
-                    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        bail!("setns: {}", std::io::Error::last_os_error());
-                    }
-                    let mut bpf = Ebpf::load(ebpf::TRAFFICGEN)?;
-                    let mut config: Array<_, Generator> =
-                        Array::try_from(bpf.map_mut("GENERATOR").context("no GENERATOR map")?)?;
-                    config.set(0, generator, 0)?;
-                    let program: &mut Xdp = bpf
-                        .program_mut("trafficgen")
-                        .context("no trafficgen program")?
-                        .try_into()?;
-                    program.load()?;
-                    let mut ctx = [0u32; 6];
-                    ctx[1] = frame.len() as u32;
-                    ctx[3] = ifindex;
-                    let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
-                    let repeat = 1_000_000u32;
-                    let start = Instant::now();
-                    let mut sent = 0u64;
-                    while start.elapsed() < Duration::from_secs(seconds) {
-                        let options = TestRunOptions {
-                            data_in: Some(&frame),
-                            ctx_in: Some(&ctx_bytes),
-                            repeat,
-                            attrs: aya::programs::TestRunAttrs::new().xdp_live_frames(64),
-                            ..TestRunOptions::default()
-                        };
-                        program.test_run(options)?;
-                        sent += u64::from(repeat);
-                    }
-                    let elapsed = start.elapsed().as_secs_f64();
-                    // Paced, the loop runs more often than it sends.
-                    Ok(match pace {
-                        Some(rate) => rate.min(sent as f64 / elapsed),
-                        None => sent as f64 / elapsed,
-                    })
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?
+        in_netns(&self.gen, Some(GEN_CPU), move || {
+            let mut bpf = Ebpf::load(ebpf::TRAFFICGEN)?;
+            let mut config: Array<_, Generator> =
+                Array::try_from(bpf.map_mut("GENERATOR").context("no GENERATOR map")?)?;
+            config.set(0, generator, 0)?;
+            let program: &mut Xdp = bpf
+                .program_mut("trafficgen")
+                .context("no trafficgen program")?
+                .try_into()?;
+            program.load()?;
+            let mut ctx = [0u32; 6];
+            ctx[1] = frame.len() as u32;
+            ctx[3] = ifindex;
+            let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            let repeat = 1_000_000u32;
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while start.elapsed() < Duration::from_secs(seconds) {
+                let options = TestRunOptions {
+                    data_in: Some(&frame),
+                    ctx_in: Some(&ctx_bytes),
+                    repeat,
+                    attrs: aya::programs::TestRunAttrs::new().xdp_live_frames(64),
+                    ..TestRunOptions::default()
+                };
+                program.test_run(options)?;
+                sent += u64::from(repeat);
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            // Paced, the loop runs more often than it sends.
+            Ok(match pace {
+                Some(rate) => rate.min(sent as f64 / elapsed),
+                None => sent as f64 / elapsed,
+            })
         })
     }
 
@@ -668,22 +633,37 @@ fn attach(
     object: &'static [u8],
     program: &'static str,
 ) -> anyhow::Result<Ebpf> {
+    in_netns(netns, None, move || {
+        let mut bpf = Ebpf::load(object)?;
+        let xdp: &mut Xdp = bpf.program_mut(program).context("no program")?.try_into()?;
+        xdp.load()?;
+        xdp.attach(interface, XdpMode::Driver)?;
+        Ok(bpf)
+    })
+}
+
+/// Runs `body` on a thread of its own that enters `netns` (and runs on
+/// `cpu`, when given): interface names and test runs resolve there.
+fn in_netns<T: Send>(
+    netns: &Netns,
+    cpu: Option<usize>,
+    body: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
     let netns = std::fs::File::open(netns.path())?;
     std::thread::scope(|scope| {
         scope
-            .spawn(move || -> anyhow::Result<Ebpf> {
+            .spawn(move || -> anyhow::Result<T> {
+                if let Some(cpu) = cpu {
+                    pin_thread(cpu)?;
+                }
                 // SAFETY: setns on this thread alone.
                 if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     bail!("setns: {}", std::io::Error::last_os_error());
                 }
-                let mut bpf = Ebpf::load(object)?;
-                let xdp: &mut Xdp = bpf.program_mut(program).context("no program")?.try_into()?;
-                xdp.load()?;
-                xdp.attach(interface, XdpMode::Driver)?;
-                Ok(bpf)
+                body()
             })
             .join()
-            .map_err(|_| anyhow::anyhow!("the attach thread panicked"))?
+            .map_err(|_| anyhow::anyhow!("a thread in a bench namespace panicked"))?
     })
 }
 

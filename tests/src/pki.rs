@@ -126,3 +126,51 @@ fn text(path: &Path) -> anyhow::Result<&str> {
         )
     })
 }
+
+/// The certificates of one mTLS site in `dir`: a server CA (`server-ca`)
+/// and the certificate for `site` (`site`), the zone's AOP CA (`zone-ca`)
+/// and the edge's client certificate (`edge`), valid for two days.
+pub fn mtls_site(dir: &Path, site: &str) -> anyhow::Result<()> {
+    let server_ca = ca(dir, "server-ca", "test server CA", 2)?;
+    leaf(dir, "site", site, &server_ca, Usage::Server(site), 2)?;
+    let zone_ca = ca(dir, "zone-ca", "test AOP zone CA", 2)?;
+    leaf(dir, "edge", "edge", &zone_ca, Usage::Client, 2)?;
+    Ok(())
+}
+
+/// shield's `[[site]]` for those certificates: `site` on 443, the zone's
+/// client certificate required, in front of `upstream`.
+pub fn site_toml(dir: &Path, site: &str, upstream: &str) -> String {
+    let d = dir.display();
+    format!(
+        "\n[[site]]\nserver_names = [\"{site}\"]\nlisten = \"0.0.0.0:443\"\ncert = \"{d}/site.pem\"\n\
+         key = \"{d}/site.key\"\nclient_ca = [\"{d}/zone-ca.pem\"]\nupstream = \"{upstream}\"\n"
+    )
+}
+
+/// curl's arguments for one request to `site` at `address` with the
+/// edge's certificate, printing only the HTTP status.
+pub fn edge_curl_args(dir: &Path, site: &str, address: &str) -> Vec<String> {
+    let d = dir.display();
+    [
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "3",
+        "--cacert",
+        &format!("{d}/server-ca.pem"),
+        "--cert",
+        &format!("{d}/edge.pem"),
+        "--key",
+        &format!("{d}/edge.key"),
+        "--resolve",
+        &format!("{site}:443:{address}"),
+        &format!("https://{site}/"),
+    ]
+    .map(|s| s.to_owned())
+    .to_vec()
+}

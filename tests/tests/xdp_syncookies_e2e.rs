@@ -97,19 +97,15 @@ const SITE: &str = "origin.test";
 /// 127.0.0.1:8080, requiring the zone's client certificate; returns the
 /// config (with `xdp_extra` in `[xdp]`) and the upstream.
 fn mtls_site(lab: &Lab, xdp_extra: &str) -> (std::path::PathBuf, shield_tests::Background) {
-    use shield_tests::pki::{ca, leaf, Usage};
     let dir = &lab.work_dir;
-    let server_ca = ca(dir, "server-ca", "test server CA", 2).unwrap();
-    leaf(dir, "site", SITE, &server_ca, Usage::Server(SITE), 2).unwrap();
-    let zone_ca = ca(dir, "zone-ca", "test AOP zone CA", 2).unwrap();
-    leaf(dir, "edge", "edge", &zone_ca, Usage::Client, 2).unwrap();
+    shield_tests::pki::mtls_site(dir, SITE).unwrap();
     let config = lab.write_config("shield.toml", xdp_extra).unwrap();
-    let site = format!(
-        "\n[[site]]\nserver_names = [\"{SITE}\"]\nlisten = \"0.0.0.0:443\"\ncert = \"{d}/site.pem\"\nkey = \"{d}/site.key\"\nclient_ca = [\"{d}/zone-ca.pem\"]\nupstream = \"http://127.0.0.1:8080\"\n",
-        d = dir.display()
-    );
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&site);
+    text.push_str(&shield_tests::pki::site_toml(
+        dir,
+        SITE,
+        "http://127.0.0.1:8080",
+    ));
     std::fs::write(&config, text).unwrap();
     let upstream = lab
         .origin
@@ -130,29 +126,9 @@ fn mtls_site(lab: &Lab, xdp_extra: &str) -> (std::path::PathBuf, shield_tests::B
 /// One mTLS request from the edge with the zone's client certificate;
 /// the HTTP status, or 0 when none came.
 fn mtls_get(lab: &Lab) -> u32 {
-    let d = lab.work_dir.display();
-    let output = lab
-        .edge
-        .exec(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "3",
-            "--cacert",
-            &format!("{d}/server-ca.pem"),
-            "--cert",
-            &format!("{d}/edge.pem"),
-            "--key",
-            &format!("{d}/edge.key"),
-            "--resolve",
-            &format!("{SITE}:443:{ORIGIN_V4}"),
-            &format!("https://{SITE}/"),
-        ])
-        .unwrap();
+    let args = shield_tests::pki::edge_curl_args(&lab.work_dir, SITE, ORIGIN_V4);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = lab.edge.exec(&args).unwrap();
     String::from_utf8_lossy(&output.stdout)
         .trim()
         .parse()
