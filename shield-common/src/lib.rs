@@ -97,6 +97,10 @@ reasons! {
     /// UDP to a protected port from inside the ranges under
     /// `udp_from_ranges = "drop"`: Cloudflare sends no UDP to origins.
     UdpFromRanges = 9, "udp_from_ranges", Drop;
+    /// TCP/UDP to a protected port of a local address outside
+    /// `[xdp].protected_destinations` (one the DNS-only records point at):
+    /// not judged.
+    UnprotectedDestination = 10, "unprotected_destination", Pass;
 }
 
 impl Reason {
@@ -253,6 +257,12 @@ pub struct Settings {
     /// 1: UDP to protected ports from inside the ranges is dropped.
     pub drop_udp_from_ranges: u32,
     pub cookie: CookieOptions,
+    /// 1: only packets to a destination in `DESTINATIONS_V4`/`_V6` are
+    /// judged (`[xdp].protected_destinations` is not empty); 0: every
+    /// destination is.
+    pub scoped_destinations: u32,
+    /// Zero. Keeps [`Policy`] free of padding before its `u64` words.
+    pub reserved: u32,
 }
 
 impl Settings {
@@ -269,6 +279,8 @@ impl Settings {
                 window: 0,
                 mtu: 0,
             },
+            scoped_destinations: 0,
+            reserved: 0,
         }
     }
 }
@@ -380,6 +392,9 @@ pub const fn prefilter_index(first_four: [u8; 4]) -> u32 {
 /// Capacity of each allowlist trie; far above Cloudflare's ~20 prefixes so
 /// `extra_allow` and future growth fit.
 pub const MAX_PREFIXES: u32 = 16384;
+
+/// Capacity of each protected-destination trie: a host's own addresses.
+pub const MAX_DESTINATIONS: u32 = 1024;
 
 /// IPv6 extension headers walked before giving up (`malformed`). Real
 /// traffic carries at most two or three; eight leaves room for odd but
@@ -528,6 +543,17 @@ pub mod map_specs {
         scope: MapScope::Shared,
         contents: MapContents::Policy,
     };
+    /// `[xdp].protected_destinations`, keyed as the allowlist is.
+    pub const DESTINATIONS_V4: MapSpec = MapSpec {
+        name: "DESTINATIONS_V4",
+        max_entries: MAX_DESTINATIONS,
+        ..ALLOW_V4
+    };
+    pub const DESTINATIONS_V6: MapSpec = MapSpec {
+        name: "DESTINATIONS_V6",
+        max_entries: MAX_DESTINATIONS,
+        ..ALLOW_V6
+    };
     pub const PREFILTER_V4: MapSpec = MapSpec {
         name: "PREFILTER_V4",
         kind: MapKind::Array,
@@ -562,7 +588,7 @@ pub mod map_specs {
     };
 
     /// Every map of the program.
-    pub const ALL: [MapSpec; 7] = [
+    pub const ALL: [MapSpec; 9] = [
         POLICY,
         ALLOW_V4,
         ALLOW_V6,
@@ -570,6 +596,8 @@ pub mod map_specs {
         PREFILTER_V6,
         DROP_EVENTS,
         COUNTERS,
+        DESTINATIONS_V4,
+        DESTINATIONS_V6,
     ];
 }
 
@@ -584,6 +612,8 @@ pub mod map_names {
     pub const PREFILTER_V6: &str = map_specs::PREFILTER_V6.name;
     pub const DROP_EVENTS: &str = map_specs::DROP_EVENTS.name;
     pub const COUNTERS: &str = map_specs::COUNTERS.name;
+    pub const DESTINATIONS_V4: &str = map_specs::DESTINATIONS_V4.name;
+    pub const DESTINATIONS_V6: &str = map_specs::DESTINATIONS_V6.name;
 }
 
 /// The name of the XDP program in the object file.
@@ -692,7 +722,7 @@ mod tests {
     /// a shield process: a change here breaks an upgrade. Only append.
     #[test]
     fn numbers_never_change() {
-        let reasons: [(u32, &str); 10] = [
+        let reasons: [(u32, &str); 11] = [
             (0, "non_ip"),
             (1, "unprotected"),
             (2, "allowed"),
@@ -703,6 +733,7 @@ mod tests {
             (7, "syn_cookie"),
             (8, "bad_ack"),
             (9, "udp_from_ranges"),
+            (10, "unprotected_destination"),
         ];
         for (number, name) in reasons {
             assert_eq!(Reason::from_u32(number).map(Reason::name), Some(name));
@@ -777,6 +808,7 @@ mod tests {
     #[test]
     fn settings_have_no_padding() {
         assert_eq!(core::mem::size_of::<CookieOptions>(), 16);
-        assert_eq!(core::mem::size_of::<Settings>(), 4 * 4 + 16);
+        assert_eq!(core::mem::size_of::<Settings>(), 6 * 4 + 16);
+        assert_eq!(core::mem::size_of::<Settings>() % 8, 0);
     }
 }

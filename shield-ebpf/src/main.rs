@@ -39,6 +39,14 @@ static ALLOW_V6: LpmTrie<[u8; 16], u8> =
     LpmTrie::with_max_entries(map_specs::ALLOW_V6.max_entries, 0);
 
 #[map]
+static DESTINATIONS_V4: LpmTrie<[u8; 4], u8> =
+    LpmTrie::with_max_entries(map_specs::DESTINATIONS_V4.max_entries, 0);
+
+#[map]
+static DESTINATIONS_V6: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(map_specs::DESTINATIONS_V6.max_entries, 0);
+
+#[map]
 static PREFILTER_V4: Array<u64> = Array::with_max_entries(map_specs::PREFILTER_V4.max_entries, 0);
 
 #[map]
@@ -277,6 +285,8 @@ trait Address: Copy {
     const HEADERS_LEN: u32;
     /// Whether an allowed prefix holds this address.
     fn is_allowed(&self) -> bool;
+    /// Whether `[xdp].protected_destinations` holds the destination.
+    fn to_protected_destination(&self) -> bool;
     fn describe(&self, event: &mut DropEvent);
     /// The fixed IP header and its length, for the socket helpers.
     fn header(&self) -> (*mut core::ffi::c_void, u32);
@@ -306,6 +316,7 @@ struct V4 {
 struct V6(Header<IPV6_HEADER_LEN>);
 
 const IPV6_SOURCE_AT: usize = 8;
+const IPV6_DESTINATION_AT: usize = 24;
 
 /// The hop limit of an answer, as Linux's default.
 const ANSWER_TTL: u8 = 64;
@@ -317,6 +328,13 @@ impl Address for V4 {
     fn is_allowed(&self) -> bool {
         may_be_allowed(&PREFILTER_V4, self.source)
             && ALLOW_V4.get(Key::new(32, self.source)).is_some()
+    }
+
+    #[inline(always)]
+    fn to_protected_destination(&self) -> bool {
+        DESTINATIONS_V4
+            .get(Key::new(32, self.header.field::<[u8; 4], 16>()))
+            .is_some()
     }
 
     #[inline(always)]
@@ -381,6 +399,16 @@ impl Address for V6 {
             && ALLOW_V6
                 .get(Key::new(128, self.0.field::<[u8; 16], IPV6_SOURCE_AT>()))
                 .is_some()
+    }
+
+    #[inline(always)]
+    fn to_protected_destination(&self) -> bool {
+        DESTINATIONS_V6
+            .get(Key::new(
+                128,
+                self.0.field::<[u8; 16], IPV6_DESTINATION_AT>(),
+            ))
+            .is_some()
     }
 
     #[inline(always)]
@@ -485,13 +513,23 @@ fn judge<A: Address, const COOKIES: bool>(
     let Some(walk) = walk else {
         return Reason::Malformed;
     };
+    // Checked only where the verdict could be a drop or an answer, so the
+    // scope costs nothing to traffic that passes anyway.
+    let scoped = policy.settings.scoped_destinations != 0;
+    let out_of_scope = |source: &A| scoped && !source.to_protected_destination();
     if walk.fragment && policy.settings.fragments == FragmentPolicy::DropOutside as u32 {
+        if out_of_scope(&walk.source) {
+            return Reason::UnprotectedDestination;
+        }
         return judge_source(walk.source, Reason::Fragment);
     }
     match walk.transport {
         Transport::Port(protocol, port, l4) => {
             if !policy.protects(protocol, port) {
                 return Reason::Unprotected;
+            }
+            if out_of_scope(&walk.source) {
+                return Reason::UnprotectedDestination;
             }
             if !walk.source.is_allowed() {
                 return Reason::OutsideRanges;
@@ -507,6 +545,7 @@ fn judge<A: Address, const COOKIES: bool>(
         }
         Transport::Other => Reason::Unprotected,
         Transport::NonFirstFragment => Reason::NonFirstFragment,
+        Transport::Malformed if out_of_scope(&walk.source) => Reason::UnprotectedDestination,
         Transport::Malformed => judge_source(walk.source, Reason::Malformed),
     }
 }

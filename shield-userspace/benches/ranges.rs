@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         syn_cookies: true,
         drop_udp_from_ranges: true,
         cookie: Default::default(),
+        protected_destinations: Vec::new(),
     };
     write_policy(program.maps(), &settings, &[])?;
     let cloudflare = RangeSet::snapshot();

@@ -53,6 +53,7 @@ fn shield_program_from(object: &[u8], extra: &[IpNetwork]) -> anyhow::Result<Tes
         syn_cookies: true,
         drop_udp_from_ranges: true,
         cookie: Default::default(),
+        protected_destinations: Vec::new(),
     };
     write_policy(
         program.maps(),

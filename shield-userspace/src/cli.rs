@@ -36,6 +36,10 @@ pub enum Command {
         /// Destination port.
         #[arg(long, default_value_t = 443)]
         port: u16,
+        /// Destination address (of the source's family), judged against
+        /// `[xdp].protected_destinations`; any protected one by default.
+        #[arg(long)]
+        destination: Option<IpAddr>,
         #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
         proto: ProtoArg,
         #[command(flatten)]

@@ -58,6 +58,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Classify {
             address,
             port,
+            destination,
             proto,
             config,
         } => {
@@ -72,8 +73,25 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .prefixes()
                     .chain(config.ranges.extra_allow.iter().copied()),
             );
-            let decision =
-                Classifier::new(&config.xdp, allowed).classify_flow(address, proto.into(), port);
+            let classifier = Classifier::new(&config.xdp, allowed);
+            // Without --destination: one the scope holds, so the answer is
+            // what a protected address sees.
+            let destination = destination.or_else(|| {
+                config
+                    .xdp
+                    .protected_destinations
+                    .iter()
+                    .find(|d| d.is_ipv4() == address.is_ipv4())
+                    .map(|d| d.network())
+            });
+            let decision = match destination {
+                Some(destination) => classifier
+                    .classify_flow_to(address, destination, proto.into(), port)
+                    .with_context(|| {
+                        format!("--destination {destination} is not of the family of {address}; give one that is")
+                    })?,
+                None => classifier.classify_flow(address, proto.into(), port),
+            };
             println!("{decision}");
             Ok(if decision.verdict == Verdict::Pass {
                 ExitCode::SUCCESS
@@ -234,12 +252,12 @@ fn print_status(layout: &PinLayout, interfaces: &[dataplane::InterfaceStatus]) {
             i.mode.unwrap_or("unknown")
         );
         println!(
-            "  {:<10} {:<20} {:>12} {:>14}",
+            "  {:<10} {:<24} {:>12} {:>14}",
             "verdict", "reason", "packets", "bytes"
         );
         for (verdict, reason, counter) in i.counters.iter() {
             println!(
-                "  {:<10} {:<20} {:>12} {:>14}",
+                "  {:<10} {:<24} {:>12} {:>14}",
                 verdict.name(),
                 reason.name(),
                 counter.packets,
@@ -276,6 +294,18 @@ fn print_status(layout: &PinLayout, interfaces: &[dataplane::InterfaceStatus]) {
                     "pass"
                 }
             );
+            let destinations = match maps.destinations() {
+                _ if settings.scoped_destinations == 0 => "all".to_owned(),
+                Ok(mut list) => {
+                    list.sort();
+                    list.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+                Err(error) => format!("unreadable ({error:#})"),
+            };
+            println!("protected destinations: {destinations}");
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct Classifier {
     /// How cookie SYN-ACKs are built; decides which SYNs one fits.
     pub cookie: CookieOptions,
     pub sockets: Sockets,
+    /// `[xdp].protected_destinations`: only packets to these are judged;
+    /// empty, every destination is.
+    pub destinations: Vec<IpNetwork>,
 }
 
 /// What the kernel's socket table holds, which the XDP program asks about
@@ -123,6 +126,7 @@ enum Parsed<'a> {
     NoSource,
     Ip {
         source: IpAddr,
+        destination: IpAddr,
         fragment: bool,
         transport: Transport<'a>,
     },
@@ -172,6 +176,7 @@ impl Classifier {
                 issuing_cookies: xdp.syn_cookies == SynCookies::Always,
                 ..Sockets::default()
             },
+            destinations: xdp.protected_destinations.clone(),
         }
     }
 
@@ -183,9 +188,10 @@ impl Classifier {
             Parsed::NoSource => (Reason::Malformed, None),
             Parsed::Ip {
                 source,
+                destination,
                 fragment,
                 transport,
-            } => self.judge(source, fragment, tagged, transport),
+            } => self.judge(source, destination, fragment, tagged, transport),
         };
         Decision {
             reason,
@@ -197,13 +203,23 @@ impl Classifier {
     fn judge(
         &self,
         source: IpAddr,
+        destination: IpAddr,
         fragment: bool,
         tagged: bool,
         transport: Transport,
     ) -> (Reason, Option<IpNetwork>) {
-        let by_source = |otherwise: Reason| match self.allowed.longest_match(source) {
-            Some(prefix) => (Reason::Allowed, Some(prefix)),
-            None => (otherwise, None),
+        let in_scope = self.destinations.is_empty()
+            || self.destinations.iter().any(|d| d.contains(destination));
+        // Out of scope: not judged. Asked only where the packet could be
+        // dropped or answered, as the kernel asks it.
+        let by_source = |otherwise: Reason| {
+            if !in_scope {
+                return (Reason::UnprotectedDestination, None);
+            }
+            match self.allowed.longest_match(source) {
+                Some(prefix) => (Reason::Allowed, Some(prefix)),
+                None => (otherwise, None),
+            }
         };
         if fragment && self.fragments == FragmentPolicy::DropOutside {
             return by_source(Reason::Fragment);
@@ -322,9 +338,28 @@ impl Classifier {
     pub fn classify_flow(&self, source: IpAddr, protocol: PortProtocol, port: u16) -> Decision {
         self.classify_packet(&flow_packet(source, protocol, port))
     }
+
+    /// As [`Classifier::classify_flow`], to `destination` (of the
+    /// source's family); `None` when the families differ.
+    pub fn classify_flow_to(
+        &self,
+        source: IpAddr,
+        destination: IpAddr,
+        protocol: PortProtocol,
+        port: u16,
+    ) -> Option<Decision> {
+        let mut frame = flow_packet(source, protocol, port);
+        match (source, destination) {
+            (IpAddr::V4(_), IpAddr::V4(d)) => frame[30..34].copy_from_slice(&d.octets()),
+            (IpAddr::V6(_), IpAddr::V6(d)) => frame[38..54].copy_from_slice(&d.octets()),
+            _ => return None,
+        }
+        Some(self.classify_packet(&frame))
+    }
 }
 
-/// A minimal well-formed Ethernet frame for one flow.
+/// A minimal well-formed Ethernet frame for one flow, to 192.0.2.1 or
+/// 2001:db8::1.
 pub fn flow_packet(source: IpAddr, protocol: PortProtocol, port: u16) -> Vec<u8> {
     let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
     let l4_len = match protocol {
@@ -440,10 +475,14 @@ fn parse_ipv4(packet: &[u8]) -> Parsed<'_> {
     let source = IpAddr::V4(Ipv4Addr::new(
         packet[12], packet[13], packet[14], packet[15],
     ));
+    let destination = IpAddr::V4(Ipv4Addr::new(
+        packet[16], packet[17], packet[18], packet[19],
+    ));
     let header_len = usize::from(packet[0] & 0x0f) * 4;
     if packet[0] >> 4 != 4 || header_len < 20 || header_len > packet.len() {
         return Parsed::Ip {
             source,
+            destination,
             fragment: false,
             transport: Transport::Malformed,
         };
@@ -464,6 +503,7 @@ fn parse_ipv4(packet: &[u8]) -> Parsed<'_> {
     };
     Parsed::Ip {
         source,
+        destination,
         fragment: offset != 0 || more,
         transport,
     }
@@ -476,8 +516,11 @@ fn parse_ipv6(packet: &[u8]) -> Parsed<'_> {
     let mut octets = [0u8; 16];
     octets.copy_from_slice(&packet[8..24]);
     let source = IpAddr::V6(Ipv6Addr::from(octets));
+    octets.copy_from_slice(&packet[24..40]);
+    let destination = IpAddr::V6(Ipv6Addr::from(octets));
     let malformed = |fragment| Parsed::Ip {
         source,
+        destination,
         fragment,
         transport: Transport::Malformed,
     };
@@ -515,6 +558,7 @@ fn parse_ipv6(packet: &[u8]) -> Parsed<'_> {
                 if offset != 0 {
                     return Parsed::Ip {
                         source,
+                        destination,
                         fragment,
                         transport: Transport::NonFirstFragment,
                     };
@@ -524,6 +568,7 @@ fn parse_ipv6(packet: &[u8]) -> Parsed<'_> {
             protocol => {
                 return Parsed::Ip {
                     source,
+                    destination,
                     fragment,
                     transport: transport(protocol, rest, walked == 0, payload),
                 }
@@ -575,7 +620,75 @@ mod tests {
             drop_udp_from_ranges: false,
             cookie: CookieOptions::default(),
             sockets: Sockets::default(),
+            destinations: Vec::new(),
         }
+    }
+
+    /// With `protected_destinations`, a protected port of another local
+    /// address passes unjudged, and every other verdict stays.
+    #[test]
+    fn destinations_outside_the_scope_pass() {
+        let mut policy = policy();
+        policy.destinations = vec![
+            "192.0.2.1/32".parse().unwrap(),
+            "2001:db8::/64".parse().unwrap(),
+        ];
+        fn flow(
+            policy: &Classifier,
+            source: &str,
+            destination: &str,
+            protocol: PortProtocol,
+            port: u16,
+        ) -> String {
+            policy
+                .classify_flow_to(
+                    source.parse().unwrap(),
+                    destination.parse().unwrap(),
+                    protocol,
+                    port,
+                )
+                .unwrap()
+                .to_string()
+        }
+        let tcp = PortProtocol::Tcp;
+        assert_eq!(
+            flow(&policy, "203.0.113.9", "192.0.2.1", tcp, 443),
+            "drop outside_ranges"
+        );
+        assert_eq!(
+            flow(&policy, "203.0.113.9", "192.0.2.2", tcp, 443),
+            "pass unprotected_destination"
+        );
+        assert_eq!(
+            flow(&policy, "203.0.113.9", "192.0.2.2", tcp, 22),
+            "pass unprotected"
+        );
+        assert_eq!(
+            flow(&policy, "173.245.48.1", "192.0.2.2", PortProtocol::Udp, 443),
+            "pass unprotected_destination"
+        );
+        assert_eq!(
+            flow(&policy, "2001:db8:ffff::9", "2001:db8::7", tcp, 80),
+            "drop outside_ranges"
+        );
+        assert_eq!(
+            flow(&policy, "2001:db8:ffff::9", "2001:db8:1::7", tcp, 80),
+            "pass unprotected_destination"
+        );
+        assert!(policy
+            .classify_flow_to(
+                "203.0.113.9".parse().unwrap(),
+                "2001:db8::7".parse().unwrap(),
+                tcp,
+                80
+            )
+            .is_none());
+        // An empty scope is every destination.
+        policy.destinations.clear();
+        assert_eq!(
+            flow(&policy, "203.0.113.9", "192.0.2.2", tcp, 443),
+            "drop outside_ranges"
+        );
     }
 
     #[test]

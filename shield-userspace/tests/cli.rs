@@ -68,6 +68,65 @@ fn classify_explains_the_verdict_and_exits_by_it() {
         "would_drop outside_ranges"
     );
     assert_eq!(output.status.code(), Some(1));
+
+    // A scope: its addresses are judged, any other passes; without
+    // --destination the answer is the scope's own.
+    let scoped = config("[xdp]\nprotected_destinations = [\"192.0.2.1/32\", \"2001:db8::/64\"]\n");
+    let scoped = scoped.path().to_str().unwrap();
+    let cases: &[(&[&str], &str, i32)] = &[
+        (&["203.0.113.9"], "drop outside_ranges", 1),
+        (
+            &["203.0.113.9", "--destination", "192.0.2.1"],
+            "drop outside_ranges",
+            1,
+        ),
+        (
+            &["203.0.113.9", "--destination", "192.0.2.7"],
+            "pass unprotected_destination",
+            0,
+        ),
+        (
+            &[
+                "2001:db8:bad::7",
+                "--destination",
+                "2001:db8::9",
+                "--port",
+                "80",
+            ],
+            "drop outside_ranges",
+            1,
+        ),
+        (
+            &["2001:db8:bad::7", "--destination", "2001:db8:1::1"],
+            "pass unprotected_destination",
+            0,
+        ),
+    ];
+    for (args, expected, code) in cases {
+        let mut full = vec!["classify"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--config", scoped]);
+        let output = shield(&full);
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            *expected,
+            "{args:?}"
+        );
+        assert_eq!(output.status.code(), Some(*code), "{args:?}");
+    }
+    let mixed = shield(&[
+        "classify",
+        "203.0.113.9",
+        "--destination",
+        "2001:db8::9",
+        "--config",
+        scoped,
+    ]);
+    assert_ne!(mixed.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&mixed.stderr).contains("not of the family"),
+        "{mixed:?}"
+    );
 }
 
 #[test]

@@ -64,6 +64,7 @@ fn steady_address_is_never_dropped_during_1000_flips() {
         syn_cookies: false,
         drop_udp_from_ranges: false,
         cookie: Default::default(),
+        protected_destinations: Vec::new(),
     };
     let (a, b) = sets();
     let list_a = tagged_allowlist(&a, &extras(0x0b00_0000)); // 11.0.0.0/16 area
@@ -157,5 +158,104 @@ fn steady_address_is_never_dropped_during_1000_flips() {
     assert!(
         control_dropped > 0,
         "the control saw no drops: the measurement is blind"
+    );
+}
+
+/// The same for `[xdp].protected_destinations`: while the scope flips
+/// between every destination, a set holding the protected address among
+/// hundreds of others, and another such set, a packet from outside to the
+/// protected address is dropped every time; it never passes as
+/// `unprotected_destination` mid-update.
+#[test]
+fn protected_destination_is_never_unjudged_during_1000_flips() {
+    if !require_root() {
+        return;
+    }
+    let mut program = TestProgram::load().expect("load the XDP program");
+    let settings = |destinations: Vec<IpNetwork>| DataplaneSettings {
+        enforce: true,
+        fragments: FragmentPolicy::JudgeFirst,
+        protected_tcp_ports: [80, 443].into(),
+        protected_udp_ports: [443].into(),
+        syn_cookies: false,
+        drop_udp_from_ranges: false,
+        cookie: Default::default(),
+        protected_destinations: destinations,
+    };
+    // `ipv4_tcp` frames go to 192.0.2.1.
+    let with_protected = |others: u32, host: bool| {
+        let mut list = extras(others);
+        list.truncate(100);
+        list.push(if host {
+            "192.0.2.1/32".parse().unwrap()
+        } else {
+            "192.0.2.0/24".parse().unwrap()
+        });
+        list
+    };
+    let scopes = [
+        settings(Vec::new()),
+        settings(with_protected(0x0b00_0000, true)),
+        settings(with_protected(0x0c00_0000, false)),
+    ];
+    let allowlist = tagged_allowlist(&RangeSet::snapshot(), &[]);
+    write_policy(program.maps(), &scopes[0], &allowlist).expect("initial policy");
+    let mut updater = program.shared_maps_handle().expect("second map handle");
+    let outside = ipv4_tcp("203.0.113.7", 443);
+    let before = program.counters().unwrap();
+    let done = AtomicBool::new(false);
+    let (sent, passed) = std::thread::scope(|scope| {
+        let runner = scope.spawn(|| {
+            let (mut sent, mut passed) = (0u64, 0u64);
+            while !done.load(Ordering::Acquire) {
+                sent += 1;
+                if program.run(&outside).expect("test run") != XDP_DROP {
+                    passed += 1;
+                }
+            }
+            (sent, passed)
+        });
+        for flip in 0..FLIPS {
+            let scope = &scopes[flip % scopes.len()];
+            write_policy(&mut updater, scope, &allowlist).expect("apply");
+            let mut expected: Vec<IpNetwork> = scope.protected_destinations.clone();
+            let mut found = updater.destinations().unwrap();
+            expected.sort();
+            found.sort();
+            assert_eq!(found, expected, "flip {flip}");
+        }
+        done.store(true, Ordering::Release);
+        runner.join().expect("runner thread")
+    });
+    let after = program.counters().unwrap();
+    eprintln!("{FLIPS} scope flips, {sent} packets to the protected address, {passed} passed");
+    assert!(
+        sent >= FLIPS as u64,
+        "too few packets overlapped the flips: {sent}"
+    );
+    assert_eq!(
+        passed, 0,
+        "a protected destination went unjudged mid-update"
+    );
+    assert_eq!(
+        after.get(Verdict::Drop, Reason::OutsideRanges).packets
+            - before.get(Verdict::Drop, Reason::OutsideRanges).packets,
+        sent
+    );
+    // Control: a scope without the address does let it through, so the
+    // 0 above is meaningful.
+    write_policy(
+        &mut updater,
+        &settings(vec!["192.0.2.9/32".parse().unwrap()]),
+        &allowlist,
+    )
+    .unwrap();
+    assert_eq!(program.run(&outside).unwrap(), XDP_PASS);
+    assert_eq!(
+        program
+            .counter(Verdict::Pass, Reason::UnprotectedDestination)
+            .unwrap()
+            .packets,
+        1
     );
 }

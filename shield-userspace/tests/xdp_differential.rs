@@ -83,6 +83,35 @@ impl Generator {
         }
     }
 
+    /// In a protected destination of [`SCOPE`] or next to one.
+    fn destination_v4(&mut self) -> [u8; 4] {
+        match self.rng.random_range(0..4) {
+            0 => [192, 0, 2, 1],
+            1 => [
+                198,
+                18 + self.rng.random_range(0..2),
+                self.rng.random(),
+                self.rng.random(),
+            ],
+            2 => [192, 0, 2, 2],
+            _ => self.rng.random(),
+        }
+    }
+
+    fn destination_v6(&mut self) -> [u8; 16] {
+        let mut address = v6("2001:db8::1");
+        match self.rng.random_range(0..4) {
+            0 => {}
+            1 => {
+                address = v6("2001:db8:5::");
+                self.rng.fill(&mut address[6..]);
+            }
+            2 => address[15] = 2,
+            _ => address = self.rng.random(),
+        }
+        address
+    }
+
     fn port(&mut self) -> u16 {
         match self.rng.random_range(0..4) {
             0 => 443,
@@ -181,8 +210,11 @@ impl Generator {
             &ipv4(source, protocol, ihl, fragment, l4.len()),
             &l4,
         ]);
+        let l3 = 14 + 4 * tags.len();
+        let destination = self.destination_v4();
+        frame[l3 + 16..l3 + 20].copy_from_slice(&destination);
         if self.rng.random_bool(0.03) {
-            frame[14 + 4 * tags.len()] = (self.rng.random::<u8>() & 0xf0) | ihl;
+            frame[l3] = (self.rng.random::<u8>() & 0xf0) | ihl;
         }
         frame
     }
@@ -227,6 +259,8 @@ impl Generator {
             self.rng.random()
         };
         frame[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
+        let destination = self.destination_v6();
+        frame[l3 + 24..l3 + 40].copy_from_slice(&destination);
         if self.rng.random_bool(0.03) {
             frame[l3] = self.rng.random();
         }
@@ -258,6 +292,15 @@ impl Generator {
         frame
     }
 }
+
+/// `[xdp].protected_destinations` of the scoped variants: hosts and
+/// prefixes of both families.
+const SCOPE: [&str; 4] = [
+    "192.0.2.1/32",
+    "198.18.0.0/15",
+    "2001:db8::1/128",
+    "2001:db8:5::/48",
+];
 
 /// Frames per CI run; `cargo xtask test --long` sets `SHIELD_DIFF_CASES`
 /// to ten million.
@@ -317,20 +360,25 @@ fn compare() {
         rng: StdRng::seed_from_u64(seed),
         allowed: prefix_refs.iter().map(|p| p.parse().unwrap()).collect(),
     };
-    // Enforcing or not, fragment policy, in-range floods handled or not.
+    // Enforcing or not, fragment policy, in-range floods handled or not,
+    // every destination judged or only those of SCOPE.
     let variants = [
-        (true, FragmentPolicy::JudgeFirst, true),
-        (true, FragmentPolicy::DropOutside, true),
-        (false, FragmentPolicy::JudgeFirst, true),
-        (false, FragmentPolicy::DropOutside, false),
-        (true, FragmentPolicy::JudgeFirst, false),
+        (true, FragmentPolicy::JudgeFirst, true, false),
+        (true, FragmentPolicy::DropOutside, true, true),
+        (false, FragmentPolicy::JudgeFirst, true, false),
+        (false, FragmentPolicy::DropOutside, false, true),
+        (true, FragmentPolicy::JudgeFirst, false, false),
+        (true, FragmentPolicy::JudgeFirst, true, true),
     ];
     let mut program = TestProgram::load().expect("load XDP program");
     let mut compared = 0usize;
     let mut mismatches = Vec::new();
     let mut by_reason = std::collections::BTreeMap::new();
-    for (i, (enforce, fragments, in_range)) in variants.into_iter().enumerate() {
+    for (i, (enforce, fragments, in_range, scoped)) in variants.into_iter().enumerate() {
         let mut policy = policy(&prefix_refs, enforce, fragments);
+        if scoped {
+            policy.destinations = SCOPE.iter().map(|d| d.parse().unwrap()).collect();
+        }
         policy.syn_cookies = in_range;
         policy.drop_udp_from_ranges = in_range;
         policy.cookie = cookie;

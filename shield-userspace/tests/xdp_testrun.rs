@@ -536,6 +536,93 @@ fn monitor_mode_counts_would_drops_and_drops_nothing() {
     );
 }
 
+/// `frame` (untagged) sent to `destination` instead.
+fn to(mut frame: Vec<u8>, destination: &str) -> Vec<u8> {
+    match destination.parse::<std::net::IpAddr>().unwrap() {
+        std::net::IpAddr::V4(d) => frame[30..34].copy_from_slice(&d.octets()),
+        std::net::IpAddr::V6(d) => frame[38..54].copy_from_slice(&d.octets()),
+    }
+    frame
+}
+
+#[test]
+fn protected_destinations_scope_what_is_judged() {
+    let Some(mut h) = Harness::new(true, FragmentPolicy::DropOutside) else {
+        return;
+    };
+    // The frames' own destinations, 192.0.2.1 and 2001:db8::1, are in.
+    h.policy.destinations = vec![
+        "192.0.2.1/32".parse().unwrap(),
+        "2001:db8::/64".parse().unwrap(),
+    ];
+    h.policy.drop_udp_from_ranges = true;
+    apply(&mut h.program, &h.policy);
+    let mut found = h.program.maps().destinations().unwrap();
+    found.sort();
+    assert_eq!(found, h.policy.destinations);
+    const GREY_V4: &str = "192.0.2.200";
+    const GREY_V6: &str = "2001:db8:1::1";
+    h.expect(&ipv4_tcp(OUTSIDE_V4, 443), Reason::OutsideRanges);
+    h.expect(&ipv6_tcp(OUTSIDE_V6, 80), Reason::OutsideRanges);
+    h.expect(
+        &to(ipv4_tcp(OUTSIDE_V4, 443), GREY_V4),
+        Reason::UnprotectedDestination,
+    );
+    h.expect(
+        &to(ipv6_tcp(OUTSIDE_V6, 80), GREY_V6),
+        Reason::UnprotectedDestination,
+    );
+    // In-range policy is scoped alike; unprotected ports stay what they are.
+    let udp_in = v4_frame(&[], INSIDE_V4, UDP, 5, 0, &udp(443));
+    h.expect(&udp_in, Reason::UdpFromRanges);
+    h.expect(&to(udp_in, GREY_V4), Reason::UnprotectedDestination);
+    h.expect(&to(ipv4_tcp(OUTSIDE_V4, 22), GREY_V4), Reason::Unprotected);
+    h.expect(
+        &to(ipv4_tcp(INSIDE_V4, 443), GREY_V4),
+        Reason::UnprotectedDestination,
+    );
+    // Malformed and drop-outside fragments are judged only in scope.
+    let short = v4_frame(&[], OUTSIDE_V4, TCP, 5, 0, &tcp(443)[..10]);
+    h.expect(&short, Reason::Malformed);
+    h.expect(&to(short, GREY_V4), Reason::UnprotectedDestination);
+    let piece = v4_frame(&[], OUTSIDE_V4, TCP, 5, ipv4_fragment(7, false), &[0u8; 24]);
+    h.expect(&piece, Reason::Fragment);
+    h.expect(&to(piece, GREY_V4), Reason::UnprotectedDestination);
+    let piece = v6_frame(
+        OUTSIDE_V6,
+        &[ext_fragment(UDP, 9, false)],
+        FRAGMENT,
+        &[0u8; 16],
+    );
+    h.expect(&piece, Reason::Fragment);
+    h.expect(&to(piece, GREY_V6), Reason::UnprotectedDestination);
+
+    // A new scope replaces the old one; an empty one judges everything.
+    h.policy.destinations = vec!["192.0.2.200/32".parse().unwrap()];
+    apply(&mut h.program, &h.policy);
+    assert_eq!(
+        h.program.maps().destinations().unwrap(),
+        h.policy.destinations
+    );
+    h.expect(&ipv4_tcp(OUTSIDE_V4, 443), Reason::UnprotectedDestination);
+    h.expect(
+        &to(ipv4_tcp(OUTSIDE_V4, 443), GREY_V4),
+        Reason::OutsideRanges,
+    );
+    h.expect(&ipv6_tcp(OUTSIDE_V6, 80), Reason::UnprotectedDestination);
+    h.policy.destinations.clear();
+    apply(&mut h.program, &h.policy);
+    assert!(h.program.maps().destinations().unwrap().is_empty());
+    h.expect(
+        &to(ipv4_tcp(OUTSIDE_V4, 443), GREY_V4),
+        Reason::OutsideRanges,
+    );
+    h.expect(
+        &to(ipv6_tcp(OUTSIDE_V6, 80), GREY_V6),
+        Reason::OutsideRanges,
+    );
+}
+
 #[test]
 fn protected_ports_come_from_the_map() {
     let Some(mut h) = Harness::new(true, FragmentPolicy::JudgeFirst) else {

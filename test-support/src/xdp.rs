@@ -31,12 +31,14 @@ pub fn policy(prefixes: &[&str], enforce: bool, fragments: FragmentPolicy) -> Cl
         drop_udp_from_ranges: false,
         cookie: CookieOptions::default(),
         sockets: Sockets::default(),
+        destinations: Vec::new(),
     }
 }
 
 /// Writes `policy` into the program's maps exactly as the daemon would.
 pub fn apply(program: &mut TestProgram, policy: &Classifier) {
     let settings = DataplaneSettings {
+        protected_destinations: policy.destinations.clone(),
         syn_cookies: policy.syn_cookies,
         drop_udp_from_ranges: policy.drop_udp_from_ranges,
         cookie: policy.cookie,

@@ -942,3 +942,87 @@ fn shield_mounts_bpffs_when_the_host_has_not() {
     );
     assert!(lab.curl(&lab.edge, &url(ORIGIN_V4, 443)).unwrap());
 }
+
+/// A second address of the origin, the kind a DNS-only (grey-cloud)
+/// record points at, on the attacker's link.
+const GREY_V4: &str = "192.0.2.50";
+const GREY_V6: &str = "2001:db8:1::50";
+
+#[test]
+fn protected_destinations_leave_the_grey_address_open() {
+    let Some(lab) = lab() else { return };
+    for (family, address, len) in [("-4", GREY_V4, 32), ("-6", GREY_V6, 128)] {
+        let with_len = format!("{address}/{len}");
+        let mut add = vec!["ip", family, "addr", "add", &with_len, "dev", "eth1"];
+        if family == "-6" {
+            add.push("nodad");
+        }
+        lab.origin.exec_check(&add).unwrap();
+        lab.attacker
+            .exec_check(&["ip", family, "route", "add", &with_len, "dev", "eth0"])
+            .unwrap();
+    }
+    let config = lab
+        .write_config(
+            "shield.toml",
+            &format!("protected_destinations = [\"{ORIGIN_V4}/32\", \"{ORIGIN_V6}/128\", \"198.18.0.1/32\"]\n"),
+        )
+        .unwrap();
+    let shield = lab.start_shield(&config).unwrap();
+    // The entry no interface holds is named, not refused.
+    assert!(
+        wait_for(Duration::from_secs(5), || shield
+            .log_text()
+            .contains("198.18.0.1/32"))
+        .is_ok(),
+        "no warning naming the non-local entry: {}",
+        shield.log_text()
+    );
+    for port in [80, 443] {
+        for (protected, grey) in [(ORIGIN_V4, GREY_V4), (ORIGIN_V6, GREY_V6)] {
+            assert!(
+                lab.curl(&lab.attacker, &url(grey, port)).unwrap(),
+                "attacker to the grey {grey}:{port} must answer"
+            );
+            assert!(
+                !lab.curl(&lab.attacker, &url(protected, port)).unwrap(),
+                "attacker to the proxied {protected}:{port} must time out"
+            );
+            assert!(
+                lab.curl(&lab.edge, &url(protected, port)).unwrap(),
+                "edge to {protected}:{port}"
+            );
+        }
+    }
+    assert!(
+        lab.counter("eth1", "pass", "unprotected_destination")
+            .unwrap()
+            >= 4
+    );
+    assert!(lab.counter("eth1", "drop", "outside_ranges").unwrap() > 0);
+    assert_eq!(
+        lab.counter("eth0", "pass", "unprotected_destination")
+            .unwrap(),
+        0
+    );
+    let status = lab.shield(&["status"]).unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&format!("protected destinations: {ORIGIN_V4}/32")),
+        "{text}"
+    );
+    let classify = lab
+        .shield(&[
+            "classify",
+            ATTACKER_V4,
+            "--destination",
+            GREY_V4,
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&classify.stdout).trim(),
+        "pass unprotected_destination"
+    );
+}

@@ -155,6 +155,10 @@ pub struct XdpConfig {
     pub fragments: Fragments,
     pub syn_cookies: SynCookies,
     pub udp_from_ranges: UdpFromRanges,
+    /// Local addresses (or prefixes of them) whose protected ports are
+    /// judged; packets to any other destination pass as
+    /// `unprotected_destination`. Empty: every destination is judged.
+    pub protected_destinations: Vec<IpNetwork>,
 }
 
 impl Default for XdpConfig {
@@ -168,6 +172,7 @@ impl Default for XdpConfig {
             fragments: Fragments::JudgeFirst,
             syn_cookies: SynCookies::Flood,
             udp_from_ranges: UdpFromRanges::Drop,
+            protected_destinations: Vec::new(),
         }
     }
 }
@@ -393,6 +398,39 @@ fn validate_xdp(xdp: &XdpConfig) -> Result<(), InvalidKey> {
             return Err(InvalidKey::new(key, "port 0 cannot be protected"));
         }
     }
+    validate_prefixes("xdp.protected_destinations", &xdp.protected_destinations)?;
+    if xdp.protected_destinations.len() > shield_common::MAX_DESTINATIONS as usize {
+        return Err(InvalidKey::new(
+            "xdp.protected_destinations",
+            format!(
+                "{} entries; at most {} fit",
+                xdp.protected_destinations.len(),
+                shield_common::MAX_DESTINATIONS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Prefixes written as their network: a set host bit is a typo that
+/// would otherwise cover a different range than the operator read.
+fn validate_prefixes(key: &str, prefixes: &[IpNetwork]) -> Result<(), InvalidKey> {
+    let mut seen = BTreeSet::new();
+    for network in prefixes {
+        if network.ip() != network.network() {
+            return Err(InvalidKey::new(
+                key,
+                format!(
+                    "{network} has host bits set; did you mean {}/{}?",
+                    network.network(),
+                    network.prefix()
+                ),
+            ));
+        }
+        if !seen.insert(network) {
+            return Err(InvalidKey::new(key, format!("{network} is listed twice")));
+        }
+    }
     Ok(())
 }
 
@@ -434,19 +472,7 @@ fn validate_ranges(ranges: &RangesConfig) -> Result<(), InvalidKey> {
     if ranges.cache.as_os_str().is_empty() || !ranges.cache.is_absolute() {
         return Err(InvalidKey::new("ranges.cache", "must be an absolute path"));
     }
-    for network in &ranges.extra_allow {
-        if network.ip() != network.network() {
-            return Err(InvalidKey::new(
-                "ranges.extra_allow",
-                format!(
-                    "{network} has host bits set; did you mean {}/{}?",
-                    network.network(),
-                    network.prefix()
-                ),
-            ));
-        }
-    }
-    Ok(())
+    validate_prefixes("ranges.extra_allow", &ranges.extra_allow)
 }
 
 #[cfg(test)]
@@ -475,6 +501,7 @@ mod tests {
         assert_eq!(config.xdp.fragments, Fragments::JudgeFirst);
         assert_eq!(config.xdp.syn_cookies, SynCookies::Flood);
         assert_eq!(config.xdp.udp_from_ranges, UdpFromRanges::Drop);
+        assert!(config.xdp.protected_destinations.is_empty());
         assert_eq!(
             config.ranges.refresh,
             Refresh::Every(Duration::from_secs(21600))
@@ -500,6 +527,7 @@ protected_udp_ports = [443]
 fragments = "judge-first"
 syn_cookies = "flood"
 udp_from_ranges = "drop"
+protected_destinations = []
 
 [ranges]
 sources = ["https://api.cloudflare.com/client/v4/ips"]
@@ -557,6 +585,14 @@ upstream = "http://127.0.0.1:8080"
             (
                 "xdp.interfaces",
                 "[xdp]\ninterfaces = [\"abcdefghijklmnop\"]".into(),
+            ),
+            (
+                "xdp.protected_destinations",
+                "[xdp]\nprotected_destinations = [\"192.0.2.1/24\"]".into(),
+            ),
+            (
+                "xdp.protected_destinations",
+                "[xdp]\nprotected_destinations = [\"192.0.2.1/32\", \"192.0.2.1\"]".into(),
             ),
             (
                 "xdp.protected_tcp_ports",
@@ -635,6 +671,10 @@ upstream = "http://127.0.0.1:8080"
             (
                 "ranges.extra_allow",
                 "[ranges]\nextra_allow = [\"not-a-cidr\"]".into(),
+            ),
+            (
+                "xdp.protected_destinations",
+                "[xdp]\nprotected_destinations = [\"grey.example\"]".into(),
             ),
             (
                 "ranges.sources",

@@ -8,8 +8,8 @@ use std::{
 use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use ipnetwork::IpNetwork;
 use shield_common::{
-    counter_index, map_names, prefilter_index, Counter, CpuCounters, Policy, PortProtocol, Reason,
-    Settings, Verdict,
+    counter_index, map_names, prefilter_index, Counter, CpuCounters, MapKind, Policy, PortProtocol,
+    Reason, Settings, Verdict,
 };
 
 use super::DataplaneError;
@@ -17,8 +17,8 @@ use super::DataplaneError;
 /// The maps every interface's program shares.
 pub struct SharedMaps {
     policy: Array<MapData, Policy>,
-    allow_v4: LpmTrie<MapData, [u8; 4], u8>,
-    allow_v6: LpmTrie<MapData, [u8; 16], u8>,
+    allow: PrefixTries,
+    destinations: PrefixTries,
     prefilter_v4: Array<MapData, u64>,
     prefilter_v6: Array<MapData, u64>,
 }
@@ -39,59 +39,66 @@ fn map_error(context: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneEr
     move |source| DataplaneError::Map { context, source }
 }
 
+/// The aya wrapper a map of this name is read through, by its kind in
+/// the table of map layouts.
+pub(super) fn typed(name: &str, data: MapData) -> Map {
+    let kind = shield_common::map_specs::ALL
+        .iter()
+        .find(|spec| spec.name == name)
+        .map(|spec| spec.kind);
+    match kind {
+        Some(MapKind::LpmTrie) => Map::LpmTrie(data),
+        Some(MapKind::PerCpuArray) => Map::PerCpuArray(data),
+        Some(MapKind::RingBuf) => Map::RingBuf(data),
+        Some(MapKind::Array) | None => Map::Array(data),
+    }
+}
+
 impl SharedMaps {
     /// Takes the shared maps out of a freshly loaded object.
     pub fn take_from(ebpf: &mut aya::Ebpf) -> Result<SharedMaps, DataplaneError> {
-        let mut take = |name: &str| {
+        SharedMaps::from_maps(|name| {
             ebpf.take_map(name)
                 .ok_or_else(|| DataplaneError::MissingMap {
                     name: name.to_owned(),
                 })
-        };
-        let policy = take(map_names::POLICY)?;
-        let allow_v4 = take(map_names::ALLOW_V4)?;
-        let allow_v6 = take(map_names::ALLOW_V6)?;
-        let prefilter = [
-            take(map_names::PREFILTER_V4)?,
-            take(map_names::PREFILTER_V6)?,
-        ];
-        SharedMaps::from_maps(policy, allow_v4, allow_v6, prefilter)
+        })
     }
 
     /// Opens the pinned shared maps (for status and classify while the
     /// daemon is down).
     pub fn open_pinned(layout: &super::PinLayout) -> Result<SharedMaps, DataplaneError> {
-        let open = |name: &str| {
+        SharedMaps::from_maps(|name| {
             let path = layout.shared_map(name);
-            MapData::from_pin(&path).map_err(map_error(format!(
-                "cannot open pinned map {}",
-                path.display()
-            )))
-        };
-        SharedMaps::from_maps(
-            Map::Array(open(map_names::POLICY)?),
-            Map::LpmTrie(open(map_names::ALLOW_V4)?),
-            Map::LpmTrie(open(map_names::ALLOW_V6)?),
-            [
-                Map::Array(open(map_names::PREFILTER_V4)?),
-                Map::Array(open(map_names::PREFILTER_V6)?),
-            ],
-        )
+            MapData::from_pin(&path)
+                .map(|data| typed(name, data))
+                .map_err(map_error(format!(
+                    "cannot open pinned map {}",
+                    path.display()
+                )))
+        })
     }
 
+    /// The shared maps, each asked of `take` by name.
     pub(super) fn from_maps(
-        policy: Map,
-        allow_v4: Map,
-        allow_v6: Map,
-        prefilter: [Map; 2],
+        mut take: impl FnMut(&'static str) -> Result<Map, DataplaneError>,
     ) -> Result<SharedMaps, DataplaneError> {
-        let [prefilter_v4, prefilter_v6] = prefilter;
         Ok(SharedMaps {
-            prefilter_v4: Array::try_from(prefilter_v4).map_err(map_error("PREFILTER_V4"))?,
-            prefilter_v6: Array::try_from(prefilter_v6).map_err(map_error("PREFILTER_V6"))?,
-            policy: Array::try_from(policy).map_err(map_error("POLICY"))?,
-            allow_v4: LpmTrie::try_from(allow_v4).map_err(map_error("ALLOW_V4"))?,
-            allow_v6: LpmTrie::try_from(allow_v6).map_err(map_error("ALLOW_V6"))?,
+            policy: Array::try_from(take(map_names::POLICY)?).map_err(map_error("POLICY"))?,
+            allow: PrefixTries::new(
+                [map_names::ALLOW_V4, map_names::ALLOW_V6],
+                "the allowlist",
+                &mut take,
+            )?,
+            destinations: PrefixTries::new(
+                [map_names::DESTINATIONS_V4, map_names::DESTINATIONS_V6],
+                "the protected destinations",
+                &mut take,
+            )?,
+            prefilter_v4: Array::try_from(take(map_names::PREFILTER_V4)?)
+                .map_err(map_error("PREFILTER_V4"))?,
+            prefilter_v6: Array::try_from(take(map_names::PREFILTER_V6)?)
+                .map_err(map_error("PREFILTER_V6"))?,
         })
     }
 
@@ -140,26 +147,46 @@ impl SharedMaps {
 
     /// The allowed prefixes in the kernel now, with their origin tags.
     pub fn allowlist(&self) -> Result<Vec<TaggedPrefix>, DataplaneError> {
-        let mut prefixes = Vec::new();
-        for entry in self.allow_v4.iter() {
-            let (key, tag) = entry.map_err(map_error("cannot read ALLOW_V4"))?;
-            let network = ipnetwork::Ipv4Network::new(key.data().into(), key.prefix_len() as u8)
-                .map_err(|source| DataplaneError::CorruptMap {
-                    name: "ALLOW_V4",
-                    source,
-                })?;
-            prefixes.push((IpNetwork::V4(network), tag));
+        self.allow.entries()
+    }
+
+    /// The protected destinations in the kernel now (empty: every
+    /// destination is protected, when the settings say so).
+    pub fn destinations(&self) -> Result<Vec<IpNetwork>, DataplaneError> {
+        Ok(self
+            .destinations
+            .entries()?
+            .into_iter()
+            .map(|(prefix, _)| prefix)
+            .collect())
+    }
+
+    /// Adds the destinations of `desired` the trie lacks: before the
+    /// settings that scope the program to them, so a destination that is
+    /// protected before and after a change never passes unjudged.
+    pub(super) fn add_destinations(&mut self, desired: &[IpNetwork]) -> Result<(), DataplaneError> {
+        let current: BTreeSet<IpNetwork> = self.destinations()?.into_iter().collect();
+        for prefix in desired.iter().map(|p| canonical(*p)) {
+            if !current.contains(&prefix) {
+                self.destinations.insert(prefix, DESTINATION_TAG)?;
+            }
         }
-        for entry in self.allow_v6.iter() {
-            let (key, tag) = entry.map_err(map_error("cannot read ALLOW_V6"))?;
-            let network = ipnetwork::Ipv6Network::new(key.data().into(), key.prefix_len() as u8)
-                .map_err(|source| DataplaneError::CorruptMap {
-                    name: "ALLOW_V6",
-                    source,
-                })?;
-            prefixes.push((IpNetwork::V6(network), tag));
+        Ok(())
+    }
+
+    /// Removes the destinations not in `desired`: after the settings, so
+    /// one leaving the scope stops being judged last.
+    pub(super) fn remove_other_destinations(
+        &mut self,
+        desired: &[IpNetwork],
+    ) -> Result<(), DataplaneError> {
+        let desired: BTreeSet<IpNetwork> = desired.iter().map(|p| canonical(*p)).collect();
+        for prefix in self.destinations()? {
+            if !desired.contains(&prefix) {
+                self.destinations.remove(prefix)?;
+            }
         }
-        Ok(prefixes)
+        Ok(())
     }
 
     /// Makes the allowlist equal to `desired`.
@@ -188,12 +215,12 @@ impl SharedMaps {
                 stats.unchanged += 1;
                 continue;
             }
-            self.insert(prefix, tag)?;
+            self.allow.insert(prefix, tag)?;
             stats.added += 1;
         }
         for &prefix in current.keys() {
             if !desired.contains_key(&prefix) {
-                self.remove(prefix)?;
+                self.allow.remove(prefix)?;
                 stats.removed += 1;
             }
         }
@@ -226,58 +253,110 @@ impl SharedMaps {
         Ok(())
     }
 
+    /// Whether the kernel's trie allows `address` (one LPM lookup).
+    pub fn allows(&self, address: IpAddr) -> Result<bool, DataplaneError> {
+        self.allow.holds(address)
+    }
+}
+
+/// The value of a protected-destination entry (the key is what matters).
+const DESTINATION_TAG: u8 = 1;
+
+/// A pair of LPM tries, one per family, holding prefixes with a tag.
+struct PrefixTries {
+    v4: LpmTrie<MapData, [u8; 4], u8>,
+    v6: LpmTrie<MapData, [u8; 16], u8>,
+    names: [&'static str; 2],
+    /// What the pair holds, for errors: "the allowlist".
+    what: &'static str,
+    /// Entries each trie holds at most.
+    capacity: u32,
+}
+
+impl PrefixTries {
+    fn new(
+        names: [&'static str; 2],
+        what: &'static str,
+        take: &mut impl FnMut(&'static str) -> Result<Map, DataplaneError>,
+    ) -> Result<PrefixTries, DataplaneError> {
+        let [v4, v6] = names;
+        Ok(PrefixTries {
+            v4: LpmTrie::try_from(take(v4)?).map_err(map_error(v4))?,
+            v6: LpmTrie::try_from(take(v6)?).map_err(map_error(v6))?,
+            names,
+            what,
+            capacity: shield_common::map_specs::ALL
+                .iter()
+                .find(|spec| spec.name == v4)
+                .map_or(0, |spec| spec.max_entries),
+        })
+    }
+
+    fn entries(&self) -> Result<Vec<TaggedPrefix>, DataplaneError> {
+        let [name_v4, name_v6] = self.names;
+        let corrupt = |name| move |source| DataplaneError::CorruptMap { name, source };
+        let mut prefixes = Vec::new();
+        for entry in self.v4.iter() {
+            let (key, tag) = entry.map_err(map_error(format!("cannot read {name_v4}")))?;
+            let network = ipnetwork::Ipv4Network::new(key.data().into(), key.prefix_len() as u8)
+                .map_err(corrupt(name_v4))?;
+            prefixes.push((IpNetwork::V4(network), tag));
+        }
+        for entry in self.v6.iter() {
+            let (key, tag) = entry.map_err(map_error(format!("cannot read {name_v6}")))?;
+            let network = ipnetwork::Ipv6Network::new(key.data().into(), key.prefix_len() as u8)
+                .map_err(corrupt(name_v6))?;
+            prefixes.push((IpNetwork::V6(network), tag));
+        }
+        Ok(prefixes)
+    }
+
     fn insert(&mut self, prefix: IpNetwork, tag: u8) -> Result<(), DataplaneError> {
         let context = || {
             format!(
-                "cannot add {prefix} to the allowlist (the trie holds {} prefixes per family)",
-                shield_common::MAX_PREFIXES
+                "cannot add {prefix} to {} (its trie holds {} prefixes per family)",
+                self.what, self.capacity
             )
         };
-        match prefix {
-            IpNetwork::V4(p) => self
-                .allow_v4
-                .insert(
-                    &Key::new(u32::from(p.prefix()), p.network().octets()),
-                    tag,
-                    0,
-                )
-                .map_err(map_error(context())),
-            IpNetwork::V6(p) => self
-                .allow_v6
-                .insert(
-                    &Key::new(u32::from(p.prefix()), p.network().octets()),
-                    tag,
-                    0,
-                )
-                .map_err(map_error(context())),
-        }
+        let result = match prefix {
+            IpNetwork::V4(p) => self.v4.insert(
+                &Key::new(u32::from(p.prefix()), p.network().octets()),
+                tag,
+                0,
+            ),
+            IpNetwork::V6(p) => self.v6.insert(
+                &Key::new(u32::from(p.prefix()), p.network().octets()),
+                tag,
+                0,
+            ),
+        };
+        result.map_err(|source| map_error(context())(source))
     }
 
     fn remove(&mut self, prefix: IpNetwork) -> Result<(), DataplaneError> {
-        let context = format!("cannot remove {prefix} from the allowlist");
+        let context = format!("cannot remove {prefix} from {}", self.what);
         match prefix {
             IpNetwork::V4(p) => self
-                .allow_v4
-                .remove(&Key::new(u32::from(p.prefix()), p.network().octets()))
-                .map_err(map_error(context)),
+                .v4
+                .remove(&Key::new(u32::from(p.prefix()), p.network().octets())),
             IpNetwork::V6(p) => self
-                .allow_v6
-                .remove(&Key::new(u32::from(p.prefix()), p.network().octets()))
-                .map_err(map_error(context)),
+                .v6
+                .remove(&Key::new(u32::from(p.prefix()), p.network().octets())),
         }
+        .map_err(map_error(context))
     }
 
-    /// Whether the kernel's trie allows `address` (one LPM lookup).
-    pub fn allows(&self, address: IpAddr) -> Result<bool, DataplaneError> {
+    /// Whether a prefix in the pair holds `address` (one LPM lookup).
+    fn holds(&self, address: IpAddr) -> Result<bool, DataplaneError> {
         let result = match address {
-            IpAddr::V4(a) => self.allow_v4.get(&Key::new(32, a.octets()), 0).map(|_| ()),
-            IpAddr::V6(a) => self.allow_v6.get(&Key::new(128, a.octets()), 0).map(|_| ()),
+            IpAddr::V4(a) => self.v4.get(&Key::new(32, a.octets()), 0).map(|_| ()),
+            IpAddr::V6(a) => self.v6.get(&Key::new(128, a.octets()), 0).map(|_| ()),
         };
         match result {
             Ok(()) => Ok(true),
             Err(MapError::KeyNotFound) => Ok(false),
             Err(source) => Err(DataplaneError::Map {
-                context: "allowlist lookup".into(),
+                context: format!("{} lookup", self.what),
                 source,
             }),
         }

@@ -43,6 +43,8 @@ use shield_common::{
 pub use maps::{ApplyStats, Counters, SharedMaps, TaggedPrefix};
 pub use pins::{PinLayout, DEFAULT_PIN_ROOT, PIN_ROOT_ENV};
 
+use ipnetwork::IpNetwork;
+
 use crate::config::{self, Config};
 
 /// The compiled XDP program (built by `build.rs` from `shield-ebpf`).
@@ -164,6 +166,8 @@ pub struct DataplaneSettings {
     pub drop_udp_from_ranges: bool,
     /// How cookie SYN-ACKs are built, from the namespace's sysctls.
     pub cookie: CookieOptions,
+    /// The local addresses whose protected ports are judged; empty: all.
+    pub protected_destinations: Vec<IpNetwork>,
 }
 
 impl DataplaneSettings {
@@ -178,6 +182,7 @@ impl DataplaneSettings {
             syn_cookies: config.xdp.syn_cookies != config::SynCookies::Off,
             drop_udp_from_ranges: config.xdp.udp_from_ranges == config::UdpFromRanges::Drop,
             cookie,
+            protected_destinations: config.xdp.protected_destinations.clone(),
         }
     }
 
@@ -197,6 +202,7 @@ impl DataplaneSettings {
                 "[xdp].syn_cookies: the kernel issues no SYN cookies here (net.ipv4.tcp_syncookies is 0 or missing), so XDP answers no SYN; in-range SYN floods reach the kernel"
             );
         }
+        warn_non_local(&config.xdp.protected_destinations);
         let mtu = config
             .xdp
             .interfaces
@@ -215,7 +221,35 @@ impl DataplaneSettings {
         settings.syn_cookies = u32::from(self.syn_cookies);
         settings.drop_udp_from_ranges = u32::from(self.drop_udp_from_ranges);
         settings.cookie = self.cookie;
+        settings.scoped_destinations = u32::from(!self.protected_destinations.is_empty());
         settings
+    }
+}
+
+/// Warns about `[xdp].protected_destinations` entries that hold no
+/// address of this host: not an error, since an address may be added after
+/// shield starts (packets to it are judged from then on).
+fn warn_non_local(destinations: &[IpNetwork]) {
+    if destinations.is_empty() {
+        return;
+    }
+    let local: Vec<std::net::IpAddr> = match if_addrs::get_if_addrs() {
+        Ok(interfaces) => interfaces.iter().map(if_addrs::Interface::ip).collect(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot list this host's addresses to check [xdp].protected_destinations");
+            return;
+        }
+    };
+    let strays: Vec<String> = destinations
+        .iter()
+        .filter(|d| !local.iter().any(|a| d.contains(*a)))
+        .map(ToString::to_string)
+        .collect();
+    if !strays.is_empty() {
+        tracing::warn!(
+            entries = %strays.join(", "),
+            "[xdp].protected_destinations: these hold no address of this host (yet); packets to them are judged once one is added, and other addresses stay unprotected"
+        );
     }
 }
 
@@ -249,18 +283,22 @@ fn interface_mtu(name: &str) -> Option<u32> {
     u32::try_from(unsafe { request.ifr_ifru.ifru_mtu }).ok()
 }
 
-/// Writes settings, ports and the allowlist, in the order that never opens
-/// a gap: settings and ports first, then the allowlist add-before-remove.
+/// Writes settings, ports, destinations and the allowlist, in the order
+/// that never opens a gap: new destinations before the settings that may
+/// scope the program to them, the settings and ports, the destinations
+/// that left after them, then the allowlist add-before-remove.
 pub fn write_policy(
     maps: &mut SharedMaps,
     settings: &DataplaneSettings,
     allowlist: &[TaggedPrefix],
 ) -> Result<ApplyStats, DataplaneError> {
+    maps.add_destinations(&settings.protected_destinations)?;
     maps.write_settings_and_ports(
         settings.kernel_settings(),
         &settings.protected_tcp_ports,
         &settings.protected_udp_ports,
     )?;
+    maps.remove_other_destinations(&settings.protected_destinations)?;
     maps.apply_allowlist(allowlist)
 }
 

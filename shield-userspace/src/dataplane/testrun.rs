@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use aya::{
-    maps::{Map, MapData, MapError, MapInfo, PerCpuArray},
+    maps::{MapData, MapError, MapInfo, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -113,20 +113,12 @@ impl TestProgram {
                 .to_owned();
             by_name.insert(name, data);
         }
-        let mut take = |name: &str| {
+        SharedMaps::from_maps(|name| {
             by_name
                 .remove(name)
+                .map(|data| super::maps::typed(name, data))
                 .ok_or_else(|| DataplaneError::MissingMap { name: name.into() })
-        };
-        SharedMaps::from_maps(
-            Map::Array(take(map_names::POLICY)?),
-            Map::LpmTrie(take(map_names::ALLOW_V4)?),
-            Map::LpmTrie(take(map_names::ALLOW_V6)?),
-            [
-                Map::Array(take(map_names::PREFILTER_V4)?),
-                Map::Array(take(map_names::PREFILTER_V6)?),
-            ],
-        )
+        })
     }
 
     /// The kernel's description of each of this program's maps, by name,
