@@ -103,6 +103,7 @@ impl Daemon {
             source = %ranges.current().source,
             ipv4 = ranges.current().ipv4.len(),
             ipv6 = ranges.current().ipv6.len(),
+            jdcloud = ranges.current().jdcloud_prefixes().count(),
             extra = config.ranges.extra_allow.len(),
             enforce = config.xdp.enforce,
             "shield ready"
