@@ -2,7 +2,8 @@
 //! panics, and whatever validation accepts obeys the rules, checked here
 //! with arithmetic of its own: every prefix of its family, no host bits,
 //! none shorter than the floor, none touching reserved space, both
-//! families present, at most the cap per family.
+//! families present, at most the cap per family; the same for the China
+//! Network's (`jdcloud_cidrs`) entries.
 
 #![no_main]
 
@@ -120,6 +121,14 @@ fuzz_target!(|data: &[u8]| {
     }
     for prefix in &set.ipv6 {
         check(prefix, false, &limits);
+    }
+    // The China Network's list holds both families; each entry obeys the
+    // rules of its own, and an empty list is refused.
+    if let Some(jdcloud) = &set.jdcloud {
+        assert!(!jdcloud.is_empty());
+        for prefix in jdcloud {
+            check(prefix, prefix.is_ipv4(), &limits);
+        }
     }
     // The set a validated update is applied as; it must not panic either.
     let _ = set.content_etag();

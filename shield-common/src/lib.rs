@@ -374,6 +374,8 @@ pub const fn port_bit(port: u16) -> u64 {
 /// LPM-trie value: where an allowed prefix came from (for `classify`).
 pub const PREFIX_FROM_RANGES: u8 = 1;
 pub const PREFIX_FROM_EXTRA: u8 = 2;
+/// Cloudflare's China Network (JD Cloud) ranges, `[ranges].china_network`.
+pub const PREFIX_FROM_JDCLOUD: u8 = 3;
 
 /// The prefilter: one bit per /24 (the top 24 bits of the source, for
 /// IPv4 and IPv6 alike), set when some allowed prefix overlaps that /24.

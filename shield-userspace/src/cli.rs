@@ -45,7 +45,7 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// The ranges in force: source, age, etag and prefixes.
+    /// The ranges in force: source, age, etag and prefixes with their network.
     Ranges {
         /// Fetch, validate, show the difference and write the cache; the
         /// running daemon applies it within seconds (or at once on SIGHUP).

@@ -21,7 +21,7 @@ use crate::{
         metrics::RangeMetrics,
         refresh::{self, Refresher, Schedule},
         source::{FetchOptions, Fetcher},
-        RangeSet,
+        Networks, RangeSet,
     },
     tls::TlsMetrics,
 };
@@ -52,6 +52,7 @@ impl Daemon {
             &config.ranges.cache,
             &ranges::validate::Limits::from_config(&config.ranges),
         );
+        let ranges = ranges.for_networks(Networks::from_config(&config.ranges));
         let dataplane = if config.xdp_enabled() {
             let allowlist = ranges::tagged_allowlist(&ranges, &config.ranges.extra_allow);
             let dataplane = Dataplane::start(&config, PinLayout::from_env(), &allowlist)
@@ -86,6 +87,9 @@ impl Daemon {
             ranges,
             fetched_at,
         );
+        if ranges.networks_pending() {
+            warn_networks_pending(&config, ranges.current());
+        }
         let frontend = if config.sites.is_empty() {
             tracing::info!("no [[site]]: no TLS listener (XDP-only)");
             None
@@ -99,6 +103,7 @@ impl Daemon {
             source = %ranges.current().source,
             ipv4 = ranges.current().ipv4.len(),
             ipv6 = ranges.current().ipv6.len(),
+            jdcloud = ranges.current().jdcloud_prefixes().count(),
             extra = config.ranges.extra_allow.len(),
             enforce = config.xdp.enforce,
             "shield ready"
@@ -113,13 +118,14 @@ impl Daemon {
         })
     }
 
-    /// Re-reads the config; a bad one changes nothing.
-    fn reload(&mut self) {
+    /// Re-reads the config; a bad one changes nothing. True when
+    /// `[ranges].china_network` changed, so a range refresh is due now.
+    fn reload(&mut self) -> bool {
         let config = match Config::load(&self.config_path) {
             Ok(config) => config,
             Err(error) => {
                 tracing::error!(error = %Chain(&error), "reload refused: keeping the running config");
-                return;
+                return false;
             }
         };
         if config.xdp.interfaces != self.config.xdp.interfaces
@@ -130,12 +136,22 @@ impl Daemon {
             );
         }
         if !self.apply_reload(&config) {
-            return;
+            return false;
         }
-        self.ranges.reconfigure(&config.ranges);
+        let networks_changed = self.ranges.reconfigure(&config.ranges);
         self.config = config;
         // `shield ranges --refresh` may have written a new cache.
         self.adopt_range_cache();
+        if networks_changed {
+            tracing::info!(
+                china_network = self.config.ranges.china_network,
+                "[ranges].china_network changed; a range refresh is due now"
+            );
+            if self.ranges.networks_pending() {
+                warn_networks_pending(&self.config, self.ranges.current());
+            }
+        }
+        networks_changed
     }
 
     /// Applies a loaded config to both layers; false (and logged) when
@@ -155,8 +171,14 @@ impl Daemon {
             None => None,
         };
         if let Some(dataplane) = self.dataplane.as_mut() {
-            let allowlist =
-                ranges::tagged_allowlist(self.ranges.current(), &config.ranges.extra_allow);
+            // Turning `china_network` off takes JD Cloud's prefixes out now;
+            // turning it on adds them with the refresh that follows.
+            let in_force = self
+                .ranges
+                .current()
+                .clone()
+                .for_networks(Networks::from_config(&config.ranges));
+            let allowlist = ranges::tagged_allowlist(&in_force, &config.ranges.extra_allow);
             let settings = match dataplane.reload_settings(config) {
                 Ok(settings) => settings,
                 Err(error) => {
@@ -269,9 +291,15 @@ impl Daemon {
         };
         let mut schedule = Schedule::new(period.unwrap_or(Duration::MAX));
         // The first refresh soon after start (jittered), not at once: a
-        // fleet restarted together should not hit the API in lockstep.
-        let mut next_refresh =
-            tokio::time::Instant::now() + refresh::FIRST_RETRY.mul_f64(rand::random::<f64>());
+        // fleet restarted together should not hit the API in lockstep. But
+        // at once when the set in force lacks the China Network the config
+        // asks for: JD Cloud's visitors are dropped until it arrives.
+        let first_delay = if self.ranges.networks_pending() {
+            Duration::ZERO
+        } else {
+            refresh::FIRST_RETRY.mul_f64(rand::random::<f64>())
+        };
+        let mut next_refresh = tokio::time::Instant::now() + first_delay;
         let mut in_flight: Option<tokio::task::JoinHandle<_>> = None;
         let mut cache_poll = tokio::time::interval(CACHE_POLL);
         let mut cache_seen = ranges::cache::modified(&self.config.ranges.cache);
@@ -280,10 +308,11 @@ impl Daemon {
                 _ = tokio::time::sleep_until(next_refresh), if period.is_some() && in_flight.is_none() => {
                     let fetcher = self.ranges.fetcher().clone();
                     let sources = self.ranges.sources.clone();
+                    let networks = self.ranges.networks;
                     let current = self.ranges.current().clone();
                     let limits = self.ranges.limits;
                     in_flight = Some(tokio::spawn(async move {
-                        refresh::check(&fetcher, &sources, &current, &limits, false).await
+                        refresh::check(&fetcher, &sources, networks, &current, &limits, false).await
                     }));
                 }
                 joined = finished(&mut in_flight) => {
@@ -309,7 +338,14 @@ impl Daemon {
                 }
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading {}", self.config_path.display());
-                    self.reload();
+                    if self.reload() {
+                        // A fetch started under the old networks would
+                        // commit a set the new config does not ask for.
+                        if let Some(task) = in_flight.take() {
+                            task.abort();
+                        }
+                        next_refresh = tokio::time::Instant::now();
+                    }
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
@@ -331,6 +367,21 @@ impl Daemon {
         );
         Ok(())
     }
+}
+
+/// The set in force lacks the China Network that `[ranges].china_network`
+/// asks for: say so, naming the key, and when it will come.
+fn warn_networks_pending(config: &Config, current: &RangeSet) {
+    let when = match config.ranges.refresh {
+        crate::config::Refresh::Every(_) => "the refresh running now",
+        crate::config::Refresh::Off => {
+            "`shield ranges --refresh` ([ranges].refresh = \"off\", so shield will not fetch them)"
+        }
+    };
+    tracing::warn!(
+        source = %current.source,
+        "[ranges].china_network = true, but the ranges in force have no China Network (JD Cloud) ranges (the embedded snapshot never has them, nor does a cache fetched without them); JD Cloud visitors are dropped until {when} brings them"
+    );
 }
 
 /// How often the daemon looks for a cache written by

@@ -68,6 +68,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 &config.ranges.cache,
                 &shield::ranges::validate::Limits::from_config(&config.ranges),
             );
+            // JD Cloud's cached prefixes count only with china_network.
+            let ranges = ranges.for_networks(shield::ranges::Networks::from_config(&config.ranges));
             let allowed = Allowlist::new(
                 ranges
                     .prefixes()
@@ -157,10 +159,14 @@ fn ranges_command(
         refresh::{format_age, Refresher},
         source::{FetchOptions, Fetcher},
         validate::Limits,
+        Networks,
     };
     let config = Config::load(config_path).context("ranges needs a valid config")?;
     let limits = Limits::from_config(&config.ranges);
+    let networks = Networks::from_config(&config.ranges);
     let (ranges, fetched_at) = cache::load_or_snapshot(&config.ranges.cache, &limits);
+    // As the daemon enforces it: JD Cloud's list only with china_network.
+    let ranges = ranges.for_networks(networks);
     if refresh {
         let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
         let fetcher = Fetcher::new(FetchOptions::default())?;
@@ -199,17 +205,31 @@ fn ranges_command(
     println!("cache: {}", config.ranges.cache.display());
     println!("age: {age}");
     println!("etag: {}", ranges.etag.as_deref().unwrap_or("-"));
+    match (networks.china(), &ranges.jdcloud) {
+        (false, _) => println!("china_network: off"),
+        (true, Some(_)) => println!("china_network: on"),
+        (true, None) => println!(
+            "china_network: on, but these ranges have no JD Cloud list yet (a running daemon fetches it; or run `shield ranges --refresh`)"
+        ),
+    }
+    let jdcloud = match &ranges.jdcloud {
+        Some(list) => format!(", jdcloud: {} prefixes", list.len()),
+        None => String::new(),
+    };
     println!(
-        "ipv4: {} prefixes, ipv6: {} prefixes, extra_allow: {}",
+        "ipv4: {} prefixes, ipv6: {} prefixes{jdcloud}, extra_allow: {}",
         ranges.ipv4.len(),
         ranges.ipv6.len(),
         config.ranges.extra_allow.len()
     );
-    for prefix in ranges.prefixes() {
-        println!("  {prefix}");
+    // One prefix a line, with the network(s) that publish it: a prefix in
+    // both Cloudflare's and JD Cloud's lists names both.
+    for (prefix, from) in ranges.by_network() {
+        let from: Vec<&str> = from.iter().map(|network| network.as_str()).collect();
+        println!("  {:<24} {}", prefix.to_string(), from.join(", "));
     }
     for prefix in &config.ranges.extra_allow {
-        println!("  {prefix} (extra_allow)");
+        println!("  {:<24} extra_allow", prefix.to_string());
     }
     Ok(ExitCode::SUCCESS)
 }

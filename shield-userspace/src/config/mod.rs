@@ -189,6 +189,9 @@ pub struct RangesConfig {
     pub min_prefix_v4: u8,
     /// Shortest IPv6 prefix an update may hold; shorter refuses the update.
     pub min_prefix_v6: u8,
+    /// Also allow Cloudflare's China Network (JD Cloud) ranges, fetched
+    /// with `?networks=jdcloud`; only zones on the China Network need them.
+    pub china_network: bool,
 }
 
 impl Default for RangesConfig {
@@ -200,6 +203,7 @@ impl Default for RangesConfig {
             extra_allow: Vec::new(),
             min_prefix_v4: 8,
             min_prefix_v6: 16,
+            china_network: false,
         }
     }
 }
@@ -510,6 +514,13 @@ mod tests {
             config.ranges.cache,
             PathBuf::from("/var/lib/shield/ranges.json")
         );
+        assert!(!config.ranges.china_network);
+        assert!(
+            Config::parse("[ranges]\nchina_network = true")
+                .unwrap()
+                .ranges
+                .china_network
+        );
         assert_eq!(config.metrics.listen.to_string(), "127.0.0.1:9469");
         assert_eq!(config.http.action, HttpAction::Redirect);
         assert!(config.sites.is_empty());
@@ -534,6 +545,7 @@ sources = ["https://api.cloudflare.com/client/v4/ips"]
 refresh = "6h"
 cache = "/var/lib/shield/ranges.json"
 extra_allow = []
+china_network = false
 
 [metrics]
 listen = "127.0.0.1:9469"
@@ -667,6 +679,10 @@ upstream = "http://127.0.0.1:8080"
             ("xdp.unknown", "[xdp]\nunknown = 1".into()),
             ("nope", "[nope]\n".into()),
             ("ranges.refresh", "[ranges]\nrefresh = \"soon\"".into()),
+            (
+                "ranges.china_network",
+                "[ranges]\nchina_network = \"yes\"".into(),
+            ),
             ("ranges.refresh", "[ranges]\nrefresh = \"5s\"".into()),
             (
                 "ranges.extra_allow",

@@ -30,6 +30,12 @@ struct CacheFile {
     etag: Option<String>,
     ipv4_cidrs: Vec<String>,
     ipv6_cidrs: Vec<String>,
+    /// The China Network's prefixes, when the set was fetched with them.
+    /// Absent in caches written before `china_network` existed, which read
+    /// as "fetched without the China Network"; left out when `None` so a
+    /// cache without it stays readable by those older versions too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jdcloud_cidrs: Option<Vec<String>>,
 }
 
 /// A range set with the time it was fetched.
@@ -103,6 +109,11 @@ pub fn write(path: &Path, cached: &Cached) -> Result<(), CacheError> {
         etag: cached.ranges.etag.clone(),
         ipv4_cidrs: cached.ranges.ipv4.iter().map(ToString::to_string).collect(),
         ipv6_cidrs: cached.ranges.ipv6.iter().map(ToString::to_string).collect(),
+        jdcloud_cidrs: cached
+            .ranges
+            .jdcloud
+            .as_ref()
+            .map(|list| list.iter().map(ToString::to_string).collect()),
     };
     let mut text =
         serde_json::to_string_pretty(&file).map_err(|e| write_error(std::io::Error::other(e)))?;
@@ -148,12 +159,13 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Option<Cached>, CacheError> 
     if file.format != FORMAT {
         return Err(corrupt(Corruption::Format(file.format)));
     }
-    // Reuse the API parser: the cache holds the same two lists.
+    // Reuse the API parser: the cache holds the same lists.
     let api = serde_json::json!({
         "success": true,
         "result": {
             "ipv4_cidrs": file.ipv4_cidrs,
             "ipv6_cidrs": file.ipv6_cidrs,
+            "jdcloud_cidrs": file.jdcloud_cidrs,
             "etag": file.etag,
         }
     });
@@ -259,5 +271,59 @@ mod tests {
             assert_eq!(loaded, RangeSet::snapshot());
             assert_eq!(at, None);
         }
+    }
+
+    #[test]
+    fn the_china_network_round_trips_and_old_caches_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ranges.json");
+        let limits = Limits::default();
+        let mut ranges = RangeSet::snapshot();
+        ranges.source = Provenance::Named("https://api.example/ips".into());
+        ranges.jdcloud = Some(vec![
+            "116.196.0.0/17".parse().unwrap(),
+            "2402:db40:5100::/40".parse().unwrap(),
+        ]);
+        let cached = Cached {
+            ranges,
+            fetched_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        };
+        write(&path, &cached).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"jdcloud_cidrs\""), "{text}");
+        assert_eq!(read(&path, &limits).unwrap(), Some(cached.clone()));
+
+        // Validated like the rest: an edited JD Cloud entry is corruption.
+        std::fs::write(&path, text.replace("116.196.0.0/17", "10.0.0.0/8")).unwrap();
+        assert!(matches!(
+            read(&path, &limits),
+            Err(CacheError::Corrupt {
+                source: Corruption::Refused(validate::Refusal::ReservedRange { .. }),
+                ..
+            })
+        ));
+
+        // A set without the China Network writes no field, so the file is
+        // what older versions wrote and read (deny_unknown_fields).
+        let without = Cached {
+            ranges: RangeSet::snapshot(),
+            ..cached.clone()
+        };
+        write(&path, &without).unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("jdcloud"));
+        // A cache file from before china_network: read, with no list.
+        let old = r#"{
+  "format": 1,
+  "source": "https://api.cloudflare.com/client/v4/ips",
+  "fetched_at": 1700000000,
+  "etag": "38f79d050aa027e3be3865e495dcc9bc",
+  "ipv4_cidrs": ["173.245.48.0/20"],
+  "ipv6_cidrs": ["2400:cb00::/32"]
+}
+"#;
+        std::fs::write(&path, old).unwrap();
+        let read_old = read(&path, &limits).unwrap().unwrap();
+        assert_eq!(read_old.ranges.jdcloud, None);
+        assert_eq!(read_old.ranges.ipv4.len(), 1);
     }
 }

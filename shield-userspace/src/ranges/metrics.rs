@@ -57,10 +57,14 @@ pub enum RefreshResult {
     ApplyError,
     /// Accepted and applied, but the cache file could not be written.
     CacheError,
+    /// `china_network = true`, but the feed has no `jdcloud_cidrs`.
+    JdcloudMissing,
+    /// `jdcloud_cidrs` is there but empty.
+    EmptyJdcloud,
 }
 
 impl RefreshResult {
-    pub const ALL: [RefreshResult; 21] = [
+    pub const ALL: [RefreshResult; 23] = [
         RefreshResult::Updated,
         RefreshResult::Unchanged,
         RefreshResult::Timeout,
@@ -82,6 +86,8 @@ impl RefreshResult {
         RefreshResult::ApplyError,
         RefreshResult::CacheError,
         RefreshResult::NotUtf8,
+        RefreshResult::JdcloudMissing,
+        RefreshResult::EmptyJdcloud,
     ];
 
     /// The label value (lower_snake_case).
@@ -108,6 +114,8 @@ impl RefreshResult {
             RefreshResult::ApplyError => "apply_error",
             RefreshResult::CacheError => "cache_error",
             RefreshResult::NotUtf8 => "not_utf8",
+            RefreshResult::JdcloudMissing => "jdcloud_missing",
+            RefreshResult::EmptyJdcloud => "empty_jdcloud",
         }
     }
 
@@ -174,7 +182,7 @@ impl RangeMetrics {
         let metrics = RangeMetrics::default();
         registry.register(
             "shield_ranges_prefixes",
-            "Cloudflare prefixes in force, by address family (extra_allow not included)",
+            "Cloudflare prefixes in force (with china_network, JD Cloud's too), by address family (extra_allow not included)",
             metrics.prefixes.clone(),
         );
         registry.register(
@@ -190,11 +198,14 @@ impl RangeMetrics {
         metrics
     }
 
-    /// Records the set now in force.
+    /// Records the set now in force (JD Cloud's prefixes count in their
+    /// family: the gauge is what the allowlist holds besides `extra_allow`).
     pub fn in_force(&self, ranges: &RangeSet) {
+        let jdcloud_v4 = ranges.jdcloud_prefixes().filter(|p| p.is_ipv4()).count();
+        let jdcloud_v6 = ranges.jdcloud_prefixes().filter(|p| p.is_ipv6()).count();
         for (family, count) in [
-            (AddressFamily::Ipv4, ranges.ipv4.len()),
-            (AddressFamily::Ipv6, ranges.ipv6.len()),
+            (AddressFamily::Ipv4, ranges.ipv4.len() + jdcloud_v4),
+            (AddressFamily::Ipv6, ranges.ipv6.len() + jdcloud_v6),
         ] {
             self.prefixes
                 .get_or_create(&FamilyLabels { family })

@@ -14,7 +14,7 @@ pub mod refresh;
 pub mod source;
 pub mod validate;
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
@@ -43,6 +43,55 @@ pub enum RangesError {
     InvalidCidr { entry: String },
 }
 
+/// Which of Cloudflare's networks the allowlist holds: `[ranges].china_network`,
+/// parsed once into the type the fetch and the judgement take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Networks {
+    /// Cloudflare's global network only (`china_network = false`).
+    #[default]
+    Global,
+    /// Also the China Network, run by JD Cloud (`china_network = true`).
+    GlobalAndChina,
+}
+
+impl Networks {
+    pub fn from_config(config: &crate::config::RangesConfig) -> Networks {
+        if config.china_network {
+            Networks::GlobalAndChina
+        } else {
+            Networks::Global
+        }
+    }
+
+    pub const fn china(self) -> bool {
+        matches!(self, Networks::GlobalAndChina)
+    }
+}
+
+/// The network a prefix was published for, as `shield ranges` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Network {
+    /// `ipv4_cidrs` / `ipv6_cidrs`, or the text lists.
+    Cloudflare,
+    /// `jdcloud_cidrs`.
+    Jdcloud,
+}
+
+impl Network {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Network::Cloudflare => "cloudflare",
+            Network::Jdcloud => "jdcloud",
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a range set in force came from (the configured sources are
 /// [`crate::config::RangeSource`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,10 +116,20 @@ impl std::fmt::Display for Provenance {
 pub struct RangeSet {
     pub ipv4: Vec<IpNetwork>,
     pub ipv6: Vec<IpNetwork>,
+    /// The China Network's prefixes, both families in one list as the API
+    /// gives them. `None`: the set was not fetched for the China Network
+    /// (not asked for, a text list, an older cache, the snapshot), which
+    /// is different from an empty answer and never satisfies
+    /// `china_network = true`.
+    pub jdcloud: Option<Vec<IpNetwork>>,
     pub etag: Option<String>,
     pub source: Provenance,
 }
 
+/// The shape of `GET /client/v4/ips` ("Cloudflare/JD Cloud IP Details"):
+/// <https://developers.cloudflare.com/api/resources/ips/methods/list/>.
+/// `result.jdcloud_cidrs` holds IPv4 and IPv6 CIDRs in one list and is
+/// "only populated if ?networks=jdcloud is used".
 #[derive(Deserialize)]
 struct ApiResponse {
     success: bool,
@@ -81,6 +140,8 @@ struct ApiResponse {
 struct ApiResult {
     ipv4_cidrs: Vec<String>,
     ipv6_cidrs: Vec<String>,
+    #[serde(default)]
+    jdcloud_cidrs: Option<Vec<String>>,
     #[serde(default)]
     etag: Option<String>,
 }
@@ -93,15 +154,22 @@ impl RangeSet {
             .unwrap_or_else(|e| unreachable!("embedded snapshot is invalid: {e}"))
     }
 
-    /// Parses the `GET /client/v4/ips` response shape.
+    /// Parses the `GET /client/v4/ips` response shape; `jdcloud_cidrs` is
+    /// kept when present (see [`RangeSet::for_networks`] for dropping it).
     pub fn from_api_json(text: &str, source: Provenance) -> Result<RangeSet, RangesError> {
         let response: ApiResponse = serde_json::from_str(text)?;
         if !response.success {
             return Err(RangesError::NotSuccessful);
         }
+        let jdcloud = match &response.result.jdcloud_cidrs {
+            // One list for both families, so there is no family to check.
+            Some(entries) => Some(parse_family(entries, "JD Cloud", |_| true)?),
+            None => None,
+        };
         Ok(RangeSet {
             ipv4: parse_family(&response.result.ipv4_cidrs, "IPv4", IpNetwork::is_ipv4)?,
             ipv6: parse_family(&response.result.ipv6_cidrs, "IPv6", IpNetwork::is_ipv6)?,
+            jdcloud,
             etag: response.result.etag,
             source,
         })
@@ -115,6 +183,8 @@ impl RangeSet {
         let mut set = RangeSet {
             ipv4: Vec::new(),
             ipv6: Vec::new(),
+            // The text lists are Cloudflare's global network only.
+            jdcloud: None,
             etag: None,
             source,
         };
@@ -152,17 +222,72 @@ impl RangeSet {
     }
 
     /// The prefixes sorted and deduplicated, for comparing two sets.
-    pub fn sorted_prefixes(&self) -> std::collections::BTreeSet<IpNetwork> {
+    pub fn sorted_prefixes(&self) -> BTreeSet<IpNetwork> {
         self.prefixes().collect()
     }
 
-    /// Whether both sets allow exactly the same prefixes.
+    /// Whether both sets hold exactly the same prefixes for each network
+    /// (so a set with the China Network never equals one without it, even
+    /// when JD Cloud's prefixes are all in Cloudflare's lists too).
     pub fn same_prefixes(&self, other: &RangeSet) -> bool {
-        self.sorted_prefixes() == other.sorted_prefixes()
+        let sorted = |set: &RangeSet| -> (BTreeSet<IpNetwork>, Option<BTreeSet<IpNetwork>>) {
+            (
+                set.cloudflare_prefixes().collect(),
+                set.jdcloud
+                    .as_ref()
+                    .map(|list| list.iter().copied().collect()),
+            )
+        };
+        sorted(self) == sorted(other)
     }
 
+    /// Every prefix the set allows, of all its networks.
     pub fn prefixes(&self) -> impl Iterator<Item = IpNetwork> + '_ {
+        self.cloudflare_prefixes().chain(self.jdcloud_prefixes())
+    }
+
+    /// `ipv4_cidrs` and `ipv6_cidrs`: Cloudflare's global network.
+    pub fn cloudflare_prefixes(&self) -> impl Iterator<Item = IpNetwork> + '_ {
         self.ipv4.iter().chain(self.ipv6.iter()).copied()
+    }
+
+    /// `jdcloud_cidrs`, empty when the set has no China Network.
+    pub fn jdcloud_prefixes(&self) -> impl Iterator<Item = IpNetwork> + '_ {
+        self.jdcloud.iter().flatten().copied()
+    }
+
+    /// Each prefix with the networks that publish it, sorted; a prefix in
+    /// both lists names both.
+    pub fn by_network(&self) -> Vec<(IpNetwork, Vec<Network>)> {
+        let mut networks: std::collections::BTreeMap<IpNetwork, Vec<Network>> =
+            std::collections::BTreeMap::new();
+        for (prefixes, network) in [
+            (
+                self.cloudflare_prefixes().collect::<BTreeSet<_>>(),
+                Network::Cloudflare,
+            ),
+            (self.jdcloud_prefixes().collect(), Network::Jdcloud),
+        ] {
+            for prefix in prefixes {
+                networks.entry(prefix).or_default().push(network);
+            }
+        }
+        networks.into_iter().collect()
+    }
+
+    /// The set as `networks` allows it: without the China Network, a
+    /// `jdcloud_cidrs` list (fetched, cached or in a file) is dropped.
+    pub fn for_networks(mut self, networks: Networks) -> RangeSet {
+        if !networks.china() {
+            self.jdcloud = None;
+        }
+        self
+    }
+
+    /// Whether the set holds what `networks` asks for: with the China
+    /// Network, a set fetched without it does not.
+    pub fn satisfies(&self, networks: Networks) -> bool {
+        !networks.china() || self.jdcloud.is_some()
     }
 
     pub fn contains(&self, address: IpAddr) -> bool {
@@ -190,14 +315,20 @@ fn parse_family(
         .collect()
 }
 
-/// The allowlist the dataplane enforces: the ranges plus `extra_allow`,
-/// each tagged with where it came from. A prefix in both keeps the
-/// `extra_allow` tag, so removing it from the ranges cannot lock it out.
+/// The allowlist the dataplane enforces: the ranges (Cloudflare's and, in
+/// the set, JD Cloud's) plus `extra_allow`, each tagged with where it came
+/// from. A prefix in both keeps the `extra_allow` tag, so removing it from
+/// the ranges cannot lock it out; one that Cloudflare and JD Cloud both
+/// publish keeps the Cloudflare tag, since it stays allowed whatever
+/// `china_network` says.
 pub fn tagged_allowlist(ranges: &RangeSet, extra_allow: &[IpNetwork]) -> Vec<(IpNetwork, u8)> {
     let mut tagged: std::collections::BTreeMap<IpNetwork, u8> = ranges
-        .prefixes()
-        .map(|p| (p, shield_common::PREFIX_FROM_RANGES))
+        .jdcloud_prefixes()
+        .map(|p| (p, shield_common::PREFIX_FROM_JDCLOUD))
         .collect();
+    for prefix in ranges.cloudflare_prefixes() {
+        tagged.insert(prefix, shield_common::PREFIX_FROM_RANGES);
+    }
     for prefix in extra_allow {
         tagged.insert(*prefix, shield_common::PREFIX_FROM_EXTRA);
     }
@@ -240,6 +371,99 @@ mod tests {
             RangeSet::from_api_json(garbage, Provenance::Snapshot),
             Err(RangesError::InvalidCidr { .. })
         ));
+    }
+
+    const WITH_JDCLOUD: &str = r#"{"success":true,"result":{"etag":"e","ipv4_cidrs":["173.245.48.0/20"],"ipv6_cidrs":["2400:cb00::/32"],"jdcloud_cidrs":["116.196.0.0/17","2402:db40:5100::/40"]}}"#;
+
+    #[test]
+    fn jdcloud_list_holds_both_families_and_is_kept_only_for_the_china_network() {
+        let set = RangeSet::from_api_json(WITH_JDCLOUD, Provenance::Snapshot).unwrap();
+        let jdcloud: Vec<IpNetwork> = vec![
+            "116.196.0.0/17".parse().unwrap(),
+            "2402:db40:5100::/40".parse().unwrap(),
+        ];
+        assert_eq!(set.jdcloud.as_deref(), Some(&jdcloud[..]));
+        assert_eq!((set.ipv4.len(), set.ipv6.len()), (1, 1));
+        assert!(set.contains("116.196.1.1".parse().unwrap()));
+        assert!(set.contains("2402:db40:5100::1".parse().unwrap()));
+        assert_eq!(set.prefixes().count(), 4);
+        assert!(set.satisfies(Networks::GlobalAndChina));
+
+        // china_network = false: the field, if present, is ignored.
+        let global = set.clone().for_networks(Networks::Global);
+        assert_eq!(global.jdcloud, None);
+        assert!(!global.contains("116.196.1.1".parse().unwrap()));
+        assert!(global.satisfies(Networks::Global));
+        assert!(!global.satisfies(Networks::GlobalAndChina));
+        assert_eq!(set.clone().for_networks(Networks::GlobalAndChina), set);
+
+        // The field missing is not the same as an empty list.
+        let missing = WITH_JDCLOUD.replace(
+            r#","jdcloud_cidrs":["116.196.0.0/17","2402:db40:5100::/40"]"#,
+            "",
+        );
+        let missing = RangeSet::from_api_json(&missing, Provenance::Snapshot).unwrap();
+        assert_eq!(missing.jdcloud, None);
+        let empty = WITH_JDCLOUD.replace(r#""116.196.0.0/17","2402:db40:5100::/40""#, "");
+        let empty = RangeSet::from_api_json(&empty, Provenance::Snapshot).unwrap();
+        assert_eq!(empty.jdcloud, Some(Vec::new()));
+        assert!(empty.satisfies(Networks::GlobalAndChina));
+        assert!(!RangeSet::snapshot().satisfies(Networks::GlobalAndChina));
+
+        let bad = WITH_JDCLOUD.replace("116.196.0.0/17", "116.196.0/17");
+        assert!(matches!(
+            RangeSet::from_api_json(&bad, Provenance::Snapshot),
+            Err(RangesError::InvalidCidr { entry }) if entry == "116.196.0/17"
+        ));
+    }
+
+    #[test]
+    fn a_set_with_the_china_network_differs_from_one_without_even_when_overlapping() {
+        let set = RangeSet::from_api_json(WITH_JDCLOUD, Provenance::Snapshot).unwrap();
+        let mut overlapping = set.clone();
+        overlapping.jdcloud = Some(vec!["173.245.48.0/20".parse().unwrap()]);
+        let without = set.clone().for_networks(Networks::Global);
+        assert_eq!(overlapping.sorted_prefixes(), without.sorted_prefixes());
+        assert!(!overlapping.same_prefixes(&without));
+        assert!(overlapping.same_prefixes(&overlapping.clone()));
+        let by_network = overlapping.by_network();
+        assert_eq!(
+            by_network,
+            vec![
+                (
+                    "173.245.48.0/20".parse().unwrap(),
+                    vec![Network::Cloudflare, Network::Jdcloud]
+                ),
+                ("2400:cb00::/32".parse().unwrap(), vec![Network::Cloudflare]),
+            ]
+        );
+    }
+
+    #[test]
+    fn allowlist_tags_each_prefix_with_its_network() {
+        let mut set = RangeSet::from_api_json(WITH_JDCLOUD, Provenance::Snapshot).unwrap();
+        set.jdcloud
+            .as_mut()
+            .unwrap()
+            .push("173.245.48.0/20".parse().unwrap());
+        let extra: Vec<IpNetwork> = vec!["116.196.0.0/17".parse().unwrap()];
+        let tagged: std::collections::BTreeMap<IpNetwork, u8> =
+            tagged_allowlist(&set, &extra).into_iter().collect();
+        let tag = |p: &str| tagged[&p.parse::<IpNetwork>().unwrap()];
+        assert_eq!(tagged.len(), 4);
+        assert_eq!(
+            tag("2402:db40:5100::/40"),
+            shield_common::PREFIX_FROM_JDCLOUD
+        );
+        // In both lists: Cloudflare's tag; in extra_allow too: extra's.
+        assert_eq!(tag("173.245.48.0/20"), shield_common::PREFIX_FROM_RANGES);
+        assert_eq!(tag("116.196.0.0/17"), shield_common::PREFIX_FROM_EXTRA);
+        assert_eq!(tag("2400:cb00::/32"), shield_common::PREFIX_FROM_RANGES);
+        let global = tagged_allowlist(&set.for_networks(Networks::Global), &[]);
+        assert_eq!(global.len(), 2);
+        assert!(global
+            .iter()
+            .all(|(_, tag)| *tag == shield_common::PREFIX_FROM_RANGES));
     }
 
     #[test]

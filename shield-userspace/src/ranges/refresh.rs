@@ -16,7 +16,7 @@ use super::{
     metrics::{RangeMetrics, RefreshResult},
     source::{FetchError, Fetcher},
     validate::{self, Limits, Refusal},
-    RangeSet, RangesError,
+    Networks, RangeSet, RangesError,
 };
 use crate::{config::RangeSource, error::Chain};
 
@@ -60,6 +60,8 @@ impl RefreshError {
                 Refusal::EmptyIpv6 => RefreshResult::EmptyIpv6,
                 Refusal::TooManyPrefixes { .. } => RefreshResult::TooManyPrefixes,
                 Refusal::Shrink { .. } => RefreshResult::Shrink,
+                Refusal::JdcloudMissing { .. } => RefreshResult::JdcloudMissing,
+                Refusal::EmptyJdcloud => RefreshResult::EmptyJdcloud,
             },
         }
     }
@@ -124,21 +126,26 @@ impl Outcome {
 pub async fn check(
     fetcher: &Fetcher,
     sources: &[RangeSource],
+    networks: Networks,
     current: &RangeSet,
     limits: &Limits,
     accept_shrink: bool,
 ) -> Result<Outcome, RefreshError> {
-    let fetched = fetcher.fetch(sources).await?;
-    judge(fetched, current, limits, accept_shrink)
+    let fetched = fetcher.fetch(sources, networks).await?;
+    judge(fetched, networks, current, limits, accept_shrink)
 }
 
 /// The decision part of [`check`], without the network.
 pub fn judge(
     fetched: RangeSet,
+    networks: Networks,
     current: &RangeSet,
     limits: &Limits,
     accept_shrink: bool,
 ) -> Result<Outcome, RefreshError> {
+    // First: a feed without the China Network must not pass as "unchanged"
+    // against a set in force that lacks it too (the snapshot, an old cache).
+    validate::require_networks(&fetched, networks)?;
     // An unchanged etag alone is not trusted to mean unchanged content: a
     // source that reuses etags must still have its new data validated.
     if fetched.etag.is_some() && fetched.etag == current.etag && fetched.same_prefixes(current) {
@@ -173,6 +180,7 @@ pub struct Report {
 #[derive(Debug)]
 pub struct Refresher {
     pub sources: Vec<RangeSource>,
+    pub networks: Networks,
     pub limits: Limits,
     pub cache: PathBuf,
     fetcher: Fetcher,
@@ -182,7 +190,10 @@ pub struct Refresher {
 }
 
 impl Refresher {
-    /// `current` is the set already enforced (from the cache or snapshot).
+    /// `current` is the set already enforced (from the cache or snapshot);
+    /// a China Network list in it is dropped when the config does not
+    /// allow that network (as [`RangeSet::for_networks`] does for the
+    /// allowlist the daemon starts with).
     pub fn new(
         config: &crate::config::RangesConfig,
         fetcher: Fetcher,
@@ -190,9 +201,12 @@ impl Refresher {
         current: RangeSet,
         fetched_at: Option<SystemTime>,
     ) -> Refresher {
+        let networks = Networks::from_config(config);
+        let current = current.for_networks(networks);
         metrics.in_force(&current);
         Refresher {
             sources: config.sources.clone(),
+            networks,
             limits: Limits::from_config(config),
             cache: config.cache.clone(),
             fetcher,
@@ -206,11 +220,31 @@ impl Refresher {
         &self.current
     }
 
-    /// Takes new `[ranges]` settings (SIGHUP); the set in force stays.
-    pub fn reconfigure(&mut self, config: &crate::config::RangesConfig) {
+    /// Takes new `[ranges]` settings (SIGHUP); the set in force stays,
+    /// except that turning `china_network` off drops JD Cloud's prefixes
+    /// from it at once (the caller applies the allowlist). Returns whether
+    /// `china_network` changed: a refresh is then due, so that the China
+    /// Network's ranges arrive now rather than at the next period, and the
+    /// cache stops holding a list the config no longer asks for.
+    pub fn reconfigure(&mut self, config: &crate::config::RangesConfig) -> bool {
+        let networks = Networks::from_config(config);
+        let changed = networks != self.networks;
         self.sources = config.sources.clone();
+        self.networks = networks;
         self.limits = Limits::from_config(config);
         self.cache = config.cache.clone();
+        if changed {
+            self.current = self.current.clone().for_networks(networks);
+            self.metrics.in_force(&self.current);
+        }
+        changed
+    }
+
+    /// Whether the set in force lacks a network the config asks for (the
+    /// China Network, when the set came from the snapshot, a cache written
+    /// without it, or before a reload turned `china_network` on).
+    pub fn networks_pending(&self) -> bool {
+        !self.current.satisfies(self.networks)
     }
 
     /// When the set in force was fetched (`None`: the embedded snapshot).
@@ -235,6 +269,7 @@ impl Refresher {
         let decision = check(
             &self.fetcher,
             &self.sources,
+            self.networks,
             &self.current,
             &self.limits,
             accept_shrink,
@@ -330,7 +365,7 @@ impl Refresher {
         &mut self,
         apply: impl FnOnce(&RangeSet) -> Result<(), E>,
     ) -> Option<Diff> {
-        let cached = match cache::read(&self.cache, &self.limits) {
+        let mut cached = match cache::read(&self.cache, &self.limits) {
             Ok(Some(cached)) => cached,
             Ok(None) => return None,
             Err(error) => {
@@ -338,6 +373,14 @@ impl Refresher {
                 return None;
             }
         };
+        cached.ranges = cached.ranges.for_networks(self.networks);
+        // Adopting a cache without the China Network would drop JD Cloud's
+        // prefixes the set in force has (a cache written by a `shield
+        // ranges --refresh` with another config).
+        if !cached.ranges.satisfies(self.networks) && self.current.satisfies(self.networks) {
+            tracing::warn!(cache = %self.cache.display(), "ignoring the range cache: it has no JD Cloud ranges and [ranges].china_network = true; the set in force stays");
+            return None;
+        }
         if cached.ranges.same_prefixes(&self.current) && cached.ranges.etag == self.current.etag {
             self.fetched_at = Some(cached.fetched_at).max(self.fetched_at);
             return None;
@@ -484,8 +527,9 @@ mod tests {
             source: Provenance::Named("x".into()),
             ..current.clone()
         };
+        let global = Networks::Global;
         assert_eq!(
-            judge(same.clone(), &current, &limits, false).unwrap(),
+            judge(same.clone(), global, &current, &limits, false).unwrap(),
             Outcome::Unchanged {
                 source: Provenance::Named("x".into())
             }
@@ -493,13 +537,13 @@ mod tests {
         // Same etag, other content: judged as new data.
         let mut sneaky = same.clone();
         sneaky.ipv4.push("10.0.0.0/8".parse().unwrap());
-        let error = judge(sneaky, &current, &limits, false).unwrap_err();
+        let error = judge(sneaky, global, &current, &limits, false).unwrap_err();
         assert_eq!(error.result(), RefreshResult::ReservedRange);
 
         let mut grown = same.clone();
         grown.etag = Some("new".into());
         grown.ipv4.push("198.51.99.0/24".parse().unwrap());
-        match judge(grown, &current, &limits, false).unwrap() {
+        match judge(grown, global, &current, &limits, false).unwrap() {
             Outcome::Accepted { diff, .. } => {
                 assert_eq!(diff.added, vec!["198.51.99.0/24".parse().unwrap()]);
                 assert!(diff.removed.is_empty());
@@ -511,13 +555,102 @@ mod tests {
         let mut shrunk = same.clone();
         shrunk.etag = Some("new".into());
         shrunk.ipv4.retain(|p| p.prefix() >= 16);
-        let error = judge(shrunk.clone(), &current, &limits, false).unwrap_err();
+        let error = judge(shrunk.clone(), global, &current, &limits, false).unwrap_err();
         assert_eq!(error.result(), RefreshResult::Shrink);
         assert!(Chain(&error).to_string().contains("--accept-shrink"));
         assert!(matches!(
-            judge(shrunk, &current, &limits, true),
+            judge(shrunk, global, &current, &limits, true),
             Ok(Outcome::Accepted { .. })
         ));
+    }
+
+    #[test]
+    fn judge_requires_the_china_network_when_asked_for() {
+        let current = RangeSet::snapshot();
+        let limits = Limits::default();
+        let china = Networks::GlobalAndChina;
+        // Same etag and prefixes as the snapshot, but no jdcloud_cidrs: not
+        // "unchanged", refused with its own result.
+        let error = judge(current.clone(), china, &current, &limits, false).unwrap_err();
+        assert_eq!(error.result(), RefreshResult::JdcloudMissing);
+        assert_eq!(error.result().as_str(), "jdcloud_missing");
+        assert!(Chain(&error).to_string().contains("china_network"));
+
+        let mut with = current.clone();
+        with.jdcloud = Some(vec!["116.196.0.0/17".parse().unwrap()]);
+        match judge(with.clone(), china, &current, &limits, false).unwrap() {
+            Outcome::Accepted { diff, ranges } => {
+                assert_eq!(diff.added, vec!["116.196.0.0/17".parse().unwrap()]);
+                assert_eq!(ranges, with);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            judge(with.clone(), china, &with, &limits, false),
+            Ok(Outcome::Unchanged { .. })
+        ));
+        let mut empty = with.clone();
+        empty.jdcloud = Some(Vec::new());
+        let error = judge(empty, china, &with, &limits, false).unwrap_err();
+        assert_eq!(error.result(), RefreshResult::EmptyJdcloud);
+        // Leaving the China Network: the global set replaces it.
+        let global = with.clone().for_networks(Networks::Global);
+        match judge(global, Networks::Global, &with, &limits, false).unwrap() {
+            Outcome::Accepted { diff, .. } => {
+                assert_eq!(diff.removed, vec!["116.196.0.0/17".parse().unwrap()])
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn turning_the_china_network_on_or_off_is_a_reconfiguration_with_a_refresh_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::RangesConfig {
+            cache: dir.path().join("ranges.json"),
+            ..Default::default()
+        };
+        let mut with = RangeSet::snapshot();
+        with.jdcloud = Some(vec!["116.196.0.0/17".parse().unwrap()]);
+        let fetcher = Fetcher::new(super::super::source::FetchOptions::default()).unwrap();
+        // A cache with JD Cloud's list, read with china_network = false:
+        // the list is not in force.
+        let mut refresher = Refresher::new(
+            &config,
+            fetcher,
+            RangeMetrics::default(),
+            with.clone(),
+            None,
+        );
+        assert_eq!(refresher.current().jdcloud, None);
+        assert!(!refresher.networks_pending());
+        assert!(!refresher.reconfigure(&config), "no change, no refresh due");
+
+        config.china_network = true;
+        assert!(refresher.reconfigure(&config));
+        assert_eq!(refresher.networks, Networks::GlobalAndChina);
+        assert!(refresher.networks_pending(), "fetched without jdcloud");
+        let decision = judge(
+            with.clone(),
+            refresher.networks,
+            refresher.current(),
+            &refresher.limits,
+            false,
+        );
+        let report = refresher.commit(decision, |_| Ok::<(), String>(()));
+        assert_eq!(report.result, RefreshResult::Updated);
+        assert!(!refresher.networks_pending());
+        assert!(refresher.current().contains("116.196.1.1".parse().unwrap()));
+        let cached = cache::read(&config.cache, &refresher.limits)
+            .unwrap()
+            .unwrap();
+        assert_eq!(cached.ranges.jdcloud, with.jdcloud);
+
+        config.china_network = false;
+        assert!(refresher.reconfigure(&config));
+        assert_eq!(refresher.current().jdcloud, None, "dropped at once");
+        assert!(!refresher.current().contains("116.196.1.1".parse().unwrap()));
+        assert!(!refresher.networks_pending());
     }
 
     #[test]

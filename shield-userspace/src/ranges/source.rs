@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 
 use rustls::pki_types::CertificateDer;
 
-use super::{Provenance, RangeSet, RangesError};
+use super::{Networks, Provenance, RangeSet, RangesError};
 use crate::{config::RangeSource, error::Chain};
 
 /// Limits of one fetch.
@@ -131,12 +131,23 @@ impl Fetcher {
     /// the text sources that answer are merged into one set, used when no
     /// JSON source answered. Data that parses but is bad is not a reason to
     /// fall back: validation refuses it loudly instead.
-    pub async fn fetch(&self, sources: &[RangeSource]) -> Result<RangeSet, FetchError> {
+    ///
+    /// With the China Network, every HTTPS source is asked with
+    /// `?networks=jdcloud`: whether a URL is the API or a text list is only
+    /// known from its answer, and the text list servers ignore the query.
+    /// A text answer (or file) then has no `jdcloud_cidrs`, which the
+    /// judgement refuses; without the China Network a `jdcloud_cidrs` in a
+    /// JSON answer or file is dropped here.
+    pub async fn fetch(
+        &self,
+        sources: &[RangeSource],
+        networks: Networks,
+    ) -> Result<RangeSet, FetchError> {
         let mut first_error = None;
         let mut text: Option<(Vec<String>, String)> = None;
         for source in sources {
             let name = source.to_string();
-            let body = match self.fetch_body(source).await {
+            let body = match self.fetch_body(source, networks).await {
                 Ok(body) => body,
                 Err(error) => {
                     tracing::warn!(error = %Chain(&error), "range source failed; trying the next one");
@@ -146,7 +157,7 @@ impl Fetcher {
             };
             if body.trim_start().starts_with('{') {
                 match RangeSet::from_api_json(&body, Provenance::Named(name.clone())) {
-                    Ok(set) => return Ok(set),
+                    Ok(set) => return Ok(set.for_networks(networks)),
                     Err(source) => {
                         let error = FetchError::Parse {
                             source_name: name,
@@ -177,12 +188,18 @@ impl Fetcher {
     }
 
     /// The body of one source, as text, within the size cap.
-    pub async fn fetch_body(&self, source: &RangeSource) -> Result<String, FetchError> {
+    pub async fn fetch_body(
+        &self,
+        source: &RangeSource,
+        networks: Networks,
+    ) -> Result<String, FetchError> {
         match source {
             RangeSource::Https(url) => {
+                let request = request_url(url, networks);
                 // The total timeout is enforced by reqwest too; this outer
                 // one also bounds a body trickled in small chunks.
-                match tokio::time::timeout(self.options.timeout, self.fetch_url(url)).await {
+                match tokio::time::timeout(self.options.timeout, self.fetch_url(url, request)).await
+                {
                     Ok(result) => result,
                     Err(_) => Err(FetchError::Timeout {
                         source_name: url.to_string(),
@@ -194,15 +211,12 @@ impl Fetcher {
         }
     }
 
-    async fn fetch_url(&self, url: &url::Url) -> Result<String, FetchError> {
+    /// `url` names the source in errors (as configured); `request` is what
+    /// is asked for.
+    async fn fetch_url(&self, url: &url::Url, request: url::Url) -> Result<String, FetchError> {
         let url_text = url.as_str();
         let classify = |error: reqwest::Error| self.classify(url_text, error);
-        let mut response = self
-            .client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(classify)?;
+        let mut response = self.client.get(request).send().await.map_err(classify)?;
         let status = response.status();
         if !status.is_success() {
             return Err(FetchError::Status {
@@ -248,6 +262,21 @@ impl Fetcher {
             source: error,
         }
     }
+}
+
+/// The URL asked for a configured source. The China Network's ranges come
+/// from the same endpoint with `networks=jdcloud` (Cloudflare API, "List
+/// Cloudflare IPs": <https://developers.cloudflare.com/api/resources/ips/methods/list/>);
+/// a URL that already asks for it is left as configured.
+fn request_url(url: &url::Url, networks: Networks) -> url::Url {
+    let mut request = url.clone();
+    let asked = url
+        .query_pairs()
+        .any(|(key, value)| key == "networks" && value == "jdcloud");
+    if networks.china() && !asked {
+        request.query_pairs_mut().append_pair("networks", "jdcloud");
+    }
+    request
 }
 
 /// The rustls error somewhere in the chain, if the failure was TLS. rustls
@@ -318,14 +347,17 @@ mod tests {
         let name = |p: &std::path::Path| RangeSource::File(p.to_owned());
         let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
 
-        let set = fetcher.fetch(&[name(&json)]).await.unwrap();
+        let set = fetcher
+            .fetch(&[name(&json)], Networks::Global)
+            .await
+            .unwrap();
         assert!(set.same_prefixes(&RangeSet::snapshot()));
         assert_eq!(set.etag, RangeSet::snapshot().etag);
 
         // The JSON source is missing: the two text lists make one set.
         let missing = dir.path().join("missing.json");
         let set = fetcher
-            .fetch(&[name(&missing), name(&v4), name(&v6)])
+            .fetch(&[name(&missing), name(&v4), name(&v6)], Networks::Global)
             .await
             .unwrap();
         assert!(set.same_prefixes(&RangeSet::snapshot()));
@@ -334,18 +366,72 @@ mod tests {
             format!("{} + {}", v4.display(), v6.display())
         );
 
-        let error = fetcher.fetch(&[name(&missing)]).await.unwrap_err();
+        let error = fetcher
+            .fetch(&[name(&missing)], Networks::Global)
+            .await
+            .unwrap_err();
         assert!(matches!(error, FetchError::File { .. }), "{error}");
 
         let big = dir.path().join("big");
         std::fs::write(&big, vec![b' '; (1 << 20) + 1]).unwrap();
-        let error = fetcher.fetch(&[name(&big)]).await.unwrap_err();
+        let error = fetcher
+            .fetch(&[name(&big)], Networks::Global)
+            .await
+            .unwrap_err();
         assert!(matches!(error, FetchError::TooLarge { .. }), "{error}");
 
         let binary = dir.path().join("binary");
         std::fs::write(&binary, [0xff, 0xfe, b'1']).unwrap();
-        let error = fetcher.fetch(&[name(&binary)]).await.unwrap_err();
+        let error = fetcher
+            .fetch(&[name(&binary)], Networks::Global)
+            .await
+            .unwrap_err();
         assert!(matches!(error, FetchError::NotUtf8 { .. }), "{error}");
+    }
+
+    #[test]
+    fn the_china_network_is_asked_for_only_when_on() {
+        let api = url::Url::parse("https://api.cloudflare.com/client/v4/ips").unwrap();
+        assert_eq!(request_url(&api, Networks::Global), api);
+        assert_eq!(
+            request_url(&api, Networks::GlobalAndChina).as_str(),
+            "https://api.cloudflare.com/client/v4/ips?networks=jdcloud"
+        );
+        let with_query = url::Url::parse("https://mirror.example/ips?key=1").unwrap();
+        assert_eq!(
+            request_url(&with_query, Networks::GlobalAndChina).as_str(),
+            "https://mirror.example/ips?key=1&networks=jdcloud"
+        );
+        let asked = url::Url::parse("https://mirror.example/ips?networks=jdcloud").unwrap();
+        assert_eq!(request_url(&asked, Networks::GlobalAndChina), asked);
+    }
+
+    #[tokio::test]
+    async fn a_jdcloud_list_in_a_file_counts_only_for_the_china_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("ips.json");
+        let mut api: serde_json::Value =
+            serde_json::from_str(include_str!("../../data/cloudflare-ips-api.json")).unwrap();
+        api["result"]["jdcloud_cidrs"] = serde_json::json!(["116.196.0.0/17"]);
+        std::fs::write(&json, api.to_string()).unwrap();
+        let v4 = dir.path().join("ips-v4");
+        std::fs::write(&v4, include_str!("../../data/cloudflare-ips-v4.txt")).unwrap();
+        let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
+        let sources = [RangeSource::File(json)];
+
+        let china = fetcher
+            .fetch(&sources, Networks::GlobalAndChina)
+            .await
+            .unwrap();
+        assert_eq!(china.jdcloud, Some(vec!["116.196.0.0/17".parse().unwrap()]));
+        let global = fetcher.fetch(&sources, Networks::Global).await.unwrap();
+        assert_eq!(global.jdcloud, None, "ignored without china_network");
+        // Text lists never carry the China Network.
+        let text = fetcher
+            .fetch(&[RangeSource::File(v4)], Networks::GlobalAndChina)
+            .await
+            .unwrap();
+        assert_eq!(text.jdcloud, None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use ipnetwork::IpNetwork;
 
-use super::RangeSet;
+use super::{Networks, RangeSet};
 
 /// Bounds an update must respect (`[ranges]` config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,14 @@ pub enum Refusal {
         count: usize,
         max: usize,
     },
+    /// `china_network = true`, but the feed has no `jdcloud_cidrs` (an
+    /// API that ignored `?networks=jdcloud`, a text list, a file without
+    /// the field).
+    #[error("{source_name} has no jdcloud_cidrs, but [ranges].china_network = true needs the China Network's ranges; only the Cloudflare API (asked with ?networks=jdcloud) or a file of its JSON shape carries them, so the update is refused")]
+    JdcloudMissing { source_name: String },
+    /// `jdcloud_cidrs` is there but empty.
+    #[error("the update's jdcloud_cidrs is empty; that would drop every China Network visitor, so it is refused")]
+    EmptyJdcloud,
     /// The shrink guard: over half of a family's allowed space would go.
     #[error("the update removes {removed_percent:.1}% of the allowed {family} address space (more than half); if Cloudflare really shrank its ranges, run `shield ranges --refresh --accept-shrink`")]
     Shrink {
@@ -152,7 +160,16 @@ pub fn validate(set: &RangeSet, limits: &Limits) -> Result<(), Refusal> {
     if set.ipv6.is_empty() {
         return Err(Refusal::EmptyIpv6);
     }
-    for (family, count) in [("IPv4", set.ipv4.len()), ("IPv6", set.ipv6.len())] {
+    if set.jdcloud.as_ref().is_some_and(Vec::is_empty) {
+        return Err(Refusal::EmptyJdcloud);
+    }
+    let (jdcloud_v4, jdcloud_v6) = jdcloud_families(set);
+    for (family, count) in [
+        ("IPv4", set.ipv4.len()),
+        ("IPv6", set.ipv6.len()),
+        ("JD Cloud IPv4", jdcloud_v4.len()),
+        ("JD Cloud IPv6", jdcloud_v6.len()),
+    ] {
         if count > limits.max_prefixes {
             return Err(Refusal::TooManyPrefixes {
                 family,
@@ -164,13 +181,41 @@ pub fn validate(set: &RangeSet, limits: &Limits) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Refuses a set that lacks a network `networks` asks for. A feed without
+/// `jdcloud_cidrs` is not "no China Network ranges": it was not asked, or
+/// cannot tell, and enforcing it would drop JD Cloud's visitors.
+pub fn require_networks(set: &RangeSet, networks: Networks) -> Result<(), Refusal> {
+    if set.satisfies(networks) {
+        return Ok(());
+    }
+    Err(Refusal::JdcloudMissing {
+        source_name: set.source.to_string(),
+    })
+}
+
+/// The China Network's list split by family, for the per-family checks.
+fn jdcloud_families(set: &RangeSet) -> (Vec<IpNetwork>, Vec<IpNetwork>) {
+    set.jdcloud_prefixes().partition(IpNetwork::is_ipv4)
+}
+
 /// Refuses an update that removes more than half of the address space the
-/// current set allows, in either family.
+/// current set allows, in either family of either network. JD Cloud's
+/// space is guarded on its own (it is small beside Cloudflare's, so losing
+/// all of it would pass a guard over the sum), and only when the update
+/// has the China Network: dropping it with `china_network = false` is the
+/// operator's choice, not a shrink.
 pub fn shrink_guard(current: &RangeSet, update: &RangeSet) -> Result<(), Refusal> {
-    for (family, old, new) in [
-        ("IPv4", &current.ipv4, &update.ipv4),
-        ("IPv6", &current.ipv6, &update.ipv6),
-    ] {
+    let (old_jd_v4, old_jd_v6) = jdcloud_families(current);
+    let (new_jd_v4, new_jd_v6) = jdcloud_families(update);
+    let mut pairs = vec![
+        ("IPv4", current.ipv4.as_slice(), update.ipv4.as_slice()),
+        ("IPv6", current.ipv6.as_slice(), update.ipv6.as_slice()),
+    ];
+    if update.jdcloud.is_some() {
+        pairs.push(("JD Cloud IPv4", &old_jd_v4, &new_jd_v4));
+        pairs.push(("JD Cloud IPv6", &old_jd_v6, &new_jd_v6));
+    }
+    for (family, old, new) in pairs {
         let fraction = removed_fraction(old, new);
         if fraction > 0.5 {
             return Err(Refusal::Shrink {
@@ -246,6 +291,7 @@ mod tests {
         RangeSet {
             ipv4: v4.iter().map(|p| p.parse().unwrap()).collect(),
             ipv6: v6.iter().map(|p| p.parse().unwrap()).collect(),
+            jdcloud: None,
             etag: None,
             source: Provenance::Snapshot,
         }
@@ -304,6 +350,92 @@ mod tests {
             validate(&set(&["104.16.0.0/13"], &v6), &floor),
             Err(Refusal::PrefixTooShort { floor: 16, .. })
         ));
+    }
+
+    fn with_jdcloud(mut set: RangeSet, jdcloud: &[&str]) -> RangeSet {
+        set.jdcloud = Some(jdcloud.iter().map(|p| p.parse().unwrap()).collect());
+        set
+    }
+
+    #[test]
+    fn jdcloud_prefixes_get_every_check_of_their_family() {
+        let base = set(&["173.245.48.0/20"], &["2400:cb00::/32"]);
+        let good = with_jdcloud(base.clone(), &["116.196.0.0/17", "2402:db40:5100::/40"]);
+        validate(&good, &Limits::default()).unwrap();
+        let cases: &[(&[&str], &str)] = &[
+            (&["116.196.0.1/17"], "host_bits"),
+            (&["2402:db40:5100::1/40"], "host_bits"),
+            (&["116.0.0.0/7"], "short"),
+            (&["2400::/15"], "short"),
+            (&["10.0.0.0/16"], "reserved"),
+            (&["fd00::/16"], "reserved"),
+            (&[], "empty"),
+        ];
+        for (jdcloud, want) in cases {
+            let update = with_jdcloud(base.clone(), jdcloud);
+            let got = match validate(&update, &Limits::default()) {
+                Err(Refusal::HostBits { .. }) => "host_bits",
+                Err(Refusal::PrefixTooShort { .. }) => "short",
+                Err(Refusal::ReservedRange { .. }) => "reserved",
+                Err(Refusal::EmptyJdcloud) => "empty",
+                other => panic!("{jdcloud:?}: {other:?}"),
+            };
+            assert_eq!(got, *want, "{jdcloud:?}");
+        }
+        let many: Vec<String> = (0..1025)
+            .map(|i| format!("1.{}.{}.0/24", i / 256, i % 256))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(matches!(
+            validate(&with_jdcloud(base.clone(), &many), &Limits::default()),
+            Err(Refusal::TooManyPrefixes {
+                family: "JD Cloud IPv4",
+                count: 1025,
+                ..
+            })
+        ));
+        // The global lists must still hold both families on their own.
+        let only_jdcloud = with_jdcloud(set(&[], &["2400:cb00::/32"]), &["116.196.0.0/17"]);
+        assert_eq!(
+            validate(&only_jdcloud, &Limits::default()),
+            Err(Refusal::EmptyIpv4)
+        );
+    }
+
+    #[test]
+    fn the_china_network_is_required_only_when_asked_for() {
+        let base = set(&["173.245.48.0/20"], &["2400:cb00::/32"]);
+        require_networks(&base, Networks::Global).unwrap();
+        let refusal = require_networks(&base, Networks::GlobalAndChina).unwrap_err();
+        assert!(matches!(refusal, Refusal::JdcloudMissing { .. }));
+        assert!(refusal.to_string().contains("china_network"), "{refusal}");
+        require_networks(
+            &with_jdcloud(base, &["116.196.0.0/17"]),
+            Networks::GlobalAndChina,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn shrink_guard_watches_the_china_network_on_its_own() {
+        let base = set(&["104.16.0.0/13"], &["2400:cb00::/32"]);
+        let old = with_jdcloud(base.clone(), &["116.196.0.0/17", "2402:db40:5100::/40"]);
+        // Losing all of JD Cloud's IPv4 is a tiny share of all IPv4, but
+        // all of the China Network's: refused.
+        let gone = with_jdcloud(base.clone(), &["2402:db40:5100::/40"]);
+        assert!(matches!(
+            shrink_guard(&old, &gone),
+            Err(Refusal::Shrink {
+                family: "JD Cloud IPv4",
+                ..
+            })
+        ));
+        let halved = with_jdcloud(base.clone(), &["116.196.0.0/18", "2402:db40:5100::/40"]);
+        shrink_guard(&old, &halved).unwrap();
+        // Growing into the China Network (turning it on) is no shrink, and
+        // leaving it (china_network = false: no list) is the operator's call.
+        shrink_guard(&base, &old).unwrap();
+        shrink_guard(&old, &base).unwrap();
     }
 
     #[test]
