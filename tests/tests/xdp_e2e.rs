@@ -1025,4 +1025,27 @@ fn protected_destinations_leave_the_grey_address_open() {
         String::from_utf8_lossy(&classify.stdout).trim(),
         "pass unprotected_destination"
     );
+
+    // SIGHUP to the other scope: the grey address is the protected one now.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("\"{ORIGIN_V4}/32\", \"{ORIGIN_V6}/128\""),
+        &format!("\"{GREY_V4}/32\", \"{GREY_V6}/128\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let before = shield.log_text().matches("reloaded").count();
+    shield.signal(libc::SIGHUP);
+    wait_for(Duration::from_secs(10), || {
+        shield.log_text().matches("reloaded").count() > before
+    })
+    .unwrap_or_else(|_| panic!("no reload after SIGHUP: {}", shield.log_text()));
+    for (protected, grey) in [(GREY_V4, ORIGIN_V4), (GREY_V6, ORIGIN_V6)] {
+        assert!(
+            lab.curl(&lab.attacker, &url(grey, 443)).unwrap(),
+            "after SIGHUP {grey}:443 is open"
+        );
+        assert!(
+            !lab.curl(&lab.attacker, &url(protected, 443)).unwrap(),
+            "after SIGHUP {protected}:443 is protected"
+        );
+    }
 }
