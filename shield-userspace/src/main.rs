@@ -22,6 +22,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A command's output piped into `head` ends quietly when the pipe
+        // closes, as other Unix tools do, instead of panicking on EPIPE.
+        // The daemon keeps Rust's default (ignored), so a peer that goes
+        // away is an error on that socket, not the end of the process.
+        // SAFETY: before any thread is spawned; SIG_DFL is always valid.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(error) => {

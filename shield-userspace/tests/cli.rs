@@ -293,3 +293,20 @@ fn run_names_each_cause_once() {
     assert_eq!(stderr.matches(&cause).count(), 1, "{stderr}");
     assert!(stderr.contains("[metrics].listen"), "{stderr}");
 }
+
+/// Output into a pipe nobody reads any more (`shield ranges | head -1`)
+/// ends the command as SIGPIPE ends other Unix tools: no panic message.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_shield"))
+        .args(["ranges", "--config", "/dev/null"])
+        .stdout(writer)
+        .output()
+        .expect("run shield");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{output:?}");
+}
