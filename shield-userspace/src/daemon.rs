@@ -76,6 +76,10 @@ impl Daemon {
                 PinLayout::from_env(),
             )));
         }
+        if let Some(dropped) = crate::logging::dropped_lines() {
+            registry.register_collector(Box::new(dropped));
+        }
+        crate::proxy::access::set_enabled(config.log.access);
         let tls_metrics = TlsMetrics::register(&mut registry);
         let http_metrics = HttpMetrics::register(&mut registry);
         let fetcher = Fetcher::new(FetchOptions::default())
@@ -135,9 +139,13 @@ impl Daemon {
                 "[xdp].interfaces and [xdp].mode apply on restart; other changes apply now"
             );
         }
+        if config.log.format != self.config.log.format {
+            tracing::warn!("[log].format applies on restart; [log].access applies now");
+        }
         if !self.apply_reload(&config) {
             return false;
         }
+        crate::proxy::access::set_enabled(config.log.access);
         let networks_changed = self.ranges.reconfigure(&config.ranges);
         self.config = config;
         // `shield ranges --refresh` may have written a new cache.

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod error;
 pub mod listen;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

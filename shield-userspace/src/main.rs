@@ -7,21 +7,27 @@ use shield::{
     config::Config,
     daemon::Daemon,
     dataplane::{self, PinLayout},
+    logging,
     policy::{Allowlist, Classifier},
 };
 use shield_common::Verdict;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHIELD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal; journald and files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    // The daemon's log is in [log].format, through the writer that never
+    // blocks; a config that does not load gets text, and the start then
+    // reports why. Kept to the end so what is buffered is written.
+    let _logging = match &cli.command {
+        Command::Run(args) => Some(logging::init_for_daemon(
+            Config::load(&args.config)
+                .map(|config| config.log.format)
+                .unwrap_or_default(),
+        )),
+        _ => {
+            logging::init_for_command();
+            None
+        }
+    };
     if !matches!(cli.command, Command::Run(_)) {
         // A command's output piped into `head` ends quietly when the pipe
         // closes, as other Unix tools do, instead of panicking on EPIPE.

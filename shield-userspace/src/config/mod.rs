@@ -90,6 +90,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
     #[serde(default, rename = "site")]
     pub sites: Vec<SiteConfig>,
 }
@@ -220,6 +222,25 @@ impl Default for MetricsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9469)),
         }
     }
+}
+
+/// `[log].format`: how the daemon's log and the access log are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines (`key=value` fields).
+    #[default]
+    Text,
+    /// One JSON object per line, for a log pipeline.
+    Json,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// One line per request on target `shield::access`.
+    pub access: bool,
+    pub format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -523,6 +544,13 @@ mod tests {
         );
         assert_eq!(config.metrics.listen.to_string(), "127.0.0.1:9469");
         assert_eq!(config.http.action, HttpAction::Redirect);
+        assert_eq!(
+            config.log,
+            LogConfig {
+                access: false,
+                format: LogFormat::Text
+            }
+        );
         assert!(config.sites.is_empty());
     }
 
@@ -553,6 +581,10 @@ listen = "127.0.0.1:9469"
 [http]
 listen = "0.0.0.0:80"
 action = "redirect"
+
+[log]
+access = false
+format = "text"
 
 [[site]]
 server_names = ["www.example.com", "example.com"]

@@ -157,6 +157,8 @@ pub struct Tracked<IO> {
     activity: Arc<Activity>,
     /// Read from `io` already, to be read again first.
     unread: Bytes,
+    /// Bytes written to `io` so far (for the access log).
+    written: u64,
 }
 
 impl<IO> Tracked<IO> {
@@ -165,6 +167,7 @@ impl<IO> Tracked<IO> {
             io,
             activity,
             unread: Bytes::new(),
+            written: 0,
         }
     }
 
@@ -178,6 +181,11 @@ impl<IO> Tracked<IO> {
             joined.extend_from_slice(&self.unread);
             self.unread = joined.into();
         }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     fn record_write<T>(&self, result: &Poll<io::Result<T>>) {
@@ -218,8 +226,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.io).poll_write(cx, data);
         self.record_write(&result);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.on_write();
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                self.written += n as u64;
+                self.activity.on_write();
+            }
         }
         result
     }
@@ -231,8 +242,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.record_write(&result);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.on_write();
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                self.written += n as u64;
+                self.activity.on_write();
+            }
         }
         result
     }

@@ -23,6 +23,7 @@ use tokio::{
 };
 
 use super::{
+    access,
     activity::{Check, Tracked},
     h1::{
         body::{self, write_out, Broken, Stop, READ_CHUNK},
@@ -108,17 +109,32 @@ where
                 continue;
             }
         };
+        let access = access::enabled()
+            .then(|| request::access_head(&buffers.client[..forward.head_len], request_id.as_str()))
+            .flatten();
         buffers.client.advance(forward.head_len);
         let guard = conn.activity.begin_request();
+        let mut outcome = access::Outcome::default();
+        let written = io.written();
         let exchanged = tokio::select! {
             biased;
-            exchanged = exchange(io, conn, &mut buffers, &forward, request_id.as_str()) => exchanged,
+            exchanged = exchange(io, conn, &mut buffers, &forward, request_id.as_str(), &mut outcome) => exchanged,
             () = shutdown_then_grace(shutdown) => {
                 tracing::debug!(site = %clocks.label, "closing: request still in flight after the shutdown grace");
                 Exchanged::Broken
             }
         };
         drop(guard);
+        if let Some(head) = access {
+            // What went out for this response, less its head.
+            outcome.bytes_sent = (io.written() - written).saturating_sub(outcome.bytes_sent);
+            access::log(
+                &head,
+                &conn.route.label,
+                conn.client_cert_sha256.to_str().unwrap_or_default(),
+                outcome,
+            );
+        }
         match exchanged {
             Exchanged::Done if !forward.close && !shutdown.borrow().is_closing() => {}
             Exchanged::Done => {
@@ -205,17 +221,22 @@ enum Exchanged {
 }
 
 /// One request: upstream and back.
+/// `outcome` learns the status, the upstream's time and, in `bytes_sent`,
+/// the length of the response head (which the caller takes off what was
+/// written).
 async fn exchange<IO>(
     io: &mut Tracked<IO>,
     conn: &Connection,
     buffers: &mut Buffers,
     forward: &Forward,
     request_id: &str,
+    outcome: &mut access::Outcome,
 ) -> Exchanged
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let authority = conn.route.upstream.authority();
+    let sent = Instant::now();
     let answered = timeout(
         conn.route.upstream_timeout,
         response_head(conn, buffers, forward),
@@ -225,13 +246,16 @@ where
         Ok(Ok(answer)) => answer,
         Ok(Err(error)) => {
             let failure = UpstreamFailure::Error(&error);
-            return answer_failure(io, conn, failure, request_id, forward.close).await;
+            return answer_failure(io, conn, failure, request_id, forward.close, outcome).await;
         }
         Err(_) => {
             let failure = UpstreamFailure::Timeout;
-            return answer_failure(io, conn, failure, request_id, forward.close).await;
+            return answer_failure(io, conn, failure, request_id, forward.close, outcome).await;
         }
     };
+    outcome.status = head.status.as_u16();
+    outcome.upstream = Some(sent.elapsed());
+    outcome.bytes_sent = buffers.out.len() as u64;
     let Buffers { upstream, out, .. } = buffers;
     let clean = match body::relay(io, &mut tcp, upstream, out, head.framing).await {
         Ok(clean) => clean,
@@ -249,7 +273,7 @@ where
                 // get a 502 instead of a closed connection.
                 out.clear();
                 let failure = UpstreamFailure::Error(&error);
-                return answer_failure(io, conn, failure, request_id, forward.close).await;
+                return answer_failure(io, conn, failure, request_id, forward.close, outcome).await;
             }
             conn.count(head.status);
             tracing::warn!(site = %conn.route.label, request_id, error = %error, "upstream broke off a response body; closing the client connection");
@@ -301,12 +325,18 @@ async fn answer_failure<IO>(
     failure: UpstreamFailure<'_>,
     request_id: &str,
     close: bool,
+    outcome: &mut access::Outcome,
 ) -> Exchanged
 where
     IO: AsyncWrite + Unpin,
 {
     let (status, body) = conn.upstream_failed(failure, request_id);
     conn.count(status);
+    *outcome = access::Outcome {
+        status: status.as_u16(),
+        upstream: None,
+        bytes_sent: 0,
+    };
     let mut out = Vec::with_capacity(256 + body.len());
     push_status_line(
         &mut out,
@@ -328,6 +358,7 @@ where
         push_field(&mut out, header::CONNECTION.as_str(), b"close");
     }
     out.extend_from_slice(b"\r\n");
+    outcome.bytes_sent = out.len() as u64;
     out.extend_from_slice(body.as_bytes());
     match write_out(io, &mut out).await {
         Ok(()) => Exchanged::Done,

@@ -5,16 +5,18 @@ use std::{
     convert::Infallible,
     net::IpAddr,
     sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::{Body as _, Frame, Incoming};
 use prometheus_client::metrics::counter::Counter;
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
+    access,
     activity::{Activity, RequestGuard},
     body::{Watch, Watched},
     h1::request,
@@ -108,12 +110,38 @@ impl Connection {
     ) -> Result<Response<GuardedBody>, Infallible> {
         let guard = self.activity.begin_request();
         let request_id = RequestId::random();
+        let mut access = None;
         // Boxed: hyper's h2 server moves the service future into the
         // stream's task (and tokio into its cell); at 4 KB inline, those
         // copies were a sixth of an h2 request's instructions.
-        let response = Box::pin(self.respond(request, request_id.as_str())).await;
+        let response = Box::pin(self.respond(request, request_id.as_str(), &mut access)).await;
         self.count(response.status());
-        Ok(response.map(|body| Watched::new(body, guard)))
+        if let Some(pending) = access.as_mut() {
+            pending.outcome.status = response.status().as_u16();
+            pending.outcome.upstream = response.extensions().get::<UpstreamHead>().map(|u| u.0);
+        }
+        Ok(response.map(|body| {
+            Watched::new(
+                body,
+                Served {
+                    _guard: guard,
+                    access,
+                },
+            )
+        }))
+    }
+
+    /// The request's access-log line to be, with `[log].access` on (boxed:
+    /// it waits in the response body).
+    fn begin_access(&self, request: &Request<Incoming>, request_id: &str) -> Option<Box<Pending>> {
+        access::enabled().then(|| {
+            Box::new(Pending {
+                head: access_head(request, request_id),
+                outcome: access::Outcome::default(),
+                route: self.route.clone(),
+                client_cert_sha256: self.client_cert_sha256.clone(),
+            })
+        })
     }
 
     /// Counts a response in `shield_http_requests_total`.
@@ -167,11 +195,15 @@ impl Connection {
         }
     }
 
+    /// The answer to `request`; `access` gets its access-log line to be,
+    /// with `[log].access` on.
     async fn respond(
         &self,
         mut request: Request<Incoming>,
         request_id: &str,
+        access: &mut Option<Box<Pending>>,
     ) -> Response<ProxyBody> {
+        *access = self.begin_access(&request, request_id);
         // A tunnel to wherever the client names is not a request to the
         // site's application; Cloudflare sends none (nginx answers the same).
         if request.method() == Method::CONNECT {
@@ -313,6 +345,7 @@ impl Connection {
             self.route.upstream.authority(),
             Request::from_parts(parts, body),
         );
+        let sent = Instant::now();
         let call = async {
             if h2c {
                 self.upstream.request_h2c(authority, request).await
@@ -333,7 +366,7 @@ impl Connection {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                self.answer_started(parts, body, request_id).await
+                self.answer_started(parts, body, request_id, sent).await
             }
             Ok(Err(_)) if broken_by_client.get() => {
                 tracing::info!(site = %self.route.label, request_id, "400: the client's request body is malformed");
@@ -356,13 +389,14 @@ impl Connection {
         head_request: bool,
         request_id: &str,
     ) -> Response<ProxyBody> {
+        let sent = Instant::now();
         let call = self
             .upstream
             .request_raw(self.route.upstream.authority(), head, head_request);
         match tokio::time::timeout(self.route.upstream_timeout, call).await {
             Ok(Ok(response)) => {
                 let (parts, body) = response.into_parts();
-                self.answer_started(parts, body, request_id).await
+                self.answer_started(parts, body, request_id, sent).await
             }
             Ok(Err(error)) => self.failure_answer(UpstreamFailure::Error(&error), request_id),
             Err(_) => self.failure_answer(UpstreamFailure::Timeout, request_id),
@@ -377,6 +411,7 @@ impl Connection {
         client: hyper::upgrade::OnUpgrade,
         request_id: &str,
     ) -> Response<ProxyBody> {
+        let sent = Instant::now();
         let call = self
             .upstream
             .upgrade(self.route.upstream.authority(), request);
@@ -412,6 +447,7 @@ impl Connection {
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             websocket::set_upgrade_fields(&mut parts.headers);
         }
+        parts.extensions.insert(UpstreamHead(sent.elapsed()));
         Response::from_parts(parts, proxy_body(body))
     }
 
@@ -419,14 +455,16 @@ impl Connection {
     /// `started`), or a 502 when that frame is broken.
     async fn answer_started<B>(
         &self,
-        parts: http::response::Parts,
+        mut parts: http::response::Parts,
         body: B,
         request_id: &str,
+        sent: Instant,
     ) -> Response<ProxyBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        parts.extensions.insert(UpstreamHead(sent.elapsed()));
         match started(body).await {
             Ok(body) => Response::from_parts(parts, proxy_body(body)),
             Err(error) => self.failure_answer(UpstreamFailure::Error(&error), request_id),
@@ -509,10 +547,68 @@ pub fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
 }
 
 /// A response body that keeps its request counted as in flight until
-/// sent (the guard is dropped with it).
-pub type GuardedBody = Watched<ProxyBody, RequestGuard>;
+/// sent (the guard is dropped with it), and writes its access-log line then.
+pub type GuardedBody = Watched<ProxyBody, Served>;
 
-impl<E> Watch<E> for RequestGuard {}
+/// How long the upstream took to its response head, on a response that
+/// came from it (for the access log).
+#[derive(Debug, Clone, Copy)]
+struct UpstreamHead(Duration);
+
+/// What a response body carries until it is sent.
+pub struct Served {
+    /// Counts the request in flight until the body is dropped.
+    _guard: RequestGuard,
+    /// With `[log].access` on.
+    access: Option<Box<Pending>>,
+}
+
+/// A request's access-log line, waiting for its response to be sent.
+struct Pending {
+    head: access::Head,
+    outcome: access::Outcome,
+    route: Arc<Route>,
+    client_cert_sha256: HeaderValue,
+}
+
+impl Watch<BoxError> for Served {
+    fn polled(&mut self, frame: Option<&Result<Frame<Bytes>, BoxError>>, _ended: bool) {
+        if let (Some(pending), Some(Ok(frame))) = (self.access.as_mut(), frame) {
+            if let Some(data) = frame.data_ref() {
+                pending.outcome.bytes_sent += data.len() as u64;
+            }
+        }
+    }
+
+    fn dropped(&mut self, _ended: bool) {
+        if let Some(pending) = self.access.take() {
+            access::log(
+                &pending.head,
+                &pending.route.label,
+                pending.client_cert_sha256.to_str().unwrap_or_default(),
+                pending.outcome,
+            );
+        }
+    }
+}
+
+/// The access log's view of a request head that hyper parsed.
+fn access_head<B>(request: &Request<B>, request_id: &str) -> access::Head {
+    let protocol = match request.version() {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    let field = |name: &str| request.headers().get(name).map(HeaderValue::as_bytes);
+    access::Head::new(
+        request.method().as_str(),
+        request.uri().path(),
+        protocol,
+        field("cf-connecting-ip"),
+        field("cf-ray"),
+        request_id,
+    )
+}
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,7 @@
 //! connections, binding Host to SNI, the header policy, and the pooled
 //! upstream client.
 
+pub mod access;
 mod activity;
 mod body;
 mod direct;

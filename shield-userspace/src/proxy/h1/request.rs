@@ -20,6 +20,7 @@ use super::{
     MAX_FIELDS,
 };
 use crate::proxy::{
+    access,
     headers::{self, Field, Options},
     Route, UpstreamProtocol, MAX_HEADER_BYTES,
 };
@@ -147,6 +148,31 @@ pub(in crate::proxy) fn prepare_request(
         head_request: method == Method::HEAD,
         close,
     })
+}
+
+/// The access log's view of a head [`prepare_request`] forwarded: parsed
+/// again, only when the log is on, so the path without it pays nothing.
+pub(in crate::proxy) fn access_head(buf: &[u8], request_id: &str) -> Option<access::Head> {
+    let mut fields = [const { MaybeUninit::<Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut []);
+    ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut request, buf, &mut fields)
+        .ok()?;
+    let field = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|field| field.name.eq_ignore_ascii_case(name))
+            .map(|field| field.value)
+    };
+    Some(access::Head::new(
+        request.method?,
+        request.path?,
+        "HTTP/1.1",
+        field("cf-connecting-ip"),
+        field("cf-ray"),
+        request_id,
+    ))
 }
 
 /// What shield states about a request, beside the fields passed on.
