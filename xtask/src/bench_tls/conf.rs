@@ -191,6 +191,9 @@ backend app
 
 /// shield, TLS only: one site, no XDP interfaces, no port 80, metrics on
 /// `metrics` (nothing scrapes them, but the listener is always there).
+/// What [`shield_conf`] gains for [`super::servers::Kind::ShieldAccessLog`].
+pub const ACCESS_LOG: &str = "\n[log]\naccess = true\nformat = \"json\"\n";
+
 pub fn shield_conf(work: &Path, pki: &Pki, port: u16, upstream: &str, metrics: u16) -> String {
     format!(
         "[ranges]

@@ -207,6 +207,7 @@ pub fn run() -> anyhow::Result<()> {
         Kind::Haproxy,
         Kind::Shield("aws-lc-rs"),
         Kind::Shield("ring"),
+        Kind::ShieldAccessLog,
     ];
     if std::env::var_os(INSTRUCTIONS_ONLY).is_some_and(|v| v == "1") {
         // The deterministic rows alone, for a change that must not cost

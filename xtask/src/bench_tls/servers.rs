@@ -33,6 +33,9 @@ pub enum Kind {
     Haproxy,
     /// shield built with this rustls provider.
     Shield(&'static str),
+    /// shield's default build with `[log] access = true` (JSON), its
+    /// stderr to a file as the journal would take it: what the log costs.
+    ShieldAccessLog,
 }
 
 impl Kind {
@@ -42,6 +45,7 @@ impl Kind {
             Kind::Nginx => "nginx".to_owned(),
             Kind::Haproxy => "haproxy".to_owned(),
             Kind::Shield(provider) => format!("shield-{provider}"),
+            Kind::ShieldAccessLog => "shield-access-log".to_owned(),
         }
     }
 
@@ -49,13 +53,14 @@ impl Kind {
     pub fn heading(self) -> String {
         match self {
             Kind::Shield(provider) => format!("shield ({provider})"),
+            Kind::ShieldAccessLog => "shield (access log)".to_owned(),
             peer => peer.name(),
         }
     }
 
     /// nginx and haproxy: what shield's ratios are taken against.
     pub fn is_peer(self) -> bool {
-        !matches!(self, Kind::Shield(_))
+        !matches!(self, Kind::Shield(_) | Kind::ShieldAccessLog)
     }
 
     /// Started alone on the server's CPU.
@@ -72,7 +77,7 @@ impl Kind {
             self.command_line(work, &name, pki, port, upstream, Processes::Workers)?;
         let mut command = pinned(&cpus.server.to_string(), program, &args);
         match self {
-            Kind::Shield(_) => {
+            Kind::Shield(_) | Kind::ShieldAccessLog => {
                 command
                     .env("SHIELD_LOG", "warn")
                     .stderr(log_file(work, &name)?);
@@ -117,15 +122,19 @@ impl Kind {
                 let args = vec!["-db".into(), "-f".into(), conf.into_os_string()];
                 Ok(("haproxy".into(), args))
             }
-            Kind::Shield(_) => {
+            Kind::Shield(_) | Kind::ShieldAccessLog => {
                 let conf = work.join(format!("{name}.toml"));
-                fs::write(
-                    &conf,
-                    conf::shield_conf(work, pki, port, upstream, free_port()?),
-                )
-                .with_context(|| format!("cannot write {}", conf.display()))?;
+                let mut text = conf::shield_conf(work, pki, port, upstream, free_port()?);
+                let binary = if self == Kind::ShieldAccessLog {
+                    text.push_str(conf::ACCESS_LOG);
+                    Kind::Shield("aws-lc-rs").name()
+                } else {
+                    self.name()
+                };
+                fs::write(&conf, text)
+                    .with_context(|| format!("cannot write {}", conf.display()))?;
                 let args = vec!["run".into(), "--config".into(), conf.into_os_string()];
-                Ok((work.join(self.name()).into_os_string(), args))
+                Ok((work.join(binary).into_os_string(), args))
             }
         }
     }
