@@ -167,6 +167,16 @@ pub async fn enroll(options: &EnrollOptions, out: Output<'_>) -> Result<(), AopE
     out(&format!(
         "4/4 enabled zone-level Authenticated Origin Pulls for zone {zone}; Cloudflare now presents certificate {id}"
     ));
+    // Left for the operator: removing it is their call, once traffic shows
+    // the new certificate in use.
+    if chosen
+        .site
+        .client_ca
+        .iter()
+        .any(|ca| matches!(ca, crate::config::ClientCa::CloudflareShared))
+    {
+        out("note: the site still trusts \"cloudflare-shared\" (any Cloudflare customer's certificate); remove it from client_ca and reload");
+    }
     Ok(())
 }
 
