@@ -3,6 +3,7 @@
 //! Two layers: an XDP allowlist of Cloudflare's ranges on the public
 //! interfaces ([`dataplane`]), and an mTLS terminator that requires the
 //! Authenticated Origin Pulls client certificate (`tls`, `proxy`).
+pub mod aop;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use shield::{
-    cli::{Cli, Command},
+    cli::{AopCommand, Cli, Command, EnrollArgs},
     config::Config,
     daemon::Daemon,
     dataplane::{self, PinLayout},
@@ -142,6 +142,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .context("cannot write the man page")?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Aop(AopCommand::Enroll(args)) => aop_enroll(args),
         Command::Detach { iface } => {
             let layout = PinLayout::from_env();
             let removed = dataplane::detach(&layout, iface.as_deref()).context("detach failed")?;
@@ -159,6 +160,50 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let config = Config::load(path)?;
     shield::tls::check(&config)?;
     Ok(config)
+}
+
+/// `shield aop enroll`.
+fn aop_enroll(args: Box<EnrollArgs>) -> anyhow::Result<ExitCode> {
+    let args = *args;
+    use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+    use shield::aop::{reload::Reload, EnrollOptions};
+    let api_roots = match &args.api_ca {
+        Some(path) => Some(
+            CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("cannot read the CA file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    // The config names the CA by an absolute path (`client_ca`).
+    let dir = std::path::absolute(&args.dir)
+        .with_context(|| format!("cannot resolve --dir {}", args.dir.display()))?;
+    let options = EnrollOptions {
+        zone: args.zone,
+        token_file: args.api_token_file,
+        config: args.config.config,
+        site: args.site,
+        dir,
+        overwrite: args.overwrite,
+        reload: match args.pid {
+            Some(pid) => Reload::Pid(pid),
+            None => Reload::Systemd { unit: args.unit },
+        },
+        verify_address: args.verify_address,
+        verify_timeout: args.verify_timeout,
+        activation_timeout: args.activation_timeout,
+        api_base: args.api_base,
+        api_roots,
+        api_timeout: args.api_timeout,
+        dry_run: args.dry_run,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime
+        .block_on(shield::aop::enroll(&options, &mut |line: &str| {
+            println!("{line}")
+        }))
+        .context("aop enroll stopped")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `shield ranges [--refresh [--accept-shrink]]`.
