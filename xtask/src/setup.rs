@@ -32,6 +32,8 @@ const PACKAGES: &[&str] = &[
     "runc",
     "debootstrap",
     "python3-venv",
+    // The .deb depends on it, and `dist::check` installs the .deb with dpkg.
+    "ca-certificates",
 ];
 
 /// kubernetes-validate bundles the Kubernetes JSON schemas, so the
