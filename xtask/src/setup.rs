@@ -25,7 +25,22 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     // The monitoring tests: a real Prometheus scrape and `promtool test rules`.
     "prometheus",
+    // The container test: podman with runc (Debian 12's crun refuses these
+    // hosts' hybrid cgroups), debootstrap for a base image when no
+    // container registry is reachable, and a venv for the schema check.
+    "podman",
+    "runc",
+    "debootstrap",
+    "python3-venv",
+    // The .deb depends on it, and `dist::check` installs the .deb with dpkg.
+    "ca-certificates",
 ];
+
+/// kubernetes-validate bundles the Kubernetes JSON schemas, so the
+/// manifests validate offline (kubeconform and kubeval are Go binaries
+/// fetched from outside the package registries).
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+const TOOLS_VENV: &str = "/opt/shield-tools/venv";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The last cargo-fuzz line that builds with rustc 1.95.
@@ -38,6 +53,7 @@ pub fn all() -> anyhow::Result<()> {
     bpffs()?;
     fuzz_tools()?;
     oha()?;
+    kubernetes_validate()?;
     println!("setup: everything is installed");
     Ok(())
 }
@@ -62,6 +78,31 @@ pub fn oha() -> anyhow::Result<()> {
             .context("cargo install oha failed")?;
     }
     Ok(())
+}
+
+/// In a venv of Debian's python3 (not whichever python3 is first on PATH),
+/// linked into /usr/local/bin for the tests.
+fn kubernetes_validate() -> anyhow::Result<()> {
+    let present = shell::output("kubernetes-validate", &["--version"])
+        .is_ok_and(|version| version.contains(KUBERNETES_VALIDATE_VERSION));
+    if present || !shell::is_root() {
+        return Ok(());
+    }
+    println!("setup: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION}");
+    shell::status("/usr/bin/python3", &["-m", "venv", TOOLS_VENV])?;
+    shell::status(
+        &format!("{TOOLS_VENV}/bin/pip"),
+        &[
+            "install",
+            "-q",
+            &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+        ],
+    )
+    .context("pip install kubernetes-validate failed")?;
+    let link = std::path::Path::new("/usr/local/bin/kubernetes-validate");
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(format!("{TOOLS_VENV}/bin/kubernetes-validate"), link)
+        .context("cannot link kubernetes-validate into /usr/local/bin")
 }
 
 /// Mounts bpffs at /sys/fs/bpf when a fresh host has not. shield mounts it
