@@ -781,7 +781,15 @@ fn systemd_readiness_is_sent_only_after_xdp_is_attached() {
         .spawn()
         .unwrap();
     let mut buffer = [0u8; 256];
-    let received = socket.recv(&mut buffer);
+    // A socket with a receive timeout answers EINTR even under SA_RESTART
+    // when any signal handler in this test process runs; that is not an
+    // answer from shield, so wait on.
+    let received = loop {
+        match socket.recv(&mut buffer) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
     // What systemd would see at the moment shield says it is ready.
     let status = lab.status();
     let _ = child.kill();
