@@ -1,7 +1,8 @@
 //! The lab behind `cargo xtask run`: three network namespaces, shield on the
-//! origin, real traffic from a Cloudflare address and from an attacker, and
-//! a live table. Ctrl-C removes everything; a new run first removes what a
-//! killed one left.
+//! origin, legitimate mTLS requests from a Cloudflare address, bounded
+//! floods from an attacker (from outside the ranges, and forged from inside
+//! them), and a live view ([`view`]). Ctrl-C removes everything; a new run
+//! first removes what a killed one left.
 //!
 //! ```text
 //!   edge (173.245.48.10, Cloudflare) ──eth0─┐
@@ -25,6 +26,8 @@ use shield_tests::pki::{self, Usage};
 
 use crate::shell;
 
+mod view;
+
 const ORIGIN: &str = "shield-lab-origin";
 const EDGE: &str = "shield-lab-edge";
 const ATTACKER: &str = "shield-lab-attacker";
@@ -33,6 +36,18 @@ const HOST_LINK: &str = "shlab0";
 const METRICS: &str = "169.254.94.2:9469";
 const SITE: &str = "lab.shield.test";
 const ORIGIN_V4: &str = "192.0.2.1";
+/// The attacker's forged source, inside Cloudflare's 173.245.48.0/20.
+const FORGED_V4: &str = "173.245.48.99";
+/// Microseconds between each outside SYN flooder's packets: a bound of
+/// 100,000 per second each; one hping3 reaches about 10,000 here (its
+/// sleep between packets dominates), so there are [`OUTSIDE_FLOODERS`].
+const OUTSIDE_FLOOD_GAP_US: u32 = 10;
+const OUTSIDE_FLOODERS: usize = 3;
+/// The forged floods' gaps: UDP, ACK. (No forged SYN flood yet: against
+/// shield's own listener it makes the edge's connections time out, an open
+/// defect of the cookie path; the lab will show it once that is fixed.)
+const FORGED_UDP_GAP_US: u32 = 200;
+const FORGED_ACK_GAP_US: u32 = 1000;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -90,22 +105,29 @@ pub fn run(shield: &Path) -> anyhow::Result<()> {
 /// edge must be served, the other customer refused, the attacker dropped,
 /// and nothing may be left behind.
 pub fn smoke(shield: &Path) -> anyhow::Result<()> {
-    let rates = run_for(shield, Some(Duration::from_secs(25)))?;
-    let rate = |key: &str| rates.get(key).copied().unwrap_or(0.0);
-    if rate("requests_ok") <= 0.0
-        || rate("handshakes_refused") <= 0.0
-        || rate("drop:outside_ranges") <= 0.0
+    let totals = run_for(shield, Some(Duration::from_secs(25)))?;
+    let total = |key: &str| totals.get(key).copied().unwrap_or(0.0);
+    // Counts over the run, not one second's rates: the floods must have
+    // been floods (thousands of packets a second) and the edge served.
+    if total("edge_ok") < 20.0
+        || total("handshakes_refused") <= 0.0
+        || total("drop:outside_ranges") < 100_000.0
+        || total("edge_failed") * 100.0 > total("edge_ok")
+        || total("drop:udp_from_ranges") <= 0.0
+        || total("drop:bad_ack") <= 0.0
     {
-        bail!("the lab's traffic did not do what it should: {rates:?}");
+        bail!("the lab's traffic did not do what it should: {totals:?}");
     }
     let namespaces = shell::output("ip", &["netns", "list"])?;
     if namespaces.contains("shield-lab") || Path::new(PIN_ROOT).exists() {
         bail!("the lab left namespaces or pins behind:\n{namespaces}");
     }
-    println!("lab: smoke test passed: {rates:?}");
+    println!("lab: smoke test passed: {totals:?}");
     Ok(())
 }
 
+/// Runs the lab until Ctrl-C or for `duration`; returns the counts over
+/// the run (see [`watch`]).
 fn run_for(shield: &Path, duration: Option<Duration>) -> anyhow::Result<BTreeMap<String, f64>> {
     if !shell::is_root() {
         bail!("the lab creates network namespaces and attaches XDP: run `cargo xtask run` as root");
@@ -195,21 +217,31 @@ upstream = "http://127.0.0.1:8080"
 
     let resolve = format!("--resolve {SITE}:443:{ORIGIN_V4}");
     let d = dir.display();
+    // The legitimate requests, one line each for the view to read.
+    let edge_log = dir.join("edge-requests.log");
+    children.push(ns_spawn(
+        EDGE,
+        &format!("while :; do curl -s -o /dev/null -w '%{{http_code}} %{{time_total}}\\n' --max-time 2 --cacert {d}/server-ca.pem --cert {d}/edge.pem --key {d}/edge.key {resolve} https://{SITE}/; sleep 0.1; done"),
+        &edge_log,
+    )?);
     let traffic = [
-        // A Cloudflare edge with the zone's AOP certificate: served.
-        (EDGE, format!("while :; do curl -s -o /dev/null --max-time 2 --cacert {d}/server-ca.pem --cert {d}/edge.pem --key {d}/edge.key {resolve} https://{SITE}/; sleep 0.2; done")),
         // Another Cloudflare customer (right IP, wrong certificate): refused at the handshake.
         (EDGE, format!("while :; do curl -s -o /dev/null --max-time 2 --cacert {d}/server-ca.pem --cert {d}/other.pem --key {d}/other.key {resolve} https://{SITE}/; sleep 1; done")),
         // The attacker, straight at the origin: dropped in XDP.
         (ATTACKER, format!("while :; do curl -s -o /dev/null --max-time 1 -k {resolve} https://{SITE}/; done")),
-        (ATTACKER, format!("exec hping3 -q -S -p 443 -i u20000 {ORIGIN_V4}")),
         (ATTACKER, format!("exec hping3 -q --udp -p 443 -i u50000 {ORIGIN_V4}")),
+        // Forged from inside the ranges: UDP that Cloudflare never sends,
+        // ACKs that match no connection.
+        (ATTACKER, format!("exec hping3 -q --udp -p 443 -a {FORGED_V4} -i u{FORGED_UDP_GAP_US} {ORIGIN_V4}")),
+        (ATTACKER, format!("exec hping3 -q -A -p 443 -a {FORGED_V4} -i u{FORGED_ACK_GAP_US} {ORIGIN_V4}")),
         (ATTACKER, format!("while :; do curl -s -o /dev/null --max-time 2 http://{ORIGIN_V4}:22/ ; sleep 1; done")),
     ];
-    for (i, (name, script)) in traffic.iter().enumerate() {
+    let flood = format!("exec hping3 -q -S -p 443 -i u{OUTSIDE_FLOOD_GAP_US} {ORIGIN_V4}");
+    let floods = std::iter::repeat_n((ATTACKER, flood), OUTSIDE_FLOODERS);
+    for (i, (name, script)) in traffic.into_iter().chain(floods).enumerate() {
         children.push(ns_spawn(
             name,
-            script,
+            &script,
             &dir.join(format!("traffic-{i}.log")),
         )?);
     }
@@ -224,9 +256,13 @@ upstream = "http://127.0.0.1:8080"
     println!("shield lab is up. metrics: http://{METRICS}/metrics   logs: {d}/   Ctrl-C stops and removes everything");
     println!("  edge 173.245.48.10 (Cloudflare) with the zone AOP certificate, and a second edge client with another customer's certificate");
     println!(
-        "  attacker 203.0.113.7: curl, SYN and UDP floods to 443, curl to 22 (which passes)\n"
+        "  attacker 203.0.113.7: curl and a SYN flood to 443 from outside; SYN, and ACK floods forged from {FORGED_V4}; curl to 22 (which passes)\n"
     );
-    let result = watch(&mut daemon, duration.map(|d| Instant::now() + d));
+    let result = watch(
+        &mut daemon,
+        view::EdgeLog::new(edge_log),
+        duration.map(|d| Instant::now() + d),
+    );
     let _ = daemon.kill();
     let _ = daemon.wait();
     for mut child in children {
@@ -236,65 +272,125 @@ upstream = "http://127.0.0.1:8080"
     result
 }
 
-/// Prints the live table until Ctrl-C (or `deadline`); returns the last
-/// row's rates.
-fn watch(daemon: &mut Child, deadline: Option<Instant>) -> anyhow::Result<BTreeMap<String, f64>> {
-    let mut previous: Option<(Instant, BTreeMap<String, f64>)> = None;
-    let mut last_rates = BTreeMap::new();
+/// Shows the live view until Ctrl-C or `q` (or `deadline`); returns the
+/// counts over the run: the counters' growth since the first scrape, and
+/// `edge_ok`/`edge_failed` from the edge's own log.
+fn watch(
+    daemon: &mut Child,
+    mut edge: view::EdgeLog,
+    deadline: Option<Instant>,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    use std::io::IsTerminal as _;
+    let mut view = view::View::new(format!("http://{METRICS}/metrics"));
+    let interactive = deadline.is_none() && std::io::stdout().is_terminal();
+    let mut terminal = interactive.then(ratatui::init);
+    let result = sample_loop(daemon, &mut edge, &mut view, deadline, terminal.as_mut());
+    if terminal.is_some() {
+        ratatui::restore();
+    }
+    // The last screen stays in the scrollback (and in a test's log).
+    println!("{}", view.render_text(132));
+    result
+}
+
+fn sample_loop(
+    daemon: &mut Child,
+    edge: &mut view::EdgeLog,
+    view: &mut view::View,
+    deadline: Option<Instant>,
+    mut terminal: Option<&mut ratatui::DefaultTerminal>,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    let scrape = || {
+        shell::output(
+            "curl",
+            &[
+                "-s",
+                "--max-time",
+                "1",
+                &format!("http://{METRICS}/metrics"),
+            ],
+        )
+        .map(|m| summarize(&m))
+        .unwrap_or_default()
+    };
+    let first = scrape();
+    let mut previous = (Instant::now(), first.clone());
+    let (mut edge_ok, mut edge_failed) = (0usize, 0usize);
     let mut rows = 0;
     while !STOP.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
         if let Some(status) = daemon.try_wait()? {
             bail!("shield exited ({status}); see its log");
         }
-        let now = Instant::now();
-        let metrics = shell::output(
-            "curl",
-            &[
-                "-s",
-                "--max-time",
-                "2",
-                &format!("http://{METRICS}/metrics"),
-            ],
-        )
-        .unwrap_or_default();
-        let current = summarize(&metrics);
-        if let Some((then, before)) = &previous {
-            let seconds = now.duration_since(*then).as_secs_f64().max(0.001);
-            let rate = |key: &str| {
-                (current.get(key).unwrap_or(&0.0) - before.get(key).unwrap_or(&0.0)) / seconds
-            };
-            last_rates = current.keys().map(|key| (key.clone(), rate(key))).collect();
-            if rows % 15 == 0 {
-                println!(
-                    "{:>10} {:>12} {:>16} {:>16} {:>12} {:>12}",
-                    "req ok/s",
-                    "refused hs/s",
-                    "drop outside/s",
-                    "drop malform/s",
-                    "pass ssh/s",
-                    "allowed/s"
-                );
-            }
-            println!(
-                "{:>10.1} {:>12.1} {:>16.1} {:>16.1} {:>12.1} {:>12.1}",
-                rate("requests_ok"),
-                rate("handshakes_refused"),
-                rate("drop:outside_ranges"),
-                rate("drop:malformed"),
-                rate("pass:unprotected"),
-                rate("pass:allowed"),
-            );
-            rows += 1;
+        if wait_a_second(terminal.is_some())? {
+            break;
         }
-        previous = Some((now, current));
-        for _ in 0..20 {
-            if STOP.load(Ordering::SeqCst) {
-                break;
+        let now = Instant::now();
+        let current = scrape();
+        let seconds = now.duration_since(previous.0).as_secs_f64().max(0.001);
+        let rates = current
+            .iter()
+            .map(|(key, value)| {
+                let before = previous.1.get(key).copied().unwrap_or(0.0);
+                (key.clone(), (value - before).max(0.0) / seconds)
+            })
+            .collect();
+        let requests = edge.read_new();
+        edge_ok += requests.ok;
+        edge_failed += requests.failed;
+        view.push(view::Second {
+            rates,
+            edge: requests,
+            seconds,
+        });
+        match terminal.as_deref_mut() {
+            Some(terminal) => {
+                terminal
+                    .draw(|frame| view.draw(frame))
+                    .context("cannot draw the lab's view")?;
             }
+            None => {
+                if rows % 5 == 0 {
+                    println!("{}", view.line());
+                }
+                rows += 1;
+            }
+        }
+        previous = (now, current);
+    }
+    let mut totals: BTreeMap<String, f64> = previous
+        .1
+        .iter()
+        .map(|(key, value)| (key.clone(), value - first.get(key).copied().unwrap_or(0.0)))
+        .collect();
+    totals.insert("edge_ok".into(), edge_ok as f64);
+    totals.insert("edge_failed".into(), edge_failed as f64);
+    Ok(totals)
+}
+
+/// Waits a second, watching for Ctrl-C; true when the operator asked to
+/// stop. On the terminal (raw mode) Ctrl-C arrives as a key, not SIGINT.
+fn wait_a_second(interactive: bool) -> anyhow::Result<bool> {
+    use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        if STOP.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+        if !interactive {
             thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        if event::poll(Duration::from_millis(100)).context("cannot read the terminal")? {
+            if let Event::Key(key) = event::read().context("cannot read the terminal")? {
+                let ctrl_c =
+                    key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+                if ctrl_c || key.code == KeyCode::Char('q') {
+                    return Ok(true);
+                }
+            }
         }
     }
-    Ok(last_rates)
+    Ok(false)
 }
 
 /// Sums of the samples the table shows, from OpenMetrics text.
@@ -380,6 +476,19 @@ fn make_network() -> anyhow::Result<()> {
             ],
         )?;
     }
+    // Answers to the forged source go back out of the attacker's link (and
+    // die there), as they would from a host with a default route.
+    ns(
+        ORIGIN,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{FORGED_V4}/32"),
+            "dev",
+            "eth1",
+        ],
+    )?;
     // The management link carries only the metrics: link-local, no routes.
     shell::output(
         "ip",
