@@ -256,7 +256,7 @@ upstream = "http://127.0.0.1:8080"
     println!("shield lab is up. metrics: http://{METRICS}/metrics   logs: {d}/   Ctrl-C stops and removes everything");
     println!("  edge 173.245.48.10 (Cloudflare) with the zone AOP certificate, and a second edge client with another customer's certificate");
     println!(
-        "  attacker 203.0.113.7: curl and a SYN flood to 443 from outside; SYN, and ACK floods forged from {FORGED_V4}; curl to 22 (which passes)\n"
+        "  attacker 203.0.113.7: curl and a SYN flood to 443 from outside; UDP and ACK floods forged from {FORGED_V4}; curl to 22 (which passes)\n"
     );
     let result = watch(
         &mut daemon,
