@@ -198,7 +198,7 @@ impl View {
                 self.metrics_url
             )),
             Line::from(
-                "edge 173.245.48.10 (Cloudflare, AOP cert) · attacker 203.0.113.7: SYN flood; ACK, UDP forged from 173.245.48.99",
+                "edge 173.245.48.10 (Cloudflare, AOP cert) · attacker 203.0.113.7: SYN flood; SYN, ACK, UDP forged from 173.245.48.99",
             ),
             Line::from(format!(
                 "edge so far: {ok} served, {failed} failed, worst p99 of a second {worst:.1} ms"
