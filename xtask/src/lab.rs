@@ -338,7 +338,7 @@ fn sample_loop(
             })
             .collect();
         let requests = edge.read_new();
-        edge_ok += requests.ok;
+        edge_ok += requests.ok();
         edge_failed += requests.failed;
         view.push(view::Second {
             rates,

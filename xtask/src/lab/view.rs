@@ -50,13 +50,17 @@ pub struct EdgeLog {
 /// The edge's requests of one interval.
 #[derive(Clone, Debug, Default)]
 pub struct Requests {
-    pub ok: usize,
     pub failed: usize,
     /// Latency of the successful ones, milliseconds, sorted.
     pub latencies_ms: Vec<f64>,
 }
 
 impl Requests {
+    /// The successful ones (each has its latency).
+    pub fn ok(&self) -> usize {
+        self.latencies_ms.len()
+    }
+
     fn quantile(&self, q: f64) -> Option<f64> {
         let n = self.latencies_ms.len();
         if n == 0 {
@@ -100,7 +104,6 @@ impl EdgeLog {
             let seconds = fields.next().and_then(|s| s.parse::<f64>().ok());
             match seconds {
                 Some(seconds) if code.starts_with('2') => {
-                    requests.ok += 1;
                     requests.latencies_ms.push(seconds * 1000.0);
                 }
                 _ => requests.failed += 1,
@@ -120,6 +123,13 @@ pub struct Second {
     /// What the edge's client saw.
     pub edge: Requests,
     pub seconds: f64,
+}
+
+impl Second {
+    /// The edge's successful requests per second.
+    fn served_per_second(&self) -> f64 {
+        self.edge.ok() as f64 / self.seconds.max(0.001)
+    }
 }
 
 /// What the view remembers.
@@ -150,7 +160,7 @@ impl View {
     /// The edge's successful requests per second and failures over the
     /// whole history, and the worst p99 of any second.
     pub fn edge_totals(&self) -> (usize, usize, f64) {
-        let ok = self.history.iter().map(|s| s.edge.ok).sum();
+        let ok = self.history.iter().map(|s| s.edge.ok()).sum();
         let failed = self.history.iter().map(|s| s.edge.failed).sum();
         let worst = self
             .history
@@ -168,7 +178,7 @@ impl View {
         let rate = |k: &str| s.rates.get(k).copied().unwrap_or(0.0);
         format!(
             "edge ok/s {:>5.1} failed {:>2} p99 {:>6} | outside {:>8.0}/s  syn_cookie {:>8.0}/s  udp_from_ranges {:>7.0}/s  bad_ack {:>6.0}/s  allowed {:>7.0}/s  refused hs {:>4.1}/s",
-            s.edge.ok as f64 / s.seconds.max(0.001),
+            s.served_per_second(),
             s.edge.failed,
             s.edge
                 .quantile(0.99)
@@ -208,16 +218,15 @@ impl View {
         frame.render_widget(header, rows[0]);
 
         let last = self.last().cloned().unwrap_or_default();
-        let per_second = |s: &Second| s.edge.ok as f64 / s.seconds.max(0.001);
         self.sparkline(
             frame,
             rows[1],
             format!(
                 "legitimate requests/s (edge, mTLS, new connection each): {:.1}   failed this second: {}",
-                per_second(&last),
+                last.served_per_second(),
                 last.edge.failed
             ),
-            |s| per_second(s).round() as u64,
+            |s| s.served_per_second().round() as u64,
             Color::Green,
         );
         let ms = |q: f64, s: &Second| s.edge.quantile(q);
@@ -299,12 +308,12 @@ mod tests {
         std::fs::write(&path, "200 0.010\n200 0.030\n000 2.0").unwrap();
         let mut log = EdgeLog::new(path.clone());
         let first = log.read_new();
-        assert_eq!((first.ok, first.failed), (2, 0));
+        assert_eq!((first.ok(), first.failed), (2, 0));
         assert_eq!(first.quantile(0.99), Some(30.0));
         assert_eq!(first.quantile(0.5), Some(10.0));
         std::fs::write(&path, "200 0.010\n200 0.030\n000 2.000\n200 0.005\n").unwrap();
         let second = log.read_new();
-        assert_eq!((second.ok, second.failed), (1, 1));
+        assert_eq!((second.ok(), second.failed), (1, 1));
         assert_eq!(second.latencies_ms, vec![5.0]);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -319,9 +328,8 @@ mod tests {
             view.push(Second {
                 rates,
                 edge: Requests {
-                    ok: 9,
                     failed: 0,
-                    latencies_ms: vec![8.0, 9.0, 12.5],
+                    latencies_ms: vec![8.0, 8.0, 8.5, 9.0, 9.0, 9.5, 10.0, 11.0, 12.5],
                 },
                 seconds: 1.0,
             });
