@@ -18,6 +18,10 @@ use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead as InnerFramedRead;
 use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 
+/// What the read buffer is given again after `release_idle_buffer`: the
+/// capacity `tokio_util`'s `FramedRead` starts with.
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
@@ -410,6 +414,22 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
     Ok(Some(frame))
 }
 
+impl<T> FramedRead<T> {
+    /// Gives the read buffer back to the allocator when it holds no part
+    /// of a frame, so that an idle connection does not hold it; the next
+    /// `poll_next` allocates it again. The HPACK decoder's spare room goes
+    /// too, unless a header block is half received.
+    pub(crate) fn release_idle_buffer(&mut self) {
+        let buffer = self.inner.read_buffer_mut();
+        if buffer.is_empty() && buffer.capacity() != 0 {
+            *buffer = BytesMut::new();
+        }
+        if self.decoder.partial.is_none() {
+            self.decoder.hpack.release_idle_buffer();
+        }
+    }
+}
+
 impl<T> Stream for FramedRead<T>
 where
     T: AsyncRead + Unpin,
@@ -419,6 +439,11 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let span = tracing::trace_span!("FramedRead::poll_next");
         let _e = span.enter();
+        // Released while idle: without this, the inner reader would grow
+        // an empty buffer a few bytes at a time.
+        if self.inner.read_buffer().capacity() == 0 {
+            self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+        }
         loop {
             tracing::trace!("poll");
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {

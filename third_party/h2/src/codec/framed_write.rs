@@ -108,6 +108,7 @@ where
     /// Calling this function may result in the current contents of the buffer
     /// to be flushed to `T`.
     pub fn poll_ready(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
+        self.encoder.reserve_released();
         if !self.encoder.has_capacity() {
             // Try flushing
             ready!(self.flush(cx))?;
@@ -306,6 +307,13 @@ where
         Ok(())
     }
 
+    /// Allocates the write buffer again after `release_idle_buffer`.
+    fn reserve_released(&mut self) {
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
+    }
+
     fn has_capacity(&self) -> bool {
         self.next.is_none()
             && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
@@ -327,6 +335,20 @@ impl<B> Encoder<B> {
 }
 
 impl<T, B> FramedWrite<T, B> {
+    /// Gives the write buffer back to the allocator when nothing is queued
+    /// in it, so that an idle connection does not hold it; `poll_ready`
+    /// allocates it again before the next frame is buffered. The HPACK
+    /// encoder's scratch buffer goes too.
+    pub(crate) fn release_idle_buffer(&mut self) {
+        if self.encoder.next.is_none()
+            && !self.encoder.buf.has_remaining()
+            && self.encoder.buf.get_ref().capacity() != 0
+        {
+            self.encoder.buf = Cursor::new(BytesMut::new());
+        }
+        self.encoder.hpack.release_idle_buffer();
+    }
+
     /// Returns the max frame size that can be sent
     pub fn max_frame_size(&self) -> usize {
         self.encoder.max_frame_size()

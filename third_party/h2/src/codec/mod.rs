@@ -124,6 +124,14 @@ impl<T, B> Codec<T, B> {
     fn framed_write(&mut self) -> &mut FramedWrite<T, B> {
         self.inner.get_mut()
     }
+
+    /// Gives both buffers back to the allocator where they hold nothing:
+    /// for a connection with no stream open, nothing to read and nothing
+    /// left to write. Each is allocated again when it is next needed.
+    pub(crate) fn release_idle_buffers(&mut self) {
+        self.inner.release_idle_buffer();
+        self.framed_write().release_idle_buffer();
+    }
 }
 
 impl<T, B> Codec<T, B>

@@ -149,6 +149,10 @@ struct StringMarker {
     string: Option<Bytes>,
 }
 
+/// The room Huffman-coded strings are decoded into, allocated again when
+/// used up or released.
+const HUFFMAN_BUFFER_CAPACITY: usize = 4096;
+
 // ===== impl Decoder =====
 
 impl Decoder {
@@ -158,7 +162,17 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            buffer: BytesMut::with_capacity(HUFFMAN_BUFFER_CAPACITY),
+        }
+    }
+
+    /// Lets go of the spare room of the buffer Huffman-coded strings are
+    /// decoded into, for a connection that is idle: a large header block
+    /// would otherwise keep its worst-case room allocated for life. The
+    /// decoded strings in the dynamic table keep what they use.
+    pub(crate) fn release_idle_buffer(&mut self) {
+        if self.buffer.capacity() != 0 {
+            self.buffer = BytesMut::new();
         }
     }
 
@@ -185,6 +199,10 @@ impl Decoder {
         use self::Representation::*;
 
         let mut can_resize = true;
+
+        if self.buffer.capacity() == 0 {
+            self.buffer = BytesMut::with_capacity(HUFFMAN_BUFFER_CAPACITY);
+        }
 
         if let Some(size) = self.max_size_update.take() {
             self.last_max_update = size;
@@ -214,8 +232,9 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table, detached from the
+                    // buffer it was decoded from (see `Header::detached`)
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {

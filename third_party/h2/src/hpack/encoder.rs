@@ -62,6 +62,12 @@ impl Encoder {
         self.scratch = scratch;
     }
 
+    /// Lets go of the reusable buffer, for a connection that is idle: it
+    /// keeps the room of the largest header block encoded so far.
+    pub(crate) fn release_idle_buffer(&mut self) {
+        self.scratch = BytesMut::new();
+    }
+
     /// Queues a max size update.
     ///
     /// The next call to `encode` will include a dynamic size update frame.

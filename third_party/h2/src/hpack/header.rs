@@ -61,6 +61,21 @@ impl Header<Option<HeaderName>> {
 }
 
 impl Header {
+    /// The same header with every value in an allocation of its own. A
+    /// decoded pseudo-header's value is a slice of the buffer it was
+    /// decoded into; kept in the dynamic table for as long as the
+    /// connection lives, such a slice would keep that whole buffer
+    /// allocated. (Field values are copies already.)
+    pub fn detached(&self) -> Header {
+        match self {
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            other => other.clone(),
+        }
+    }
+
     pub fn new(name: Bytes, value: Bytes) -> Result<Header, DecoderError> {
         if name.is_empty() {
             return Err(DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));

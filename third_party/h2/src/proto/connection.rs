@@ -332,6 +332,15 @@ where
                                 continue;
                             }
 
+                            // Nothing to read, everything written, no
+                            // stream open: the connection is idle until the
+                            // peer sends again, and an idle connection needs
+                            // its HPACK tables and settings, not its buffers.
+                            if !self.inner.streams.has_streams() {
+                                self.codec.release_idle_buffers();
+                                self.inner.streams.release_idle_memory();
+                            }
+
                             return Poll::Pending;
                         }
                     };

@@ -33,6 +33,11 @@ impl<T> Buffer<T> {
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
     }
+
+    /// Gives back the room the buffer grew to, past its last frame.
+    pub fn shrink_to_fit(&mut self) {
+        self.slab.shrink_to_fit();
+    }
 }
 
 impl Deque {

@@ -86,6 +86,12 @@ impl Store {
         }
     }
 
+    /// Gives back the room the store grew to, past its last stream.
+    pub fn shrink_to_fit(&mut self) {
+        self.slab.shrink_to_fit();
+        self.ids.shrink_to_fit();
+    }
+
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
         let index = {
             let key = self.ids.get(id)?;

@@ -1144,6 +1144,16 @@ where
         me.counts.has_streams()
     }
 
+    /// For a connection with no stream open: gives back the room the
+    /// stream store and the frame buffers grew to while it was busy.
+    pub fn release_idle_memory(&self) {
+        let mut me = self.inner.lock().unwrap();
+        let me = &mut *me;
+        me.store.shrink_to_fit();
+        me.actions.recv.shrink_buffer_to_fit();
+        self.send_buffer.inner.lock().unwrap().shrink_to_fit();
+    }
+
     pub fn has_streams_or_other_references(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams() || me.refs > 1
