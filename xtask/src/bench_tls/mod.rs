@@ -60,7 +60,8 @@
 //! `SHIELD_BENCH_QUICK=1` runs every step once and short ([`params::Plan`]),
 //! to check that the bench still runs end to end; its figures mean nothing.
 //! `SHIELD_BENCH_INSTRUCTIONS_ONLY=1` measures only the callgrind rows,
-//! which a loaded host does not disturb; `SHIELD_BENCH_SHIELD_BIN=PATH` measures
+//! which a loaded host does not disturb; `SHIELD_BENCH_MEMORY_ONLY=1` only
+//! the idle-memory rows; `SHIELD_BENCH_SHIELD_BIN=PATH` measures
 //! that binary in place of the default build (an earlier commit's, say).
 //!
 //! One module per job: `install` (the tools), `conf` (certificates and
@@ -103,6 +104,8 @@ use crate::shell;
 
 /// `SHIELD_BENCH_INSTRUCTIONS_ONLY=1`: only the callgrind row.
 const INSTRUCTIONS_ONLY: &str = "SHIELD_BENCH_INSTRUCTIONS_ONLY";
+/// `SHIELD_BENCH_MEMORY_ONLY=1`: only the idle-memory rows, a few minutes.
+const MEMORY_ONLY: &str = "SHIELD_BENCH_MEMORY_ONLY";
 /// `SHIELD_BENCH_SHIELD_BIN=PATH`: measure this shield binary as the
 /// default (aws-lc-rs) build.
 const SHIELD_BIN: &str = "SHIELD_BENCH_SHIELD_BIN";
@@ -209,12 +212,13 @@ pub fn run() -> anyhow::Result<()> {
         Kind::Shield("ring"),
         Kind::ShieldAccessLog,
     ];
-    if std::env::var_os(INSTRUCTIONS_ONLY).is_some_and(|v| v == "1") {
+    if set(INSTRUCTIONS_ONLY) {
         // The deterministic rows alone, for a change that must not cost
         // speed: they do not depend on what else the host is doing.
         instructions_rows(&kinds, &work, &pki, &upstream, &meter, &plan)?;
         return Ok(());
     }
+    let memory_only = set(MEMORY_ONLY);
     let load_cpus = meter.cpus.load_list();
     let clients = Clients {
         tls_load: &load,
@@ -259,7 +263,7 @@ pub fn run() -> anyhow::Result<()> {
             )
         })
         .collect();
-    {
+    if !memory_only {
         // Groups first: dropped after the servers, when they are empty.
         let mut groups = Vec::new();
         let mut servers = Vec::new();
@@ -299,12 +303,17 @@ pub fn run() -> anyhow::Result<()> {
 
     // After the throughput rounds, so that none of them shares the host
     // with valgrind; one server at a time.
-    let started = Instant::now();
-    let instructions = instructions_rows(&kinds, &work, &pki, &upstream, &meter, &plan)?;
-    println!(
-        "callgrind: {:.0} s for every server",
-        started.elapsed().as_secs_f64()
-    );
+    let instructions = if memory_only {
+        Vec::new()
+    } else {
+        let started = Instant::now();
+        let rows = instructions_rows(&kinds, &work, &pki, &upstream, &meter, &plan)?;
+        println!(
+            "callgrind: {:.0} s for every server",
+            started.elapsed().as_secs_f64()
+        );
+        rows
+    };
 
     // Memory: one server at a time, each fresh, HTTP/1.1 then h2.
     let mut idle = Vec::new();
@@ -342,6 +351,9 @@ pub fn run() -> anyhow::Result<()> {
 
     let mut throughput = vec![handshakes, keepalive, budgeted];
     throughput.extend(h2);
+    if memory_only {
+        throughput.clear();
+    }
     let table = stats::report(
         &plan,
         &Figures {
@@ -422,6 +434,11 @@ impl Each<'_> {
         }
         Ok(())
     }
+}
+
+/// An environment switch: set when it is `1`.
+fn set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| v == "1")
 }
 
 fn workspace_root() -> PathBuf {

@@ -305,10 +305,16 @@ pub fn report(plan: &Plan, figures: &Figures) -> String {
              to a full run.\n\n",
         );
     }
-    out.push_str(&format!(
-        "Throughput: median of {rounds} interleaved {seconds} s samples. Ratios are shield's \
-         (aws-lc-rs) figure over the peer's: above 1x is better for a rate, below 1x for a cost.\n\n"
-    ));
+    // Each explanation only for the rows the run measured.
+    if !throughput.is_empty() {
+        out.push_str(&format!(
+            "Throughput: median of {rounds} interleaved {seconds} s samples. "
+        ));
+    }
+    out.push_str(
+        "Ratios are shield's (aws-lc-rs) figure over the peer's: above 1x is better for a rate, \
+         below 1x for a cost.\n\n",
+    );
     out.push_str(&table.header());
     for figure in throughput {
         for row in figure.rows() {
@@ -335,23 +341,31 @@ pub fn report(plan: &Plan, figures: &Figures) -> String {
     let (server, load) = (cpus.server, cpus.load_list());
     out.push_str(&format!(
         "\nThe server under test runs alone on CPU {server}; the load clients (tls_load, oha) and the upstream nginx on CPU {load}. \
-         Pinned to one CPU, shield runs one connection worker, haproxy one thread; nginx keeps its 2 workers, both on CPU {server}.\n\
-         \nLoad CPUs {load} were at most {:.0}% busy in any sample (server CPU {server} at least {:.0}%); a load side near 100% caps the rate, \
+         Pinned to one CPU, shield runs one connection worker, haproxy one thread; nginx keeps its 2 workers, both on CPU {server}.\n"
+    ));
+    if !throughput.is_empty() {
+        out.push_str(&format!(
+            "\nLoad CPUs {load} were at most {:.0}% busy in any sample (server CPU {server} at least {:.0}%); a load side near 100% caps the rate, \
          which the budgeted row (the server's processes in a cgroup held to a share of one CPU) is there to rule out.\n\
          \nServer CPU rows: user plus system CPU time of the server's processes during a sample over the requests or handshakes it completed.\n",
-        load_max * 100.0,
-        server_min * 100.0
-    ));
-    out.push_str(&format!(
+            load_max * 100.0,
+            server_min * 100.0
+        ));
+    }
+    if !instructions.is_empty() {
+        out.push_str(&format!(
         "\nInstruction rows: valgrind's callgrind, one server at a time on CPU {server} (nginx as one process, `master_process off`), \
          {callgrind_requests} requests after {callgrind_warmup} of warm-up, {CALLGRIND_CONCURRENCY} in flight; \
          repeatable within about 0.3% where wall-clock figures are not, but user space only: the kernel's share of a request is not in it.\n"
     ));
-    out.push_str(
+    }
+    if !idle.is_empty() {
+        out.push_str(
         "\nMemory: each server alone and fresh, the connections opened and one request served on each, then left idle. \
          nginx's is its master plus 2 workers, summed. Per connection: RSS held minus RSS at start, over the connections. \
          shield (ring) is shield built with `--features ring`.\n",
     );
+    }
     out
 }
 
@@ -538,6 +552,31 @@ mod tests {
         assert!(
             quick.contains("median of 1 interleaved 2 s samples"),
             "{quick}"
+        );
+        // SHIELD_BENCH_MEMORY_ONLY: the memory rows, explained alone.
+        let memory_only = report(
+            &Plan::FULL,
+            &Figures {
+                throughput: &[],
+                instructions: &[],
+                ..figures
+            },
+        );
+        assert!(
+            memory_only.starts_with("Ratios are shield's"),
+            "{memory_only}"
+        );
+        for absent in [
+            "Throughput:",
+            "Load CPUs",
+            "Instruction rows",
+            "full handshakes",
+        ] {
+            assert!(!memory_only.contains(absent), "{absent} in\n{memory_only}");
+        }
+        assert!(
+            memory_only.contains("RSS per idle h2 connection, KiB | 40.0"),
+            "{memory_only}"
         );
     }
 }
