@@ -344,7 +344,7 @@ fn a_forged_in_range_flood_is_answered_in_xdp_while_the_edge_is_served_across_a_
 fn stray_acks_and_udp_from_inside_are_dropped() {
     let Some(lab) = lab() else { return };
     let config = lab.write_config("shield.toml", "").unwrap();
-    let _shield = lab.start_shield(&config).unwrap();
+    let shield = lab.start_shield(&config).unwrap();
     // ACKs from a Cloudflare address for no connection: a forged ACK flood.
     lab.attacker
         .exec_check(&[
@@ -378,4 +378,16 @@ fn stray_acks_and_udp_from_inside_are_dropped() {
         .curl(&lab.edge, &format!("http://{ORIGIN_V4}:443/"))
         .unwrap());
     assert_eq!(lab.counter("eth0", "drop", "bad_ack").unwrap(), 0);
+    // Both reasons reach the drop log, each naming its forged source.
+    let logged = |reason: &str, source: &str| {
+        shield.log_text().lines().any(|line| {
+            line.contains("shield::drops")
+                && line.contains(reason)
+                && line.contains(&format!("source={source}"))
+        })
+    };
+    let both = wait_for(Duration::from_secs(5), || {
+        logged("bad_ack", FORGED_V4) && logged("udp_from_ranges", EDGE_V4)
+    });
+    assert!(both.is_ok(), "drop events: {}", shield.log_text());
 }
