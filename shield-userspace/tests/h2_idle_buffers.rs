@@ -109,7 +109,11 @@ async fn exchange(
         send.send_data(body, true).unwrap();
     }
     let response = response.await.unwrap();
-    let got: usize = response.headers()["x-got"].to_str().unwrap().parse().unwrap();
+    let got: usize = response.headers()["x-got"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut body = response.into_body();
     let mut len = 0;
     while let Some(chunk) = body.data().await {
