@@ -60,7 +60,10 @@ pub fn previous_shield() -> anyhow::Result<PathBuf> {
     extract(&workspace, &source)?;
     eprintln!("building shield {short} (the previous release) for the upgrade test");
     // Without debug info: this binary is only run, and it links faster.
-    let status = Command::new(env!("CARGO"))
+    // Its output is kept back unless the build fails: that commit's
+    // nested eBPF build still prints its progress as build-script
+    // warnings, dozens of lines that are not this tree's.
+    let built = Command::new(env!("CARGO"))
         .current_dir(&source)
         .env("CARGO_TARGET_DIR", &target)
         .env("CARGO_PROFILE_DEV_DEBUG", "0")
@@ -72,10 +75,11 @@ pub fn previous_shield() -> anyhow::Result<PathBuf> {
             "--bin",
             "shield",
         ])
-        .status()
+        .output()
         .context("cannot start cargo")?;
-    if !status.success() {
-        bail!("building shield {short} failed ({status})");
+    if !built.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&built.stderr));
+        bail!("building shield {short} failed ({})", built.status);
     }
     anyhow::ensure!(binary.exists(), "{} was not built", binary.display());
     eprintln!("shield {short} built in {:.0?}", started.elapsed());
