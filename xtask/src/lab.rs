@@ -32,10 +32,6 @@ const ORIGIN: &str = "shield-lab-origin";
 const EDGE: &str = "shield-lab-edge";
 const ATTACKER: &str = "shield-lab-attacker";
 const PIN_ROOT: &str = "/sys/fs/bpf/shield-lab";
-/// Where xdp-filter (the peers' pass-all program) pins its maps; it
-/// removes them when unloaded from its last interface, not when that
-/// interface's namespace is deleted.
-const XDP_FILTER_PINS: &str = "/sys/fs/bpf/xdp-filter";
 const HOST_LINK: &str = "shlab0";
 const METRICS: &str = "169.254.94.2:9469";
 const SITE: &str = "lab.shield.test";
@@ -88,9 +84,6 @@ fn ns_spawn(name: &str, script: &str, log: &Path) -> anyhow::Result<Child> {
 
 /// Removes namespaces, pins and links a previous lab left behind.
 pub fn clean() {
-    for peer in [EDGE, ATTACKER] {
-        let _ = ns(peer, &["xdp-filter", "unload", "eth0", "--all"]);
-    }
     for name in [ORIGIN, EDGE, ATTACKER] {
         if let Ok(pids) = shell::output("ip", &["netns", "pids", name]) {
             for pid in pids.split_whitespace() {
@@ -112,8 +105,6 @@ pub fn run(shield: &Path) -> anyhow::Result<()> {
 /// edge must be served, the other customer refused, the attacker dropped,
 /// and nothing may be left behind.
 pub fn smoke(shield: &Path) -> anyhow::Result<()> {
-    // Another user of xdp-filter on this host may have its own pins.
-    let filter_pins_before = Path::new(XDP_FILTER_PINS).exists();
     let totals = run_for(shield, Some(Duration::from_secs(25)))?;
     let total = |key: &str| totals.get(key).copied().unwrap_or(0.0);
     // Counts over the run, not one second's rates: the floods must have
@@ -129,10 +120,7 @@ pub fn smoke(shield: &Path) -> anyhow::Result<()> {
         bail!("the lab's traffic did not do what it should: {totals:?}");
     }
     let namespaces = shell::output("ip", &["netns", "list"])?;
-    if namespaces.contains("shield-lab")
-        || Path::new(PIN_ROOT).exists()
-        || (!filter_pins_before && Path::new(XDP_FILTER_PINS).exists())
-    {
+    if namespaces.contains("shield-lab") || Path::new(PIN_ROOT).exists() {
         bail!("the lab left namespaces or pins behind:\n{namespaces}");
     }
     println!("lab: smoke test passed: {totals:?}");
