@@ -441,8 +441,11 @@ where
         let _e = span.enter();
         // Released while idle: without this, the inner reader would grow
         // an empty buffer a few bytes at a time.
+        // `with_capacity`, not `reserve`: the capacity it was made with is
+        // what `BytesMut` grows back to once frames split from it are
+        // shared, and a `BytesMut::new()` grown by `reserve` would remember 0.
         if self.inner.read_buffer().capacity() == 0 {
-            self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+            *self.inner.read_buffer_mut() = BytesMut::with_capacity(READ_BUFFER_CAPACITY);
         }
         loop {
             tracing::trace!("poll");

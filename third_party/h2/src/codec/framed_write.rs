@@ -108,7 +108,6 @@ where
     /// Calling this function may result in the current contents of the buffer
     /// to be flushed to `T`.
     pub fn poll_ready(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
-        self.encoder.reserve_released();
         if !self.encoder.has_capacity() {
             // Try flushing
             ready!(self.flush(cx))?;
@@ -224,6 +223,7 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        self.reserve_released();
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,17 +307,20 @@ where
         Ok(())
     }
 
-    /// Allocates the write buffer again after `release_idle_buffer`.
+    /// Allocates the write buffer again after `release_idle_buffer`, only
+    /// when a frame is buffered: a wake-up that writes nothing allocates
+    /// nothing.
     fn reserve_released(&mut self) {
         if self.buf.get_ref().capacity() == 0 {
-            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+            self.buf = Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY));
         }
     }
 
     fn has_capacity(&self) -> bool {
+        // A released buffer (no capacity) is allocated by `buffer`.
+        let buf = self.buf.get_ref();
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (buf.capacity() == 0 || buf.capacity() - buf.len() >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {

@@ -200,10 +200,6 @@ impl Decoder {
 
         let mut can_resize = true;
 
-        if self.buffer.capacity() == 0 {
-            self.buffer = BytesMut::with_capacity(HUFFMAN_BUFFER_CAPACITY);
-        }
-
         if let Some(size) = self.max_size_update.take() {
             self.last_max_update = size;
         }
@@ -352,6 +348,11 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            // Released while idle, or used up: a block of indexed fields
+            // only never needs it.
+            if self.buffer.capacity() == 0 {
+                self.buffer = BytesMut::with_capacity(HUFFMAN_BUFFER_CAPACITY);
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {

@@ -332,13 +332,13 @@ where
                                 continue;
                             }
 
-                            // Nothing to read, everything written, no
-                            // stream open: the connection is idle until the
-                            // peer sends again, and an idle connection needs
-                            // its HPACK tables and settings, not its buffers.
-                            if !self.inner.streams.has_streams() {
+                            // Everything written and no stream open: the
+                            // connection waits for the peer, and waiting it
+                            // needs its HPACK tables and settings, not its
+                            // buffers. Each buffer is released only if it
+                            // holds nothing (a partial frame stays).
+                            if self.inner.streams.release_idle_memory() {
                                 self.codec.release_idle_buffers();
-                                self.inner.streams.release_idle_memory();
                             }
 
                             return Poll::Pending;

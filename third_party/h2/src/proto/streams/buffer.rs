@@ -34,7 +34,8 @@ impl<T> Buffer<T> {
         self.slab.is_empty()
     }
 
-    /// Gives back the room the buffer grew to, past its last frame.
+    /// Gives back the room the buffer grew to, past its last frame: an
+    /// idle connection keeps no busy period's room (`release_idle_memory`).
     pub fn shrink_to_fit(&mut self) {
         self.slab.shrink_to_fit();
     }

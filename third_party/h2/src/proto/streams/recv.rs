@@ -85,7 +85,8 @@ pub(crate) enum Open {
 }
 
 impl Recv {
-    /// Gives back the room the receive buffer grew to, past its last frame.
+    /// Gives back the room the receive buffer grew to, past its last frame:
+    /// an idle connection keeps no busy period's room.
     pub(super) fn shrink_buffer_to_fit(&mut self) {
         self.buffer.shrink_to_fit();
     }

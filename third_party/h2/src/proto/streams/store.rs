@@ -86,7 +86,8 @@ impl Store {
         }
     }
 
-    /// Gives back the room the store grew to, past its last stream.
+    /// Gives back the room the store grew to, past its last stream: an idle
+    /// connection keeps no busy period's room.
     pub fn shrink_to_fit(&mut self) {
         self.slab.shrink_to_fit();
         self.ids.shrink_to_fit();

@@ -1144,14 +1144,19 @@ where
         me.counts.has_streams()
     }
 
-    /// For a connection with no stream open: gives back the room the
-    /// stream store and the frame buffers grew to while it was busy.
-    pub fn release_idle_memory(&self) {
+    /// When no stream is open: gives back the room the stream store and
+    /// the frame queues grew to while the connection was busy, so that an
+    /// idle connection keeps only its state; returns whether it was idle.
+    pub fn release_idle_memory(&self) -> bool {
         let mut me = self.inner.lock().unwrap();
         let me = &mut *me;
+        if me.counts.has_streams() {
+            return false;
+        }
         me.store.shrink_to_fit();
         me.actions.recv.shrink_buffer_to_fit();
         self.send_buffer.inner.lock().unwrap().shrink_to_fit();
+        true
     }
 
     pub fn has_streams_or_other_references(&self) -> bool {
