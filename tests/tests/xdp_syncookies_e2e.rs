@@ -378,12 +378,13 @@ fn stray_acks_and_udp_from_inside_are_dropped() {
         .curl(&lab.edge, &format!("http://{ORIGIN_V4}:443/"))
         .unwrap());
     assert_eq!(lab.counter("eth0", "drop", "bad_ack").unwrap(), 0);
-    // Both reasons reach the drop log, each naming its forged source.
+    // Both reasons reach the drop log, each naming its source (the forged
+    // one for the ACKs, the edge's own for the UDP).
     let logged = |reason: &str, source: &str| {
         shield.log_text().lines().any(|line| {
             line.contains("shield::drops")
                 && line.contains(reason)
-                && line.contains(&format!("source={source}"))
+                && line.contains(&format!("source={source} "))
         })
     };
     let both = wait_for(Duration::from_secs(5), || {
