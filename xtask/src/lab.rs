@@ -93,6 +93,7 @@ pub fn clean() {
         let _ = shell::output("ip", &["netns", "del", name]);
     }
     let _ = std::fs::remove_dir_all(PIN_ROOT);
+    let _ = std::fs::remove_file(PASS_PIN);
     let _ = shell::output("ip", &["link", "del", HOST_LINK]);
 }
 
@@ -105,6 +106,8 @@ pub fn run(shield: &Path) -> anyhow::Result<()> {
 /// edge must be served, the other customer refused, the attacker dropped,
 /// and nothing may be left behind.
 pub fn smoke(shield: &Path) -> anyhow::Result<()> {
+    // What else is pinned on this host is not the lab's.
+    let pinned_before = bpffs_entries();
     let totals = run_for(shield, Some(Duration::from_secs(25)))?;
     let total = |key: &str| totals.get(key).copied().unwrap_or(0.0);
     // Counts over the run, not one second's rates: the floods must have
@@ -120,11 +123,28 @@ pub fn smoke(shield: &Path) -> anyhow::Result<()> {
         bail!("the lab's traffic did not do what it should: {totals:?}");
     }
     let namespaces = shell::output("ip", &["netns", "list"])?;
-    if namespaces.contains("shield-lab") || Path::new(PIN_ROOT).exists() {
-        bail!("the lab left namespaces or pins behind:\n{namespaces}");
+    let pinned_after: Vec<String> = bpffs_entries()
+        .into_iter()
+        .filter(|entry| !pinned_before.contains(entry))
+        .collect();
+    if namespaces.contains("shield-lab") || Path::new(PIN_ROOT).exists() || !pinned_after.is_empty()
+    {
+        bail!("the lab left namespaces or pins behind:\n{namespaces}\n{pinned_after:?}");
     }
     println!("lab: smoke test passed: {totals:?}");
     Ok(())
+}
+
+/// The names at the top of the BPF filesystem.
+fn bpffs_entries() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/bpf")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs the lab until Ctrl-C or for `duration`; returns the counts over
@@ -430,7 +450,32 @@ fn summarize(metrics: &str) -> BTreeMap<String, f64> {
     sums
 }
 
+/// The peers' pass-all XDP program, loaded once and pinned here while it
+/// is attached: libxdp's dispatcher (libxdp1, which `cargo xtask setup`
+/// installs with xdp-tools) with no programs behind it returns XDP_PASS.
+/// Not xdp-filter: its pins outlive the namespaces, and its unload inside
+/// a namespace would judge other namespaces' pins unused. Not iproute2's
+/// loader: it makes directories of its own under /sys/fs/bpf.
+const PASS_PIN: &str = "/sys/fs/bpf/shield-lab-pass";
+
+fn load_pass_all() -> anyhow::Result<()> {
+    let object = format!(
+        "/usr/lib/{}-linux-gnu/bpf/xdp-dispatcher.o",
+        std::env::consts::ARCH
+    );
+    if !Path::new(&object).exists() {
+        bail!("{object} is missing: run `cargo xtask setup` (it installs xdp-tools and libxdp1)");
+    }
+    shell::output(
+        "bpftool",
+        &["prog", "load", &object, PASS_PIN, "type", "xdp"],
+    )
+    .with_context(|| format!("cannot load {object} as the lab's pass-all XDP program"))?;
+    Ok(())
+}
+
 fn make_network() -> anyhow::Result<()> {
+    load_pass_all()?;
     for name in [ORIGIN, EDGE, ATTACKER] {
         shell::output("ip", &["netns", "add", name])?;
         ns(name, &["ip", "link", "set", "lo", "up"])?;
@@ -470,9 +515,13 @@ fn make_network() -> anyhow::Result<()> {
         // A frame shield sends back with XDP_TX (a SYN cookie's SYN-ACK) is
         // delivered on a veth only when the other end runs an XDP program
         // too (its NAPI polls then); a NIC has no such condition.
-        // xdp-filter with no rules passes everything.
-        ns(peer, &["xdp-filter", "load", "--mode", "native", "eth0"])
-            .context("cannot load a pass-all XDP program on the lab's peer veth (xdp-filter, from `cargo xtask setup`)")?;
+        ns(
+            peer,
+            &[
+                "bpftool", "net", "attach", "xdpdrv", "pinned", PASS_PIN, "dev", "eth0",
+            ],
+        )
+        .context("cannot attach the pass-all XDP program to the lab's peer veth")?;
         ns(
             peer,
             &[
