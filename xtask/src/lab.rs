@@ -32,6 +32,13 @@ const ORIGIN: &str = "shield-lab-origin";
 const EDGE: &str = "shield-lab-edge";
 const ATTACKER: &str = "shield-lab-attacker";
 const PIN_ROOT: &str = "/sys/fs/bpf/shield-lab";
+/// The peers' pass-all XDP program, loaded once and pinned here while it
+/// is attached: libxdp's dispatcher (libxdp1, which `cargo xtask setup`
+/// installs with xdp-tools) with no programs behind it returns XDP_PASS.
+/// Not xdp-filter: its pins outlive the namespaces, and its unload inside
+/// a namespace would judge other namespaces' pins unused. Not iproute2's
+/// loader: it makes directories of its own under /sys/fs/bpf.
+const PASS_PIN: &str = "/sys/fs/bpf/shield-lab-pass";
 const HOST_LINK: &str = "shlab0";
 const METRICS: &str = "169.254.94.2:9469";
 const SITE: &str = "lab.shield.test";
@@ -449,14 +456,6 @@ fn summarize(metrics: &str) -> BTreeMap<String, f64> {
     }
     sums
 }
-
-/// The peers' pass-all XDP program, loaded once and pinned here while it
-/// is attached: libxdp's dispatcher (libxdp1, which `cargo xtask setup`
-/// installs with xdp-tools) with no programs behind it returns XDP_PASS.
-/// Not xdp-filter: its pins outlive the namespaces, and its unload inside
-/// a namespace would judge other namespaces' pins unused. Not iproute2's
-/// loader: it makes directories of its own under /sys/fs/bpf.
-const PASS_PIN: &str = "/sys/fs/bpf/shield-lab-pass";
 
 fn load_pass_all() -> anyhow::Result<()> {
     let object = format!(

@@ -157,8 +157,8 @@ impl View {
         self.history.back()
     }
 
-    /// The edge's successful requests per second and failures over the
-    /// whole history, and the worst p99 of any second.
+    /// The edge's successful and failed requests over the history kept,
+    /// and the worst p99 of any second.
     pub fn edge_totals(&self) -> (usize, usize, f64) {
         let ok = self.history.iter().map(|s| s.edge.ok()).sum();
         let failed = self.history.iter().map(|s| s.edge.failed).sum();
