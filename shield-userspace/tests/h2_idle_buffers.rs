@@ -10,44 +10,11 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    sync::atomic::{AtomicIsize, Ordering::Relaxed},
-    time::Duration,
-};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-
-/// Live heap bytes, as the allocator was asked for them.
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-struct Counting;
-
-// SAFETY: every call is passed to the system allocator unchanged; the
-// counter only adds what it was given and subtracts what it took back.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Relaxed);
-        // SAFETY: the caller's contract is System's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Relaxed);
-        // SAFETY: the caller's contract is System's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Relaxed);
-        // SAFETY: the caller's contract is System's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
-        // SAFETY: the caller's contract is System's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use shield_test_support::heap::{live, Counting};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -136,7 +103,7 @@ async fn settle() {
 #[tokio::test(flavor = "current_thread")]
 async fn an_idle_h2_connection_gives_its_buffers_back_and_takes_them_again() {
     settle().await;
-    let before = LIVE.load(Relaxed);
+    let before = live();
     let mut clients = Vec::with_capacity(PAIRS);
     for _ in 0..PAIRS {
         let (near, far) = tokio::io::duplex(PIPE);
@@ -151,7 +118,7 @@ async fn an_idle_h2_connection_gives_its_buffers_back_and_takes_them_again() {
         assert_eq!(exchange(client, None, None).await, (0, BODY));
     }
     settle().await;
-    let per_pair = (LIVE.load(Relaxed) - before) / PAIRS as isize;
+    let per_pair = (live() - before) / PAIRS as isize;
     println!("live heap per idle h2 connection pair (server and client): {per_pair} bytes");
     // Each side held 16 KiB of write buffer, 8 KiB of read buffer and 4 KiB
     // of HPACK decoding room for life before the change. What is left is
@@ -172,7 +139,7 @@ async fn an_idle_h2_connection_gives_its_buffers_back_and_takes_them_again() {
     }
     drop(big);
     settle().await;
-    let after = (LIVE.load(Relaxed) - before) / PAIRS as isize;
+    let after = (live() - before) / PAIRS as isize;
     println!("after a second, larger request on each: {after} bytes per pair");
     assert!(
         after < IDLE_PAIR_BOUND,

@@ -10,6 +10,7 @@
 
 pub mod ebpf;
 pub mod h2raw;
+pub mod heap;
 pub mod netns;
 pub mod packet;
 pub mod pki;
