@@ -1,0 +1,145 @@
+//! The vendored rustls's one change (third_party/README.md): a TLS
+//! connection that has read everything the peer sent, and finds nothing
+//! more, gives its record buffer back, and takes it again for the next
+//! record.
+//!
+//! Measured with a counting allocator in this test binary alone: live
+//! heap bytes per idle connection pair (a rustls server and a rustls
+//! client on an in-memory pipe, one exchange done), then a second
+//! exchange on every pair, with records larger than the buffer, so that
+//! what was released is proven to come back.
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use rustls::{
+    client::Resumption,
+    pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
+    ClientConfig, RootCertStore, ServerConfig,
+};
+use shield_test_support::heap::{live, Counting};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const PAIRS: usize = 64;
+/// The in-memory pipe's room each way: small, since a pipe keeps the
+/// room it grew to and that would be counted with the connections.
+const PIPE: usize = 1024;
+/// Larger than the record buffer's 4 KiB and than a record (16 KiB).
+const MESSAGE: usize = 100 * 1024;
+/// What an idle pair may hold: 10.6 KiB here with the change (11.6 after
+/// the second exchange), 18.6 KiB with rustls 0.23.46 as released (each
+/// side kept 4 KiB of record buffer for life). Tight enough that the
+/// change undone on one side alone goes over.
+const IDLE_PAIR_BOUND: isize = 13 * 1024;
+
+fn configs() -> (TlsAcceptor, TlsConnector) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = certified.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
+    let mut server = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    // Tickets would be kept in the client's cache and counted with the
+    // connections; this test is about a connection's own buffers.
+    server.send_tls13_tickets = 0;
+    let mut roots = RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut client = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.resumption = Resumption::disabled();
+    (
+        TlsAcceptor::from(Arc::new(server)),
+        TlsConnector::from(Arc::new(client)),
+    )
+}
+
+/// One server connection: echoes what it reads until the client goes
+/// away, through a small buffer of its own (kept in the task, and so
+/// counted with the pair).
+async fn serve(acceptor: TlsAcceptor, io: DuplexStream) {
+    let mut tls = acceptor.accept(io).await.unwrap();
+    let mut chunk = [0; 512];
+    loop {
+        match tls.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                tls.write_all(&chunk[..n]).await.unwrap();
+                tls.flush().await.unwrap();
+            }
+        }
+    }
+}
+
+/// One exchange on `client`: `MESSAGE` bytes there and back.
+async fn exchange(client: &mut tokio_rustls::client::TlsStream<DuplexStream>, byte: u8) {
+    let sent = vec![byte; MESSAGE];
+    let (mut read, mut write) = tokio::io::split(&mut *client);
+    let (_, got) = tokio::join!(
+        async {
+            write.write_all(&sent).await.unwrap();
+            write.flush().await.unwrap();
+        },
+        async {
+            let mut got = vec![0; MESSAGE];
+            read.read_exact(&mut got).await.unwrap();
+            got
+        }
+    );
+    assert!(got == sent, "the echo differs from what was sent");
+    // Then wait for more, as a client holding its connection open does:
+    // a read that finds nothing, abandoned.
+    let waited = tokio::time::timeout(Duration::from_millis(1), client.read(&mut [0; 1])).await;
+    assert!(waited.is_err(), "the server sent more than the echo");
+}
+
+/// Lets every connection task run until it has nothing left to do.
+async fn settle() {
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_tls_connection_gives_its_record_buffer_back_and_takes_it_again() {
+    let (acceptor, connector) = configs();
+    settle().await;
+    let before = live();
+    let mut clients = Vec::with_capacity(PAIRS);
+    for _ in 0..PAIRS {
+        let (near, far) = tokio::io::duplex(PIPE);
+        tokio::spawn(serve(acceptor.clone(), far));
+        let name = ServerName::try_from("localhost").unwrap();
+        clients.push(connector.connect(name, near).await.unwrap());
+    }
+    for client in &mut clients {
+        exchange(client, b'a').await;
+    }
+    settle().await;
+    let per_pair = (live() - before) / PAIRS as isize;
+    println!("live heap per idle TLS connection pair (server and client): {per_pair} bytes");
+    assert!(
+        per_pair < IDLE_PAIR_BOUND,
+        "an idle pair holds {per_pair} bytes; the record buffers were not given back"
+    );
+
+    // What was given back comes back when needed, on every connection.
+    for client in &mut clients {
+        exchange(client, b'b').await;
+    }
+    settle().await;
+    let after = (live() - before) / PAIRS as isize;
+    println!("after a second exchange on each: {after} bytes per pair");
+    assert!(
+        after < IDLE_PAIR_BOUND,
+        "an idle pair holds {after} bytes after a second exchange"
+    );
+}
