@@ -68,6 +68,28 @@ pub fn check(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Loads a program that passes every frame and pins it at `pin`, for the
+/// far ends of veths whose near end answers with XDP_TX: a frame sent
+/// back on one end of a veth is delivered only when the other end runs an
+/// XDP program too (its NAPI polls then); a NIC has no such condition.
+/// The program is libxdp's dispatcher (libxdp1, which `cargo xtask setup`
+/// installs with xdp-tools) with nothing behind it. Not xdp-filter: its
+/// pins outlive the namespaces, and its unload inside a namespace judges
+/// other namespaces' pins unused. Not iproute2's loader: it makes
+/// directories of its own under /sys/fs/bpf. The caller removes the pin.
+pub fn load_pass_all(pin: &str) -> anyhow::Result<()> {
+    let object = format!(
+        "/usr/lib/{}-linux-gnu/bpf/xdp-dispatcher.o",
+        std::env::consts::ARCH
+    );
+    if !std::path::Path::new(&object).exists() {
+        bail!("{object} is missing: run `cargo xtask setup` (it installs xdp-tools and libxdp1)");
+    }
+    check("bpftool", &["prog", "load", &object, pin, "type", "xdp"])
+        .with_context(|| format!("cannot load {object} as a pass-all XDP program"))?;
+    Ok(())
+}
+
 /// A network namespace, deleted on drop (which also destroys its veths and
 /// any XDP attached to them).
 pub struct Netns {
@@ -192,6 +214,26 @@ impl Lab {
         lab.link(&lab.edge, "eth0", addr::EDGE_V4, addr::EDGE_V6)?;
         lab.link(&lab.attacker, "eth1", addr::ATTACKER_V4, addr::ATTACKER_V6)?;
         Ok(lab)
+    }
+
+    /// Where [`Lab::pass_all_on_peers`] pins its program: beside the pin
+    /// root, not in it (shield owns that), removed at drop.
+    fn pass_pin(&self) -> String {
+        format!("/sys/fs/bpf/{}-pass", self.id)
+    }
+
+    /// A program that passes every frame on the edge's and the attacker's
+    /// veths, so that shield's XDP_TX answers reach them ([`load_pass_all`]).
+    pub fn pass_all_on_peers(&self) -> anyhow::Result<()> {
+        let pin = self.pass_pin();
+        load_pass_all(&pin)?;
+        for peer in [&self.edge, &self.attacker] {
+            peer.exec_check(&[
+                "bpftool", "net", "attach", "xdpdrv", "pinned", &pin, "dev", "eth0",
+            ])
+            .with_context(|| format!("cannot attach the pass-all XDP program in {}", peer.name))?;
+        }
+        Ok(())
     }
 
     fn link(
@@ -443,6 +485,7 @@ impl Drop for Lab {
         self.servers.clear();
         // Namespaces go first (their Drop): deleting the veths detaches XDP.
         let _ = std::fs::remove_dir_all(&self.pin_root);
+        let _ = std::fs::remove_file(self.pass_pin());
         let _ = std::fs::remove_dir_all(&self.work_dir);
     }
 }

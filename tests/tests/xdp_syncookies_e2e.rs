@@ -26,21 +26,12 @@ fn bare_lab() -> Option<Lab> {
     if !require_root() {
         return None;
     }
-    for tool in ["ip", "nsenter", "curl", "python3", "hping3", "xdp-filter"] {
+    for tool in ["ip", "nsenter", "curl", "python3", "hping3", "bpftool"] {
         require_tool(tool);
     }
     let lab = Lab::new().expect("create the lab namespaces");
-    // A frame sent back with XDP_TX on one end of a veth is delivered only
-    // when the other end runs an XDP program too (its NAPI polls then); a
-    // NIC has no such condition. xdp-filter with no rules passes all.
-    for peer in [&lab.edge, &lab.attacker] {
-        // libxdp takes a host-wide lock; tests running side by side retry.
-        let loaded = wait_for(Duration::from_secs(20), || {
-            peer.exec(&["xdp-filter", "load", "--mode", "native", "eth0"])
-                .is_ok_and(|o| o.status.success())
-        });
-        loaded.expect("a pass-all XDP program on the peer's veth");
-    }
+    lab.pass_all_on_peers()
+        .expect("a pass-all XDP program on the peers' veths");
     Some(lab)
 }
 

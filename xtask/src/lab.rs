@@ -32,12 +32,8 @@ const ORIGIN: &str = "shield-lab-origin";
 const EDGE: &str = "shield-lab-edge";
 const ATTACKER: &str = "shield-lab-attacker";
 const PIN_ROOT: &str = "/sys/fs/bpf/shield-lab";
-/// The peers' pass-all XDP program, loaded once and pinned here while it
-/// is attached: libxdp's dispatcher (libxdp1, which `cargo xtask setup`
-/// installs with xdp-tools) with no programs behind it returns XDP_PASS.
-/// Not xdp-filter: its pins outlive the namespaces, and its unload inside
-/// a namespace would judge other namespaces' pins unused. Not iproute2's
-/// loader: it makes directories of its own under /sys/fs/bpf.
+/// The peers' pass-all XDP program (`shield_tests::load_pass_all`), loaded
+/// once and pinned here while it is attached.
 const PASS_PIN: &str = "/sys/fs/bpf/shield-lab-pass";
 const HOST_LINK: &str = "shlab0";
 const METRICS: &str = "169.254.94.2:9469";
@@ -457,24 +453,8 @@ fn summarize(metrics: &str) -> BTreeMap<String, f64> {
     sums
 }
 
-fn load_pass_all() -> anyhow::Result<()> {
-    let object = format!(
-        "/usr/lib/{}-linux-gnu/bpf/xdp-dispatcher.o",
-        std::env::consts::ARCH
-    );
-    if !Path::new(&object).exists() {
-        bail!("{object} is missing: run `cargo xtask setup` (it installs xdp-tools and libxdp1)");
-    }
-    shell::output(
-        "bpftool",
-        &["prog", "load", &object, PASS_PIN, "type", "xdp"],
-    )
-    .with_context(|| format!("cannot load {object} as the lab's pass-all XDP program"))?;
-    Ok(())
-}
-
 fn make_network() -> anyhow::Result<()> {
-    load_pass_all()?;
+    shield_tests::load_pass_all(PASS_PIN).context("the lab's pass-all XDP program")?;
     for name in [ORIGIN, EDGE, ATTACKER] {
         shell::output("ip", &["netns", "add", name])?;
         ns(name, &["ip", "link", "set", "lo", "up"])?;
@@ -511,9 +491,7 @@ fn make_network() -> anyhow::Result<()> {
             &["ip", "addr", "add", &format!("{v4}/32"), "dev", "eth0"],
         )?;
         ns(peer, &["ip", "link", "set", "eth0", "up"])?;
-        // A frame shield sends back with XDP_TX (a SYN cookie's SYN-ACK) is
-        // delivered on a veth only when the other end runs an XDP program
-        // too (its NAPI polls then); a NIC has no such condition.
+        // So that shield's XDP_TX answers (SYN cookies) reach the peer.
         ns(
             peer,
             &[
