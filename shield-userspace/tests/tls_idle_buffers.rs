@@ -1,7 +1,7 @@
 //! The vendored rustls's one change (third_party/README.md): a TLS
-//! connection that has read everything the peer sent, and finds nothing
-//! more, gives its record buffer back, and takes it again for the next
-//! record.
+//! connection that has read everything the peer sent gives its record
+//! buffer back when asked (`release_read_buffer`, which shield asks of a
+//! connection quiet for a while), and takes it again for the next record.
 //!
 //! Measured with a counting allocator in this test binary alone: live
 //! heap bytes per idle connection pair (a rustls server and a rustls
@@ -19,7 +19,10 @@ use rustls::{
     ClientConfig, RootCertStore, ServerConfig,
 };
 use shield_test_support::heap::{live, Counting};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
+    sync::Notify,
+};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 #[global_allocator]
@@ -29,12 +32,14 @@ const PAIRS: usize = 64;
 /// The in-memory pipe's room each way: small, since a pipe keeps the
 /// room it grew to and that would be counted with the connections.
 const PIPE: usize = 1024;
+/// How long a read finds nothing before its connection counts as quiet.
+const QUIET: Duration = Duration::from_millis(1);
 /// Larger than the record buffer's 4 KiB and than a record (16 KiB).
 const MESSAGE: usize = 100 * 1024;
-/// What an idle pair may hold: 10.6 KiB here with the change (11.6 after
+/// What an idle pair may hold: 10.7 KiB here with the change (11.7 after
 /// the second exchange), 18.6 KiB with rustls 0.23.46 as released (each
 /// side kept 4 KiB of record buffer for life). Tight enough that the
-/// change undone on one side alone goes over.
+/// release left out on one side alone goes over (14.7 KiB).
 const IDLE_PAIR_BOUND: isize = 13 * 1024;
 
 fn configs() -> (TlsAcceptor, TlsConnector) {
@@ -64,23 +69,39 @@ fn configs() -> (TlsAcceptor, TlsConnector) {
 
 /// One server connection: echoes what it reads until the client goes
 /// away, through a small buffer of its own (kept in the task, and so
-/// counted with the pair).
-async fn serve(acceptor: TlsAcceptor, io: DuplexStream) {
+/// counted with the pair). After each whole message, once a read has found
+/// nothing, it gives the record buffer back, as shield does with a quiet
+/// connection, and reads again only once the client says it will send
+/// (`more`): a read in flight takes the buffer again.
+async fn serve(acceptor: TlsAcceptor, io: DuplexStream, more: Arc<Notify>) {
     let mut tls = acceptor.accept(io).await.unwrap();
     let mut chunk = [0; 512];
+    let mut echoed = 0;
     loop {
+        if echoed == MESSAGE {
+            echoed = 0;
+            let found = tokio::time::timeout(QUIET, tls.read(&mut chunk)).await;
+            assert!(found.is_err(), "the client sent more than a message");
+            tls.get_mut().1.release_read_buffer();
+        }
+        if echoed == 0 {
+            more.notified().await;
+        }
         match tls.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 tls.write_all(&chunk[..n]).await.unwrap();
                 tls.flush().await.unwrap();
+                echoed += n;
             }
         }
     }
 }
 
-/// One exchange on `client`: `MESSAGE` bytes there and back.
-async fn exchange(client: &mut tokio_rustls::client::TlsStream<DuplexStream>, byte: u8) {
+/// One exchange on `client`: `MESSAGE` bytes there and back; then the
+/// client, having found nothing more to read, gives its buffer back too.
+async fn exchange(client: &mut Client, more: &Notify, byte: u8) {
+    more.notify_one();
     let sent = vec![byte; MESSAGE];
     let (mut read, mut write) = tokio::io::split(&mut *client);
     let (_, got) = tokio::join!(
@@ -95,11 +116,12 @@ async fn exchange(client: &mut tokio_rustls::client::TlsStream<DuplexStream>, by
         }
     );
     assert!(got == sent, "the echo differs from what was sent");
-    // Then wait for more, as a client holding its connection open does:
-    // a read that finds nothing, abandoned.
-    let waited = tokio::time::timeout(Duration::from_millis(1), client.read(&mut [0; 1])).await;
+    let waited = tokio::time::timeout(QUIET, client.read(&mut [0; 1])).await;
     assert!(waited.is_err(), "the server sent more than the echo");
+    client.get_mut().1.release_read_buffer();
 }
+
+type Client = tokio_rustls::client::TlsStream<DuplexStream>;
 
 /// Lets every connection task run until it has nothing left to do.
 async fn settle() {
@@ -116,12 +138,13 @@ async fn an_idle_tls_connection_gives_its_record_buffer_back_and_takes_it_again(
     let mut clients = Vec::with_capacity(PAIRS);
     for _ in 0..PAIRS {
         let (near, far) = tokio::io::duplex(PIPE);
-        tokio::spawn(serve(acceptor.clone(), far));
+        let more = Arc::new(Notify::new());
+        tokio::spawn(serve(acceptor.clone(), far, more.clone()));
         let name = ServerName::try_from("localhost").unwrap();
-        clients.push(connector.connect(name, near).await.unwrap());
+        clients.push((connector.connect(name, near).await.unwrap(), more));
     }
-    for client in &mut clients {
-        exchange(client, b'a').await;
+    for (client, more) in &mut clients {
+        exchange(client, more, b'a').await;
     }
     settle().await;
     let per_pair = (live() - before) / PAIRS as isize;
@@ -132,8 +155,8 @@ async fn an_idle_tls_connection_gives_its_record_buffer_back_and_takes_it_again(
     );
 
     // What was given back comes back when needed, on every connection.
-    for client in &mut clients {
-        exchange(client, b'b').await;
+    for (client, more) in &mut clients {
+        exchange(client, more, b'b').await;
     }
     settle().await;
     let after = (live() - before) / PAIRS as isize;

@@ -759,6 +759,17 @@ impl<Data> ConnectionCommon<Data> {
         self.core.state = Ok(new);
     }
 
+    /// Gives the buffer of received TLS data back to the allocator when it
+    /// holds no part of a record, for a connection the peer has left idle:
+    /// the buffer is otherwise kept, at 4 KiB or more, for the connection's
+    /// life. The next [`read_tls()`] allocates it again. Calling this on a
+    /// busy connection is correct but costs an allocation per call.
+    ///
+    /// [`read_tls()`]: ConnectionCommon::read_tls
+    pub fn release_read_buffer(&mut self) {
+        self.deframer_buffer.release_if_empty();
+    }
+
     /// Read TLS content from `rd` into the internal buffer.
     ///
     /// Due to the internal buffering, `rd` can supply TLS messages in arbitrary-sized chunks (like

@@ -184,6 +184,17 @@ impl DeframerVecBuffer {
         }
     }
 
+    /// Gives the buffer's room back to the allocator when it holds no
+    /// byte of a record. With `used` zero nothing in it is read again (the
+    /// handshake joiner's spans lie below `used` too), so this is the state
+    /// `discard()` leaves, less the capacity; `prepare_read()` grows it
+    /// again for the next read.
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.used == 0 {
+            self.buf = Vec::new();
+        }
+    }
+
     pub(crate) fn filled_mut(&mut self) -> &mut [u8] {
         &mut self.buf[..self.used]
     }
@@ -205,19 +216,7 @@ impl DeframerVecBuffer {
         // we get a message with a length field out of range here,
         // we do a zero length read.  That looks like an EOF to
         // the next layer up, which is fine.
-        let new_bytes = match rd.read(&mut self.buf[self.used..]) {
-            Ok(new_bytes) => new_bytes,
-            Err(err) => {
-                // Nothing came and nothing is held: the peer has paused,
-                // maybe for minutes. Give the room back rather than keep
-                // it for the connection's life; the next read takes it
-                // again.
-                if self.used == 0 && err.kind() == io::ErrorKind::WouldBlock {
-                    self.buf = Vec::new();
-                }
-                return Err(err);
-            }
-        };
+        let new_bytes = rd.read(&mut self.buf[self.used..])?;
         self.used += new_bytes;
         Ok(new_bytes)
     }
