@@ -5,6 +5,10 @@
 //! connections after `header_timeout` instead of `idle_timeout`, and h2 has
 //! no idle timeout at all. So the connection's IO records when bytes move,
 //! requests record when they start and end, and [`Activity::check`] decides.
+//!
+//! The same clocks tell when a connection is quiet enough for its TLS stream
+//! to give its record buffer back ([`ReleaseIdle`]): a busy connection would
+//! otherwise free and take it again at every burst of reads.
 
 use std::{
     io,
@@ -20,8 +24,12 @@ use std::{
 use bytes::{Buf, Bytes};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::{futures::Notified, Notify},
     time::Instant,
 };
+
+use super::lifecycle::PARK_AFTER;
 
 const NOT_WAITING: u64 = u64::MAX;
 
@@ -38,6 +46,9 @@ pub struct Activity {
     /// h1: every request head is timed from its first byte. h2 multiplexes
     /// control frames with requests, so only the first request is timed.
     time_every_head: bool,
+    /// Signalled when the last request in flight ends, for a driver that
+    /// would otherwise not look at the clocks again until its next wake.
+    quiet: Notify,
 }
 
 /// What the connection should do now.
@@ -64,6 +75,7 @@ impl Activity {
             head_since: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             write_blocked: AtomicBool::new(false),
+            quiet: Notify::new(),
             time_every_head,
         }
     }
@@ -94,13 +106,27 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
+    /// Resolves when the last request in flight has ended (at once if one
+    /// ended since the last call): the clocks then say something new.
+    pub fn went_quiet(&self) -> Notified<'_> {
+        self.quiet.notified()
+    }
+
+    /// Nothing in flight, nothing of a next request read and nothing left
+    /// to write, for `quiet` or longer.
+    fn idle_for(&self, quiet: Duration) -> bool {
+        self.inflight.load(Relaxed) == 0
+            && self.head_since.load(Relaxed) == NOT_WAITING
+            && !self.write_blocked.load(Relaxed)
+            && self.now() >= self.last_io.load(Relaxed).saturating_add(ms(quiet))
+    }
+
     pub fn check(
         &self,
         header_timeout: Duration,
         idle_timeout: Duration,
         park_after: Option<Duration>,
     ) -> Check {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4);
         let now = self.now();
         let mut next = now.saturating_add(ms(idle_timeout));
         let head = self.head_since.load(Relaxed);
@@ -135,7 +161,48 @@ impl Activity {
             };
             next = next.min(due);
         }
+        // One wake when the connection has been quiet for PARK_AFTER, so
+        // that its stream is read once more and gives its buffer back
+        // (`Tracked`); an h2 connection is otherwise not polled at all while
+        // idle. Once that instant has passed, no more wakes until new IO.
+        if self.inflight.load(Relaxed) == 0 && head == NOT_WAITING {
+            let due = self.last_io.load(Relaxed).saturating_add(ms(PARK_AFTER));
+            if now < due {
+                next = next.min(due);
+            }
+        }
         Check::WaitUntil(self.epoch + Duration::from_millis(next))
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
+}
+
+/// A stream that keeps a buffer between reads and can give it back while
+/// its connection is idle.
+pub trait ReleaseIdle {
+    /// Gives back what the stream keeps between reads, when it holds none
+    /// of the peer's data; the next read takes it again.
+    fn release_idle(&mut self);
+}
+
+/// rustls keeps a 4 KiB record buffer for a connection's life otherwise
+/// (the vendored rustls's `release_read_buffer`, third_party/README.md).
+impl<IO> ReleaseIdle for tokio_rustls::server::TlsStream<IO> {
+    fn release_idle(&mut self) {
+        self.get_mut().1.release_read_buffer();
+    }
+}
+
+/// The kernel holds a TCP stream's buffers; there is nothing to give back.
+impl ReleaseIdle for TcpStream {
+    fn release_idle(&mut self) {}
+}
+
+impl<T: ReleaseIdle + ?Sized> ReleaseIdle for Box<T> {
+    fn release_idle(&mut self) {
+        (**self).release_idle();
     }
 }
 
@@ -145,8 +212,11 @@ pub struct RequestGuard(Arc<Activity>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Relaxed);
+        let was = self.0.inflight.fetch_sub(1, Relaxed);
         self.0.on_write();
+        if was == 1 {
+            self.0.quiet.notify_one();
+        }
     }
 }
 
@@ -196,7 +266,7 @@ impl<IO> Tracked<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+impl<IO: AsyncRead + ReleaseIdle + Unpin> AsyncRead for Tracked<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -211,8 +281,14 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.on_read();
+        match result {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.activity.on_read(),
+            // A read that finds nothing on a connection quiet for
+            // PARK_AFTER: the client is idle, maybe for minutes. A busy
+            // connection also ends each burst of reads here, but is never
+            // quiet that long, so it keeps its buffer.
+            Poll::Pending if self.activity.idle_for(PARK_AFTER) => self.io.release_idle(),
+            _ => {}
         }
         result
     }
@@ -329,5 +405,91 @@ mod tests {
         activity.on_read();
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(matches!(activity.check(h, i, p), Check::WaitUntil(_)));
+    }
+
+    /// A stream with nothing to read, counting the releases asked of it.
+    #[derive(Default)]
+    struct Quiet {
+        released: usize,
+    }
+
+    impl AsyncRead for Quiet {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl ReleaseIdle for Quiet {
+        fn release_idle(&mut self) {
+            self.released += 1;
+        }
+    }
+
+    /// Polls one read; true when it found nothing.
+    async fn read_once(io: &mut Tracked<Quiet>) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut byte = [0; 1];
+            let mut buf = ReadBuf::new(&mut byte);
+            Poll::Ready(Pin::new(&mut *io).poll_read(cx, &mut buf).is_pending())
+        })
+        .await
+    }
+
+    /// A served request, ended now.
+    fn one_request(activity: &Arc<Activity>) {
+        drop(activity.begin_request());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_that_finds_nothing_gives_the_buffer_back_only_on_a_quiet_connection() {
+        let activity = Arc::new(Activity::new(false));
+        one_request(&activity);
+        let mut io = Tracked::new(Quiet::default(), activity.clone());
+        // The end of a burst on a busy connection: the buffer is kept.
+        assert!(read_once(&mut io).await);
+        assert_eq!(io.io.released, 0);
+        tokio::time::advance(PARK_AFTER).await;
+        assert!(read_once(&mut io).await);
+        assert_eq!(io.io.released, 1, "quiet for PARK_AFTER: given back");
+
+        // Never while a request is in flight, however long it takes.
+        let request = activity.begin_request();
+        tokio::time::advance(PARK_AFTER * 4).await;
+        assert!(read_once(&mut io).await);
+        assert_eq!(io.io.released, 1);
+        drop(request);
+        assert!(read_once(&mut io).await);
+        assert_eq!(io.io.released, 1, "the request's end is activity");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_going_quiet_is_woken_once_to_give_its_buffer_back() {
+        let activity = Activity::new(false);
+        let (header, idle) = (Duration::from_secs(10), Duration::from_secs(900));
+        // Before its first request, a connection is timed by its header
+        // timeout only.
+        let start = Instant::now();
+        assert_eq!(
+            activity.check(header, idle, None),
+            Check::WaitUntil(start + header)
+        );
+        let activity = Arc::new(activity);
+        one_request(&activity);
+        // h2 asks for no parking, but is woken when it has been quiet for
+        // PARK_AFTER ...
+        assert_eq!(
+            activity.check(header, idle, None),
+            Check::WaitUntil(start + PARK_AFTER)
+        );
+        // ... and after that only by its idle timeout.
+        tokio::time::advance(PARK_AFTER).await;
+        assert_eq!(
+            activity.check(header, idle, None),
+            Check::WaitUntil(start + idle)
+        );
     }
 }

@@ -24,7 +24,7 @@ use tokio::{
 
 use super::{
     access,
-    activity::{Check, Tracked},
+    activity::{Check, ReleaseIdle, Tracked},
     h1::{
         body::{self, write_out, Broken, Stop, READ_CHUNK},
         request::{self, Context, Forward, Prepared},
@@ -81,7 +81,7 @@ pub(super) async fn serve<IO>(
     shutdown: &mut watch::Receiver<Closing>,
 ) -> Direct
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + ReleaseIdle + Unpin,
 {
     let mut buffers = Buffers::default();
     // One timer for the connection's clocks (see `Activity`), reset only
@@ -157,7 +157,7 @@ async fn read_client<IO>(
     shutdown: &mut watch::Receiver<Closing>,
 ) -> Option<Direct>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + ReleaseIdle + Unpin,
 {
     buffer.reserve(READ_CHUNK);
     loop {
@@ -233,7 +233,7 @@ async fn exchange<IO>(
     outcome: &mut access::Outcome,
 ) -> Exchanged
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + ReleaseIdle + Unpin,
 {
     let authority = conn.route.upstream.authority();
     let sent = Instant::now();
