@@ -14,7 +14,10 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU64, AtomicUsize,
+            Ordering::{Relaxed, SeqCst},
+        },
         Arc,
     },
     task::{Context, Poll},
@@ -46,9 +49,12 @@ pub struct Activity {
     /// h1: every request head is timed from its first byte. h2 multiplexes
     /// control frames with requests, so only the first request is timed.
     time_every_head: bool,
-    /// Signalled when the last request in flight ends, for a driver that
-    /// would otherwise not look at the clocks again until its next wake.
+    /// Signalled when the last request in flight ends and the last
+    /// [`Activity::check`] asked to be looked at again only after the
+    /// connection's quiet instant: its driver would otherwise sleep past it.
     quiet: Notify,
+    /// Milliseconds since `epoch` until which the last check's caller sleeps.
+    next_check: AtomicU64,
 }
 
 /// What the connection should do now.
@@ -76,6 +82,7 @@ impl Activity {
             inflight: AtomicUsize::new(0),
             write_blocked: AtomicBool::new(false),
             quiet: Notify::new(),
+            next_check: AtomicU64::new(0),
             time_every_head,
         }
     }
@@ -127,6 +134,26 @@ impl Activity {
         idle_timeout: Duration,
         park_after: Option<Duration>,
     ) -> Check {
+        loop {
+            let busy = self.inflight.load(SeqCst) != 0;
+            let check = self.check_once(busy, header_timeout, idle_timeout, park_after);
+            // The last request may have ended while this looked: it then
+            // saw the old `next_check` and did not signal, or this sees it
+            // gone now (the two sides store, then load, in one total order).
+            if busy && matches!(check, Check::WaitUntil(_)) && self.inflight.load(SeqCst) == 0 {
+                continue;
+            }
+            return check;
+        }
+    }
+
+    fn check_once(
+        &self,
+        busy: bool,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+        park_after: Option<Duration>,
+    ) -> Check {
         let now = self.now();
         let mut next = now.saturating_add(ms(idle_timeout));
         let head = self.head_since.load(Relaxed);
@@ -137,7 +164,7 @@ impl Activity {
             }
             next = next.min(due);
         }
-        if self.inflight.load(Relaxed) == 0 {
+        if !busy {
             let due = self.last_io.load(Relaxed).saturating_add(ms(idle_timeout));
             if now >= due {
                 return Check::Idle;
@@ -147,10 +174,7 @@ impl Activity {
         if let Some(park_after) = park_after {
             // Nothing tells the connection's driver when a request ends, so
             // a connection that cannot park yet looks again later.
-            let due = if self.inflight.load(Relaxed) == 0
-                && head == NOT_WAITING
-                && !self.write_blocked.load(Relaxed)
-            {
+            let due = if !busy && head == NOT_WAITING && !self.write_blocked.load(Relaxed) {
                 let due = self.last_io.load(Relaxed).saturating_add(ms(park_after));
                 if now >= due {
                     return Check::Park;
@@ -165,12 +189,13 @@ impl Activity {
         // that its stream is read once more and gives its buffer back
         // (`Tracked`); an h2 connection is otherwise not polled at all while
         // idle. Once that instant has passed, no more wakes until new IO.
-        if self.inflight.load(Relaxed) == 0 && head == NOT_WAITING {
+        if !busy && head == NOT_WAITING {
             let due = self.last_io.load(Relaxed).saturating_add(ms(PARK_AFTER));
             if now < due {
                 next = next.min(due);
             }
         }
+        self.next_check.store(next, SeqCst);
         Check::WaitUntil(self.epoch + Duration::from_millis(next))
     }
 }
@@ -212,10 +237,20 @@ pub struct RequestGuard(Arc<Activity>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let was = self.0.inflight.fetch_sub(1, Relaxed);
-        self.0.on_write();
+        let activity = &self.0;
+        let was = activity.inflight.fetch_sub(1, SeqCst);
+        activity.on_write();
+        // Under load the driver is already due to look within PARK_AFTER,
+        // and is left alone: a wake per request would cost a poll of the
+        // whole connection each.
         if was == 1 {
-            self.0.quiet.notify_one();
+            let quiet_at = activity
+                .last_io
+                .load(Relaxed)
+                .saturating_add(ms(PARK_AFTER));
+            if activity.next_check.load(SeqCst) > quiet_at {
+                activity.quiet.notify_one();
+            }
         }
     }
 }
