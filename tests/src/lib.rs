@@ -483,7 +483,8 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.servers.clear();
-        // Namespaces go first (their Drop): deleting the veths detaches XDP.
+        // The namespaces are deleted after this (fields drop last), which
+        // detaches the programs; unpinning first only drops a reference.
         let _ = std::fs::remove_dir_all(&self.pin_root);
         let _ = std::fs::remove_file(self.pass_pin());
         let _ = std::fs::remove_dir_all(&self.work_dir);

@@ -27,7 +27,6 @@ use std::{
 use bytes::{Buf, Bytes};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
     sync::{futures::Notified, Notify},
     time::Instant,
 };
@@ -113,19 +112,33 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
-    /// Resolves when the last request in flight has ended (at once if one
-    /// ended since the last call): the clocks then say something new.
+    /// Resolves when the connection may have become quiet later than its
+    /// driver's next look (the last request ended, or a read after other IO
+    /// found nothing); a signal given while nobody waits is kept for the
+    /// next call.
     pub fn went_quiet(&self) -> Notified<'_> {
         self.quiet.notified()
     }
 
-    /// Nothing in flight, nothing of a next request read and nothing left
-    /// to write, for `quiet` or longer.
-    fn idle_for(&self, quiet: Duration) -> bool {
-        self.inflight.load(Relaxed) == 0
-            && self.head_since.load(Relaxed) == NOT_WAITING
-            && !self.write_blocked.load(Relaxed)
-            && self.now() >= self.last_io.load(Relaxed).saturating_add(ms(quiet))
+    /// A read found nothing. True when the connection has been quiet for
+    /// [`PARK_AFTER`] (nothing in flight, nothing of a next request read,
+    /// nothing left to write): its stream may give its buffer back. When it
+    /// is not quiet yet but could become so, makes sure the driver looks
+    /// again by then: IO that is not a request (a PING, a window update, a
+    /// write that was blocked) moves the quiet instant past the driver's
+    /// one wake, and the read that moved it has taken the buffer again.
+    fn read_found_nothing(&self) -> bool {
+        if self.inflight.load(Relaxed) != 0 || self.head_since.load(Relaxed) != NOT_WAITING {
+            return false;
+        }
+        let quiet_at = self.last_io.load(Relaxed).saturating_add(ms(PARK_AFTER));
+        if self.now() >= quiet_at {
+            return !self.write_blocked.load(Relaxed);
+        }
+        if self.next_check.load(SeqCst) > quiet_at {
+            self.quiet.notify_one();
+        }
+        false
     }
 
     pub fn check(
@@ -172,8 +185,8 @@ impl Activity {
             next = next.min(due);
         }
         if let Some(park_after) = park_after {
-            // Nothing tells the connection's driver when a request ends, so
-            // a connection that cannot park yet looks again later.
+            // A connection that cannot park yet looks again later: its
+            // driver needs no signal at a request's end to park on time.
             let due = if !busy && head == NOT_WAITING && !self.write_blocked.load(Relaxed) {
                 let due = self.last_io.load(Relaxed).saturating_add(ms(park_after));
                 if now >= due {
@@ -189,7 +202,7 @@ impl Activity {
         // that its stream is read once more and gives its buffer back
         // (`Tracked`); an h2 connection is otherwise not polled at all while
         // idle. Once that instant has passed, no more wakes until new IO.
-        if !busy && head == NOT_WAITING {
+        if !busy && head == NOT_WAITING && !self.write_blocked.load(Relaxed) {
             let due = self.last_io.load(Relaxed).saturating_add(ms(PARK_AFTER));
             if now < due {
                 next = next.min(due);
@@ -205,7 +218,9 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// A stream that keeps a buffer between reads and can give it back while
-/// its connection is idle.
+/// its connection is idle. Once given back, each read takes it again and a
+/// read that finds nothing gives it back once more: cheap while such reads
+/// are rare, which on a quiet connection they are (a wake, a timer).
 pub trait ReleaseIdle {
     /// Gives back what the stream keeps between reads, when it holds none
     /// of the peer's data; the next read takes it again.
@@ -220,11 +235,13 @@ impl<IO> ReleaseIdle for tokio_rustls::server::TlsStream<IO> {
     }
 }
 
-/// The kernel holds a TCP stream's buffers; there is nothing to give back.
-impl ReleaseIdle for TcpStream {
+/// For the size test of `serve` only: every served connection is TLS.
+#[cfg(test)]
+impl ReleaseIdle for tokio::net::TcpStream {
     fn release_idle(&mut self) {}
 }
 
+/// The handshake hands its stream over boxed (`tls::Verified`).
 impl<T: ReleaseIdle + ?Sized> ReleaseIdle for Box<T> {
     fn release_idle(&mut self) {
         (**self).release_idle();
@@ -322,7 +339,7 @@ impl<IO: AsyncRead + ReleaseIdle + Unpin> AsyncRead for Tracked<IO> {
             // PARK_AFTER: the client is idle, maybe for minutes. A busy
             // connection also ends each burst of reads here, but is never
             // quiet that long, so it keeps its buffer.
-            Poll::Pending if self.activity.idle_for(PARK_AFTER) => self.io.release_idle(),
+            Poll::Pending if self.activity.read_found_nothing() => self.io.release_idle(),
             _ => {}
         }
         result
@@ -526,5 +543,34 @@ mod tests {
             activity.check(header, idle, None),
             Check::WaitUntil(start + idle)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn io_after_the_quiet_wake_has_the_driver_look_again() {
+        let (header, idle) = (Duration::from_secs(10), Duration::from_secs(900));
+        let activity = Arc::new(Activity::new(false));
+        one_request(&activity);
+        let mut io = Tracked::new(Quiet::default(), activity.clone());
+        tokio::time::advance(PARK_AFTER).await;
+        // The one wake: the driver would now sleep until the idle timeout.
+        assert!(
+            matches!(activity.check(header, idle, None), Check::WaitUntil(at) if at > Instant::now() + PARK_AFTER)
+        );
+        assert!(read_once(&mut io).await);
+        assert_eq!(io.io.released, 1);
+        // A PING: its read took the buffer again, and the next read that
+        // finds nothing is not quiet yet, so it tells the driver instead.
+        activity.on_read();
+        assert!(read_once(&mut io).await);
+        assert_eq!(io.io.released, 1);
+        let told = tokio::time::timeout(Duration::from_millis(1), activity.went_quiet()).await;
+        assert!(told.is_ok(), "the driver was not told to look again");
+        assert_eq!(
+            activity.check(header, idle, None),
+            Check::WaitUntil(Instant::now() + PARK_AFTER)
+        );
+        tokio::time::advance(PARK_AFTER).await;
+        assert!(read_once(&mut io).await);
+        assert_eq!(io.io.released, 2);
     }
 }
