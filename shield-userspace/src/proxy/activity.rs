@@ -120,6 +120,12 @@ impl Activity {
         self.quiet.notified()
     }
 
+    /// When the connection becomes quiet, in milliseconds since `epoch`,
+    /// if nothing moves before: PARK_AFTER after the last IO.
+    fn quiet_at(&self) -> u64 {
+        self.last_io.load(Relaxed).saturating_add(ms(PARK_AFTER))
+    }
+
     /// A read found nothing. True when the connection has been quiet for
     /// [`PARK_AFTER`] (nothing in flight, nothing of a next request read,
     /// nothing left to write): its stream may give its buffer back. When it
@@ -131,7 +137,7 @@ impl Activity {
         if self.inflight.load(Relaxed) != 0 || self.head_since.load(Relaxed) != NOT_WAITING {
             return false;
         }
-        let quiet_at = self.last_io.load(Relaxed).saturating_add(ms(PARK_AFTER));
+        let quiet_at = self.quiet_at();
         if self.now() >= quiet_at {
             return !self.write_blocked.load(Relaxed);
         }
@@ -203,7 +209,7 @@ impl Activity {
         // (`Tracked`); an h2 connection is otherwise not polled at all while
         // idle. Once that instant has passed, no more wakes until new IO.
         if !busy && head == NOT_WAITING && !self.write_blocked.load(Relaxed) {
-            let due = self.last_io.load(Relaxed).saturating_add(ms(PARK_AFTER));
+            let due = self.quiet_at();
             if now < due {
                 next = next.min(due);
             }
@@ -260,14 +266,8 @@ impl Drop for RequestGuard {
         // Under load the driver is already due to look within PARK_AFTER,
         // and is left alone: a wake per request would cost a poll of the
         // whole connection each.
-        if was == 1 {
-            let quiet_at = activity
-                .last_io
-                .load(Relaxed)
-                .saturating_add(ms(PARK_AFTER));
-            if activity.next_check.load(SeqCst) > quiet_at {
-                activity.quiet.notify_one();
-            }
+        if was == 1 && activity.next_check.load(SeqCst) > activity.quiet_at() {
+            activity.quiet.notify_one();
         }
     }
 }
