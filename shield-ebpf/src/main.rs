@@ -83,7 +83,10 @@ const UDP_HEADER_LEN: usize = 8;
 /// trickle after a flood is reported within this many drops.
 const CLOCK_CHECK_EVERY: u64 = 64;
 
+// Inlined into the macro's wrapper: the program is past the size at which
+// LLVM would otherwise leave a BPF-to-BPF call on every packet's path.
 #[xdp]
+#[inline(always)]
 pub fn shield(ctx: XdpContext) -> u32 {
     entry::<true>(&ctx)
 }
@@ -91,6 +94,7 @@ pub fn shield(ctx: XdpContext) -> u32 {
 /// `shield` without the answers to in-range SYNs and the ACK checks, for
 /// kernels that refuse those (see `PROGRAM_WITHOUT_COOKIES`).
 #[xdp]
+#[inline(always)]
 pub fn shield_no_cookies(ctx: XdpContext) -> u32 {
     entry::<false>(&ctx)
 }
@@ -115,8 +119,20 @@ fn try_shield<const COOKIES: bool>(ctx: &XdpContext) -> Result<u32, MissingEntry
     // Each family gets its own copy of the judging code (generic over the
     // address), so the fast path never builds or matches a family enum.
     let reason = match ethernet(ctx) {
-        Some((ETH_P_IPV4, l3)) => judge::<_, COOKIES>(ctx, walk_ipv4(ctx, l3), policy),
-        Some((ETH_P_IPV6, l3)) => judge::<_, COOKIES>(ctx, walk_ipv6(ctx, l3), policy),
+        // The plain shape (no options, extension headers or fragment flags,
+        // a whole TCP or UDP header) gets its own copy of the judge, so its
+        // walk's fields are constants there instead of values merged with
+        // every other shape's and kept on the stack. Only that shape is
+        // ever answered (`tcp::judge`), so the other copy leaves the answer
+        // out and the verifier does not follow it twice.
+        Some((ETH_P_IPV4, l3)) => match walk_plain_ipv4(ctx, l3) {
+            Some(walk) => judge::<_, COOKIES, true>(ctx, Some(walk), policy),
+            None => judge::<_, COOKIES, false>(ctx, walk_ipv4(ctx, l3), policy),
+        },
+        Some((ETH_P_IPV6, l3)) => match walk_plain_ipv6(ctx, l3) {
+            Some(walk) => judge::<_, COOKIES, true>(ctx, Some(walk), policy),
+            None => judge::<_, COOKIES, false>(ctx, walk_ipv6(ctx, l3), policy),
+        },
         _ => Reason::NonIp,
     };
     let verdict = reason.verdict(enforce);
@@ -504,8 +520,9 @@ impl<A> Walk<A> {
 }
 
 /// The policy, given the walk (`None`: IP, but too short to hold a source).
+/// `ANSWERS`: whether the walk's shape may be answered with a cookie.
 #[inline(always)]
-fn judge<A: Address, const COOKIES: bool>(
+fn judge<A: Address, const COOKIES: bool, const ANSWERS: bool>(
     ctx: &XdpContext,
     walk: Option<Walk<A>>,
     policy: &Policy,
@@ -538,7 +555,7 @@ fn judge<A: Address, const COOKIES: bool>(
             match protocol {
                 PortProtocol::Udp if settings.drop_udp_from_ranges != 0 => Reason::UdpFromRanges,
                 PortProtocol::Tcp if COOKIES && settings.syn_cookies != 0 => {
-                    tcp::judge(ctx, &walk, l4, settings)
+                    tcp::judge::<_, ANSWERS>(ctx, &walk, l4, settings)
                 }
                 _ => Reason::Allowed,
             }
@@ -570,6 +587,31 @@ fn may_be_allowed(prefilter: &Array<u64>, first_four: [u8; 4]) -> bool {
     }
 }
 
+/// The walk of an unfragmented IPv4 header without options followed by a
+/// whole TCP or UDP header, nearly every packet, floods included; `None`
+/// for any other shape, which [`walk_ipv4`] then walks in full.
+#[inline(always)]
+fn walk_plain_ipv4(ctx: &XdpContext, offset: usize) -> Option<Walk<V4>> {
+    let header = Header::<IPV4_MIN_HEADER_LEN>::at(ctx, offset)?;
+    // Version 4, IHL 5; no MF flag and offset 0 (DF may be set).
+    if header.field::<u8, 0>() != 0x45 || header.be16::<6>() & 0x3fff != 0 {
+        return None;
+    }
+    let l4 = offset + IPV4_MIN_HEADER_LEN;
+    let transport @ Transport::Port(..) = transport_at(ctx, header.field::<u8, 9>(), l4) else {
+        return None;
+    };
+    Some(Walk {
+        source: V4 {
+            source: header.field::<[u8; 4], 12>(),
+            header,
+        },
+        transport,
+        fragment: false,
+        plain: true,
+    })
+}
+
 #[inline(always)]
 fn walk_ipv4(ctx: &XdpContext, offset: usize) -> Option<Walk<V4>> {
     let header = Header::<IPV4_MIN_HEADER_LEN>::at(ctx, offset)?;
@@ -598,6 +640,26 @@ fn walk_ipv4(ctx: &XdpContext, offset: usize) -> Option<Walk<V4>> {
         transport,
         fragment: fragment_offset != 0 || more_fragments,
         plain: header_len == IPV4_MIN_HEADER_LEN,
+    })
+}
+
+/// The walk of an IPv6 header followed directly by a whole TCP or UDP
+/// header; `None` for any other shape, which [`walk_ipv6`] walks in full.
+#[inline(always)]
+fn walk_plain_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk<V6>> {
+    let header = Header::<IPV6_HEADER_LEN>::at(ctx, offset)?;
+    if header.field::<u8, 0>() >> 4 != 6 {
+        return None;
+    }
+    let l4 = offset + IPV6_HEADER_LEN;
+    let transport @ Transport::Port(..) = transport_at(ctx, header.field::<u8, 6>(), l4) else {
+        return None;
+    };
+    Some(Walk {
+        source: V6(header),
+        transport,
+        fragment: false,
+        plain: true,
     })
 }
 

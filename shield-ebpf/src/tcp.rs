@@ -48,9 +48,10 @@ const TS_SACK: u32 = 1 << 4;
 /// The largest window scale TCP allows; the kernel clamps a larger one.
 const MAX_WINDOW_SCALE: u8 = 14;
 
-/// What to do with TCP from inside the ranges to a protected port.
+/// What to do with TCP from inside the ranges to a protected port; a SYN
+/// is answered only with `ANSWERS`, which the caller gives the plain shape.
 #[inline(always)]
-pub(crate) fn judge<A: Address>(
+pub(crate) fn judge<A: Address, const ANSWERS: bool>(
     ctx: &XdpContext,
     walk: &Walk<A>,
     l4: usize,
@@ -66,7 +67,8 @@ pub(crate) fn judge<A: Address>(
         // Untagged frames only: the verifier follows the answer once per
         // place the IP header can start, and a VLAN-tagged SYN (rare: NICs
         // strip tags before XDP) is the kernel's, with its own cookies.
-        if settings.enforce == 0
+        if !ANSWERS
+            || settings.enforce == 0
             || walk.fragment
             || !walk.plain
             || l4 != ETH_HEADER_LEN + A::HEADERS_LEN as usize - TCP_MIN_HEADER_LEN
