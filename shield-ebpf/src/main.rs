@@ -673,9 +673,8 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk<V6>> {
     }
     let mut next_header = header.field::<u8, 6>();
     let mut offset = offset + IPV6_HEADER_LEN;
-    // Transport right after the fixed header, nearly every packet: its own
-    // return, so `plain` is a constant on each path and the verifier never
-    // follows the answers to in-range SYNs past an extension header.
+    // Transport right after the fixed header: here only when its header is
+    // cut short (`walk_plain_ipv6` takes the whole ones).
     if next_header == IPPROTO_TCP || next_header == IPPROTO_UDP {
         return Some(Walk {
             source,
