@@ -85,6 +85,7 @@ impl Flood {
                 Filter::NftRaw,
                 Filter::XdpFilterDeny,
                 Filter::XdpDrop,
+                Filter::XdpReadDrop,
                 Filter::Shield,
             ],
             Flood::InsideSyn => &[
@@ -92,7 +93,12 @@ impl Flood {
                 Filter::NftSynproxy,
                 Filter::Shield,
             ],
-            Flood::InsideAck | Flood::InsideUdp => &[Filter::None, Filter::XdpDrop, Filter::Shield],
+            Flood::InsideAck | Flood::InsideUdp => &[
+                Filter::None,
+                Filter::XdpDrop,
+                Filter::XdpReadDrop,
+                Filter::Shield,
+            ],
         }
     }
 }
@@ -109,6 +115,9 @@ enum Filter {
     XdpFilterDeny,
     /// The trivial XDP_DROP program.
     XdpDrop,
+    /// XDP_DROP after one read of the headers: the floor of any program
+    /// that looks at the packet.
+    XdpReadDrop,
     /// The kernel's own SYN cookies for every SYN (`tcp_syncookies = 2`).
     KernelSyncookies,
     /// nftables synproxy for SYNs to 443.
@@ -123,6 +132,7 @@ impl Filter {
             Filter::NftRaw => "nftables raw",
             Filter::XdpFilterDeny => "xdp-filter",
             Filter::XdpDrop => "trivial XDP_DROP",
+            Filter::XdpReadDrop => "XDP_DROP after reading the headers",
             Filter::KernelSyncookies => "kernel syncookies alone",
             Filter::NftSynproxy => "nftables synproxy",
             Filter::Shield => "shield",
@@ -531,6 +541,9 @@ impl Bench {
                 setup.xdp = Some(self.attach(ebpf::ANCHOR_PASS, "anchor_pass")?);
             }
             Filter::XdpDrop => setup.xdp = Some(self.attach(ebpf::ANCHOR_DROP, "anchor_drop")?),
+            Filter::XdpReadDrop => {
+                setup.xdp = Some(self.attach(ebpf::ANCHOR_DROP, "anchor_read_drop")?);
+            }
             Filter::XdpFilterDeny => {
                 self.rx.exec_check(&[
                     "xdp-filter",
@@ -720,7 +733,7 @@ struct Row {
     filter: Filter,
     offered: f64,
     absorbed: f64,
-    /// None for the trivial drop, which drops the edge too.
+    /// None for the anchors that drop everything, the edge included.
     quiet: Option<Legit>,
     /// During the flood at `PACED` frames a second.
     loaded: Option<Legit>,
@@ -767,7 +780,8 @@ fn run_row(bench: &Bench, flood: Flood, filter: Filter) -> anyhow::Result<Row> {
     let shield = bench.start_shield(xdp_keys)?;
     let setup = bench.setup(filter, flood)?;
     bench.pin_napi("r0", &bench.rx, RX_CPU)?;
-    let serves = filter != Filter::XdpDrop;
+    // The anchors drop the edge too.
+    let serves = !matches!(filter, Filter::XdpDrop | Filter::XdpReadDrop);
     let quiet = if serves {
         wait_for(Duration::from_secs(10), || bench.get_ok()).context("the site serves")?;
         Some(bench.legit_result(bench.legit_client()?)?)
@@ -801,21 +815,27 @@ fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| flood | filter | offered Mpps | absorbed Mpps | vs anchor | legit ok/failed, no flood | p50/p99 ms, no flood | absorbed of 1 Mpps | legit ok/failed, 1 Mpps flood | p50/p99 ms, 1 Mpps flood |"
+        "| flood | filter | offered Mpps | absorbed Mpps | vs anchor | vs reading drop | legit ok/failed, no flood | p50/p99 ms, no flood | absorbed of 1 Mpps | legit ok/failed, 1 Mpps flood | p50/p99 ms, 1 Mpps flood |"
     );
     let _ = writeln!(
         out,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for row in rows {
         let anchor = match row.flood {
             Flood::InsideSyn => Filter::KernelSyncookies,
             _ => Filter::XdpDrop,
         };
-        let anchor_rate = rows
-            .iter()
-            .find(|r| r.flood == row.flood && r.filter == anchor)
-            .map_or(f64::NAN, |r| r.absorbed);
+        let rate_of = |filter: Filter| {
+            rows.iter()
+                .find(|r| r.flood == row.flood && r.filter == filter)
+                .map(|r| r.absorbed)
+        };
+        let anchor_rate = rate_of(anchor).unwrap_or(f64::NAN);
+        // Only the floods that have the reading drop among their contenders.
+        let vs_reading = rate_of(Filter::XdpReadDrop).map_or("-".to_owned(), |rate| {
+            format!("{:.2}x", row.absorbed / rate)
+        });
         let legit = |legit: Option<Legit>| match legit {
             Some(l) => (
                 format!("{}/{}", l.ok, l.failed),
@@ -827,7 +847,7 @@ fn table(rows: &[Row]) -> String {
         let (loaded_count, loaded_latency) = legit(row.loaded);
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2} | {:.2} | {:.2}x {} | {quiet_count} | {quiet_latency} | {:.2} | {loaded_count} | {loaded_latency} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2}x {} | {vs_reading} | {quiet_count} | {quiet_latency} | {:.2} | {loaded_count} | {loaded_latency} |",
             row.flood.name(),
             row.filter.name(),
             row.offered / 1e6,
