@@ -119,7 +119,7 @@ fn try_shield<const COOKIES: bool>(ctx: &XdpContext) -> Result<u32, MissingEntry
     // Each family gets its own copy of the judging code (generic over the
     // address), so the fast path never builds or matches a family enum.
     let reason = match ethernet(ctx) {
-        // The plain shape (no options, extension headers or fragment flags,
+        // The plain shape (no options, extension headers, MF flag or offset,
         // a whole TCP or UDP header) gets its own copy of the judge, so its
         // walk's fields are constants there instead of values merged with
         // every other shape's and kept on the stack. Only that shape is
@@ -502,9 +502,6 @@ struct Walk<A> {
     source: A,
     transport: Transport,
     fragment: bool,
-    /// The transport header follows the fixed IP header directly: no IPv4
-    /// options, no IPv6 extension headers.
-    plain: bool,
 }
 
 impl<A> Walk<A> {
@@ -514,7 +511,6 @@ impl<A> Walk<A> {
             source,
             transport: Transport::Malformed,
             fragment,
-            plain: false,
         })
     }
 }
@@ -608,7 +604,6 @@ fn walk_plain_ipv4(ctx: &XdpContext, offset: usize) -> Option<Walk<V4>> {
         },
         transport,
         fragment: false,
-        plain: true,
     })
 }
 
@@ -639,7 +634,6 @@ fn walk_ipv4(ctx: &XdpContext, offset: usize) -> Option<Walk<V4>> {
         source,
         transport,
         fragment: fragment_offset != 0 || more_fragments,
-        plain: header_len == IPV4_MIN_HEADER_LEN,
     })
 }
 
@@ -659,7 +653,6 @@ fn walk_plain_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk<V6>> {
         source: V6(header),
         transport,
         fragment: false,
-        plain: true,
     })
 }
 
@@ -673,14 +666,14 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk<V6>> {
     }
     let mut next_header = header.field::<u8, 6>();
     let mut offset = offset + IPV6_HEADER_LEN;
-    // Transport right after the fixed header: here only when its header is
-    // cut short (`walk_plain_ipv6` takes the whole ones).
+    // Transport right after the fixed header: a cut-short header here,
+    // and every plain packet whose drop event re-walks it (`describe`),
+    // skip the extension chain's loop.
     if next_header == IPPROTO_TCP || next_header == IPPROTO_UDP {
         return Some(Walk {
             source,
             transport: transport_at(ctx, next_header, offset),
             fragment: false,
-            plain: true,
         });
     }
     let mut fragment = false;
@@ -717,7 +710,6 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk<V6>> {
                         source,
                         transport: Transport::NonFirstFragment,
                         fragment,
-                        plain: false,
                     });
                 }
                 next_header = ext.field::<u8, 0>();
@@ -728,7 +720,6 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk<V6>> {
                     source,
                     transport: transport_at(ctx, next_header, offset),
                     fragment,
-                    plain: false,
                 })
             }
         };
@@ -745,7 +736,6 @@ fn walk_ipv6(ctx: &XdpContext, offset: usize) -> Option<Walk<V6>> {
         source,
         transport,
         fragment,
-        plain: false,
     })
 }
 

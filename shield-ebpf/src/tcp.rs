@@ -70,7 +70,6 @@ pub(crate) fn judge<A: Address, const ANSWERS: bool>(
         if !ANSWERS
             || settings.enforce == 0
             || walk.fragment
-            || !walk.plain
             || l4 != ETH_HEADER_LEN + A::HEADERS_LEN as usize - TCP_MIN_HEADER_LEN
         {
             return Reason::Allowed;

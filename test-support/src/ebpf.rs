@@ -1,7 +1,9 @@
 //! The test-only XDP objects (shield-test-ebpf), built by this crate's
 //! build script.
 
-/// Drops every packet and does nothing else: the benchmark's anchor.
+/// The benchmarks' anchors: `anchor_drop` drops every packet and does
+/// nothing else, `anchor_read_drop` reads the headers' first cache line
+/// and drops.
 pub static ANCHOR_DROP: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/anchor-drop"));
 
