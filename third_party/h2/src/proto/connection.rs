@@ -57,6 +57,10 @@ where
     /// Stream state handler
     streams: Streams<B, P>,
 
+    /// The last stream the peer had opened when the connection was last
+    /// found with no stream open (see `Streams::release_idle_memory`).
+    idle_mark: StreamId,
+
     /// A `tracing` span tracking the lifetime of the connection.
     span: tracing::Span,
 
@@ -167,6 +171,7 @@ where
                 ping_pong: PingPong::new(),
                 settings: Settings::new(config.settings),
                 streams,
+                idle_mark: StreamId::ZERO,
                 span,
                 _phantom: PhantomData,
             },
@@ -336,8 +341,14 @@ where
                             // connection waits for the peer, and waiting it
                             // needs its HPACK tables and settings, not its
                             // buffers. Each buffer is released only if it
-                            // holds nothing (a partial frame stays).
-                            if self.inner.streams.release_idle_memory() {
+                            // holds nothing (a partial frame stays), and not
+                            // at the end of the poll that finished a burst
+                            // of streams, but at the next quiet one.
+                            if self
+                                .inner
+                                .streams
+                                .release_idle_memory(&mut self.inner.idle_mark)
+                            {
                                 self.codec.release_idle_buffers();
                             }
 

@@ -1144,13 +1144,27 @@ where
         me.counts.has_streams()
     }
 
-    /// When no stream is open: gives back the room the stream store and
-    /// the frame queues grew to while the connection was busy, so that an
-    /// idle connection keeps only its state; returns whether it was idle.
-    pub fn release_idle_memory(&self) -> bool {
+    /// When no stream is open and the peer opened none since the last
+    /// such call (`opened_before`, updated here): gives back the room the
+    /// stream store and the frame queues grew to while the connection was
+    /// busy, so that an idle connection keeps only its state; returns
+    /// whether it did.
+    ///
+    /// The first time a burst of peer streams is found over, nothing is
+    /// given back: a peer that sends requests in bursts would otherwise
+    /// have every buffer freed after each burst and taken again with the
+    /// next. The room goes at the next call with nothing new, which is the
+    /// next poll of a connection that stayed quiet (its user polls it again
+    /// once quiet; a poll for a PING or SETTINGS alone counts too).
+    pub fn release_idle_memory(&self, opened_before: &mut StreamId) -> bool {
         let mut me = self.inner.lock().unwrap();
         let me = &mut *me;
         if me.counts.has_streams() {
+            return false;
+        }
+        let opened = me.actions.recv.last_processed_id();
+        if opened != *opened_before {
+            *opened_before = opened;
             return false;
         }
         me.store.shrink_to_fit();
