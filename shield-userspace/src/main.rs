@@ -20,6 +20,21 @@ use shield_common::Verdict;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// jemalloc's options, read once at its start (the `_RJEM_MALLOC_CONF`
+// environment variable still overrides them). Left to itself, jemalloc keeps
+// freed pages for 10 s and returns them only while it is allocating, so the
+// memory of a burst of connections stayed in RSS after they went idle (1.1
+// to 1.5 KiB per idle connection, 2 s after 10,000 of them; docs/
+// BENCHMARKS.md). One background thread returns them after a second instead,
+// whether or not the workers allocate; h2 CPU per request did not move.
+// Option<&c_char> has the layout of the `const char *` jemalloc reads.
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_OPTIONS: Option<&'static std::ffi::c_char> =
+    // SAFETY: a NUL-terminated literal, which lives as long as the program.
+    Some(unsafe {
+        &*c"background_thread:true,max_background_threads:1,dirty_decay_ms:1000".as_ptr()
+    });
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon's log is in [log].format, through the writer that never
