@@ -299,11 +299,9 @@ pub fn run() -> anyhow::Result<()> {
                 meter.sample(server, || clients.keepalive_rate(server.port, seconds, h1))
             })?;
             each.sample(&mut budgeted, |i, server| {
-                groups[i].limit(Some(BUDGET_PERCENT))?;
-                let sample =
-                    meter.sample(server, || clients.keepalive_rate(server.port, seconds, h1));
-                groups[i].limit(None)?;
-                sample
+                within_budget(&groups[i], || {
+                    meter.sample(server, || clients.keepalive_rate(server.port, seconds, h1))
+                })
             })?;
             for (figure, load) in h2.iter_mut().zip(H2_LOADS) {
                 each.sample(figure, |_, server| {
@@ -313,12 +311,11 @@ pub fn run() -> anyhow::Result<()> {
                 })?;
             }
             each.sample(&mut h2_budgeted, |i, server| {
-                groups[i].limit(Some(BUDGET_PERCENT))?;
-                let sample = meter.sample(server, || {
-                    clients.keepalive_rate(server.port, seconds, h2_budgeted_load)
-                });
-                groups[i].limit(None)?;
-                sample
+                within_budget(&groups[i], || {
+                    meter.sample(server, || {
+                        clients.keepalive_rate(server.port, seconds, h2_budgeted_load)
+                    })
+                })
             })?;
         }
     }
@@ -428,6 +425,18 @@ fn held_memory(
         );
     }
     Ok((start, held))
+}
+
+/// A sample taken with the server's group held to [`BUDGET_PERCENT`] of a
+/// CPU, and released after.
+fn within_budget(
+    group: &CpuGroup,
+    take: impl FnOnce() -> anyhow::Result<Sample>,
+) -> anyhow::Result<Sample> {
+    group.limit(Some(BUDGET_PERCENT))?;
+    let sample = take();
+    group.limit(None)?;
+    sample
 }
 
 /// One round of throughput samples: every server in turn, each sample
