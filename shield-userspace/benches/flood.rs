@@ -533,6 +533,29 @@ impl Bench {
         })
     }
 
+    /// shield (when `filter` is shield, with its keys for `flood`) and the
+    /// filter in place, the receiving NAPI pinned.
+    fn arm(&self, filter: Filter, flood: Flood) -> anyhow::Result<(ShieldRun, Setup)> {
+        let xdp_keys = match (filter, flood) {
+            (Filter::Shield, Flood::InsideSyn) => Some("syn_cookies = \"always\""),
+            (Filter::Shield, _) => Some(""),
+            _ => None,
+        };
+        let shield = self.start_shield(xdp_keys)?;
+        let setup = self.setup(filter, flood)?;
+        self.pin_napi("r0", &self.rx, RX_CPU)?;
+        Ok((shield, setup))
+    }
+
+    /// The flood at full speed: frames offered and absorbed per second.
+    fn full_speed(&self, flood: Flood) -> anyhow::Result<(f64, f64)> {
+        let before = self.absorbed()?;
+        let started = Instant::now();
+        let offered = self.generate(flood, None)?;
+        let absorbed = (self.absorbed()? - before) as f64 / started.elapsed().as_secs_f64();
+        Ok((offered, absorbed))
+    }
+
     /// Puts `filter` in place for `flood`; what undoes it.
     fn setup(&self, filter: Filter, flood: Flood) -> anyhow::Result<Setup> {
         let mut setup = Setup::default();
@@ -732,7 +755,9 @@ struct Row {
     flood: Flood,
     filter: Filter,
     offered: f64,
-    absorbed: f64,
+    /// Frames absorbed per second at full speed, one per round, the first
+    /// from the round that also measured the edge's requests.
+    absorbed: Vec<f64>,
     /// None for the anchors that drop everything, the edge included.
     quiet: Option<Legit>,
     /// During the flood at `PACED` frames a second.
@@ -743,6 +768,27 @@ struct Row {
 /// The flood's rate while the edge's requests are measured: ten times what
 /// the kernel's own SYN cookies absorb here, well under what XDP does.
 const PACED: f64 = 1_000_000.0;
+
+impl Row {
+    /// The median of the rounds' absorbed rates.
+    fn absorbed(&self) -> f64 {
+        let mut rates = self.absorbed.clone();
+        rates.sort_by(f64::total_cmp);
+        match rates.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => rates[n / 2],
+            n => (rates[n / 2 - 1] + rates[n / 2]) / 2.0,
+        }
+    }
+
+    fn rounds_text(&self) -> String {
+        self.absorbed
+            .iter()
+            .map(|rate| format!("{:.2}", rate / 1e6))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    }
+}
 
 fn pin_thread(cpu: usize) -> anyhow::Result<()> {
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it.
@@ -772,14 +818,7 @@ fn mac_text(mac: [u8; 6]) -> String {
 }
 
 fn run_row(bench: &Bench, flood: Flood, filter: Filter) -> anyhow::Result<Row> {
-    let xdp_keys = match (filter, flood) {
-        (Filter::Shield, Flood::InsideSyn) => Some("syn_cookies = \"always\""),
-        (Filter::Shield, _) => Some(""),
-        _ => None,
-    };
-    let shield = bench.start_shield(xdp_keys)?;
-    let setup = bench.setup(filter, flood)?;
-    bench.pin_napi("r0", &bench.rx, RX_CPU)?;
+    let (shield, setup) = bench.arm(filter, flood)?;
     // The anchors drop the edge too.
     let serves = !matches!(filter, Filter::XdpDrop | Filter::XdpReadDrop);
     let quiet = if serves {
@@ -788,10 +827,7 @@ fn run_row(bench: &Bench, flood: Flood, filter: Filter) -> anyhow::Result<Row> {
     } else {
         None
     };
-    let before = bench.absorbed()?;
-    let started = Instant::now();
-    let offered = bench.generate(flood, None)?;
-    let absorbed = (bench.absorbed()? - before) as f64 / started.elapsed().as_secs_f64();
+    let (offered, absorbed) = bench.full_speed(flood)?;
     let client = serves.then(|| bench.legit_client()).transpose()?;
     let before = bench.absorbed()?;
     let started = Instant::now();
@@ -804,22 +840,57 @@ fn run_row(bench: &Bench, flood: Flood, filter: Filter) -> anyhow::Result<Row> {
         flood,
         filter,
         offered,
-        absorbed,
+        absorbed: vec![absorbed],
         quiet,
         loaded,
         paced_absorbed,
     })
 }
 
+/// A later round of `row`: the full-speed flood alone, appended to its
+/// absorbed rates.
+fn rerun_absorbed(bench: &Bench, row: &mut Row) -> anyhow::Result<()> {
+    let (shield, setup) = bench.arm(row.filter, row.flood)?;
+    let (_, absorbed) = bench.full_speed(row.flood)?;
+    bench.teardown(setup)?;
+    drop(shield);
+    row.absorbed.push(absorbed);
+    Ok(())
+}
+
+/// The floods named by their letters ("a,c"), or all of them.
+fn selected_floods(letters: Option<&str>) -> anyhow::Result<Vec<Flood>> {
+    let all = [
+        ("a", Flood::OutsideSyn),
+        ("b", Flood::InsideSyn),
+        ("c", Flood::InsideAck),
+        ("d", Flood::InsideUdp),
+    ];
+    let Some(letters) = letters else {
+        return Ok(all.iter().map(|&(_, flood)| flood).collect());
+    };
+    letters
+        .split(',')
+        .map(|letter| {
+            all.iter()
+                .find(|(name, _)| *name == letter.trim())
+                .map(|&(_, flood)| flood)
+                .with_context(|| {
+                    format!("SHIELD_BENCH_FLOODS={letters:?}: name floods by letter, a to d, separated by commas")
+                })
+        })
+        .collect()
+}
+
 fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| flood | filter | offered Mpps | absorbed Mpps | vs anchor | vs reading drop | legit ok/failed, no flood | p50/p99 ms, no flood | absorbed of 1 Mpps | legit ok/failed, 1 Mpps flood | p50/p99 ms, 1 Mpps flood |"
+        "| flood | filter | offered Mpps | absorbed Mpps (median) | absorbed per round | vs anchor | vs reading drop | legit ok/failed, no flood | p50/p99 ms, no flood | absorbed of 1 Mpps | legit ok/failed, 1 Mpps flood | p50/p99 ms, 1 Mpps flood |"
     );
     let _ = writeln!(
         out,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for row in rows {
         let anchor = match row.flood {
@@ -829,12 +900,12 @@ fn table(rows: &[Row]) -> String {
         let rate_of = |filter: Filter| {
             rows.iter()
                 .find(|r| r.flood == row.flood && r.filter == filter)
-                .map(|r| r.absorbed)
+                .map(Row::absorbed)
         };
         let anchor_rate = rate_of(anchor).unwrap_or(f64::NAN);
         // Only the floods that have the reading drop among their contenders.
         let vs_reading = rate_of(Filter::XdpReadDrop).map_or("-".to_owned(), |rate| {
-            format!("{:.2}x", row.absorbed / rate)
+            format!("{:.2}x", row.absorbed() / rate)
         });
         let legit = |legit: Option<Legit>| match legit {
             Some(l) => (
@@ -847,12 +918,13 @@ fn table(rows: &[Row]) -> String {
         let (loaded_count, loaded_latency) = legit(row.loaded);
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2} | {:.2} | {:.2}x {} | {vs_reading} | {quiet_count} | {quiet_latency} | {:.2} | {loaded_count} | {loaded_latency} |",
+            "| {} | {} | {:.2} | {:.2} | {} | {:.2}x {} | {vs_reading} | {quiet_count} | {quiet_latency} | {:.2} | {loaded_count} | {loaded_latency} |",
             row.flood.name(),
             row.filter.name(),
             row.offered / 1e6,
-            row.absorbed / 1e6,
-            row.absorbed / anchor_rate,
+            row.absorbed() / 1e6,
+            row.rounds_text(),
+            row.absorbed() / anchor_rate,
             anchor.name(),
             row.paced_absorbed / 1e6,
         );
@@ -869,17 +941,39 @@ fn main() -> anyhow::Result<()> {
     }
     let quick = std::env::var_os("SHIELD_BENCH_QUICK").is_some();
     let seconds = if quick { 2 } else { 6 };
+    let rounds = match std::env::var("SHIELD_BENCH_ROUNDS") {
+        Ok(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n >= 1)
+            .with_context(|| {
+                format!("SHIELD_BENCH_ROUNDS={text:?}: give a number of rounds, 1 or more")
+            })?,
+        Err(_) => 3,
+    };
+    let floods = selected_floods(std::env::var("SHIELD_BENCH_FLOODS").ok().as_deref())?;
     let bench = Bench::new(seconds)?;
     let mut rows = Vec::new();
-    for flood in [
-        Flood::OutsideSyn,
-        Flood::InsideSyn,
-        Flood::InsideAck,
-        Flood::InsideUdp,
-    ] {
+    for &flood in &floods {
         for &filter in flood.contenders() {
-            eprintln!("flood bench: {} / {}", flood.name(), filter.name());
+            eprintln!(
+                "flood bench: round 1 of {rounds}: {} / {}",
+                flood.name(),
+                filter.name()
+            );
             rows.push(run_row(&bench, flood, filter)?);
+        }
+    }
+    // Later rounds take every row again in the same order, so a host that
+    // is busy for a while hits one sample of several rows, not one row.
+    for round in 2..=rounds {
+        for row in &mut rows {
+            eprintln!(
+                "flood bench: round {round} of {rounds}: {} / {}",
+                row.flood.name(),
+                row.filter.name()
+            );
+            rerun_absorbed(&bench, row)?;
         }
     }
     let text = table(&rows);
