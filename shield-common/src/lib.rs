@@ -381,6 +381,14 @@ pub const PREFIX_FROM_JDCLOUD: u8 = 3;
 /// IPv4 and IPv6 alike), set when some allowed prefix overlaps that /24.
 /// A clear bit means "outside" without walking the LPM trie, which is what
 /// most flood packets hit; a set bit still goes to the trie for the answer.
+///
+/// `COVERED_V4` has the same layout: its bit is set when an allowed prefix
+/// covers the whole /24, so a source there is allowed without the trie
+/// walk, which costs several times the rest of the drop path. The daemon
+/// keeps it a subset of what the trie covers at every instant (see
+/// `apply_allowlist`), so a stale or missing bit only costs a walk. IPv6
+/// has no such map: its allowed prefixes are all longer than the 24 bits
+/// indexed, so no bit would ever be set.
 pub const PREFILTER_BITS: u32 = 1 << 24;
 pub const PREFILTER_WORDS: u32 = PREFILTER_BITS / 64;
 
@@ -569,6 +577,10 @@ pub mod map_specs {
         name: "PREFILTER_V6",
         ..PREFILTER_V4
     };
+    pub const COVERED_V4: MapSpec = MapSpec {
+        name: "COVERED_V4",
+        ..PREFILTER_V4
+    };
     /// A ring buffer has no key or value; its size is `max_entries` bytes.
     pub const DROP_EVENTS: MapSpec = MapSpec {
         name: "DROP_EVENTS",
@@ -590,7 +602,7 @@ pub mod map_specs {
     };
 
     /// Every map of the program.
-    pub const ALL: [MapSpec; 9] = [
+    pub const ALL: [MapSpec; 10] = [
         POLICY,
         ALLOW_V4,
         ALLOW_V6,
@@ -600,6 +612,7 @@ pub mod map_specs {
         COUNTERS,
         DESTINATIONS_V4,
         DESTINATIONS_V6,
+        COVERED_V4,
     ];
 }
 
@@ -616,6 +629,7 @@ pub mod map_names {
     pub const COUNTERS: &str = map_specs::COUNTERS.name;
     pub const DESTINATIONS_V4: &str = map_specs::DESTINATIONS_V4.name;
     pub const DESTINATIONS_V6: &str = map_specs::DESTINATIONS_V6.name;
+    pub const COVERED_V4: &str = map_specs::COVERED_V4.name;
 }
 
 /// The name of the XDP program in the object file.

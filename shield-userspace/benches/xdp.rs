@@ -206,6 +206,13 @@ fn main() -> anyhow::Result<()> {
     let unprotected = packet::ipv4_tcp(OUTSIDE, 22);
     let allowed_v6 = packet::ipv6_tcp("2400:cb00::10", 443);
     let dropped_v6 = packet::ipv6_tcp("2001:db8:bad::7", 443);
+    // Flood (d) of `cargo xtask bench flood`: dropped after the source is
+    // found inside the ranges.
+    let udp_inside = packet::concat(&[
+        &packet::ethernet(&[], packet::ETH_P_IPV4),
+        &packet::ipv4(packet::v4(INSIDE), packet::UDP, 5, 0, 8),
+        &packet::udp(443),
+    ]);
 
     let cloudflare = shield_program(&[])?;
     let with_extra = shield_program(&extra_prefixes())?;
@@ -217,6 +224,7 @@ fn main() -> anyhow::Result<()> {
         (&cloudflare, &allowed, 2),
         (&cloudflare, &dropped, 1),
         (&cloudflare, &unprotected, 2),
+        (&cloudflare, &udp_inside, 1),
         (&with_extra, &dropped, 1),
     ] {
         anyhow::ensure!(
@@ -247,12 +255,13 @@ fn main() -> anyhow::Result<()> {
     for (path, program) in &compare {
         programs.push((path.as_str(), program));
     }
-    let paths: [(&str, &[u8]); 5] = [
+    let paths: [(&str, &[u8]); 6] = [
         ("drop", &dropped),
         ("allowed", &allowed),
         ("unprotected", &unprotected),
         ("drop v6", &dropped_v6),
         ("allowed v6", &allowed_v6),
+        ("udp from inside", &udp_inside),
     ];
     // Each shield sample sits between two trivial-anchor samples, and its
     // ratio is taken against their mean: the host's speed drifts by tens of

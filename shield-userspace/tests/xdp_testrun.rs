@@ -728,3 +728,68 @@ fn the_object_declares_the_map_layouts_of_the_table() {
         .collect();
     assert!(extra.is_empty(), "maps outside the table: {extra:?}");
 }
+
+/// `COVERED_V4` lets the program allow a source without the trie walk, so
+/// it must hold exactly the /24s the allowlist covers whole, and lose them
+/// when the allowlist does.
+#[test]
+fn covered_24s_follow_the_allowlist_and_never_outlive_it() {
+    if !require_root() {
+        return;
+    }
+    let mut program = TestProgram::load().expect("the verifier must accept the program");
+    let covered = |program: &mut TestProgram, address: &str| {
+        program
+            .maps()
+            .covered(address.parse().unwrap())
+            .expect("read COVERED_V4")
+            .expect("this build's object has COVERED_V4")
+    };
+    let first = policy(
+        &["104.16.0.0/13", "198.51.100.7/32", "192.0.2.0/25", CF_V6],
+        true,
+        FragmentPolicy::JudgeFirst,
+    );
+    apply(&mut program, &first);
+    assert!(covered(&mut program, "104.16.0.1"));
+    assert!(covered(&mut program, "104.23.255.254"));
+    assert!(!covered(&mut program, "104.24.0.1"));
+    // Prefixes longer than /24 leave their /24 to the trie.
+    assert!(!covered(&mut program, "198.51.100.7"));
+    assert!(!covered(&mut program, "192.0.2.1"));
+    for (source, reason) in [
+        ("104.16.0.1", Reason::Allowed),
+        ("104.23.255.254", Reason::Allowed),
+        ("198.51.100.7", Reason::Allowed),
+        ("198.51.100.8", Reason::OutsideRanges),
+        ("192.0.2.1", Reason::Allowed),
+        ("192.0.2.200", Reason::OutsideRanges),
+        ("104.24.0.1", Reason::OutsideRanges),
+    ] {
+        let frame = ipv4_tcp(source, 443);
+        let (_, kernel, oracle) = judge(&program, &first, &frame);
+        assert_eq!((kernel, oracle), (reason, reason), "from {source}");
+    }
+
+    // The /13 leaves; a /14 next to it and a /24 inside the old one arrive.
+    let second = policy(
+        &["104.24.0.0/14", "104.16.9.0/24", CF_V6],
+        true,
+        FragmentPolicy::JudgeFirst,
+    );
+    apply(&mut program, &second);
+    assert!(!covered(&mut program, "104.16.0.1"));
+    assert!(covered(&mut program, "104.16.9.9"));
+    assert!(covered(&mut program, "104.24.0.1"));
+    for (source, reason) in [
+        ("104.16.0.1", Reason::OutsideRanges),
+        ("104.23.255.254", Reason::OutsideRanges),
+        ("104.16.9.9", Reason::Allowed),
+        ("104.24.0.1", Reason::Allowed),
+        ("198.51.100.7", Reason::OutsideRanges),
+    ] {
+        let frame = ipv4_tcp(source, 443);
+        let (_, kernel, oracle) = judge(&program, &second, &frame);
+        assert_eq!((kernel, oracle), (reason, reason), "from {source}");
+    }
+}

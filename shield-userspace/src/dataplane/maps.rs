@@ -21,6 +21,9 @@ pub struct SharedMaps {
     destinations: PrefixTries,
     prefilter_v4: Array<MapData, u64>,
     prefilter_v6: Array<MapData, u64>,
+    /// `None` with an object or pins from before the map existed, whose
+    /// program walks the trie for every allowed source.
+    covered_v4: Option<Array<MapData, u64>>,
 }
 
 /// An allowed prefix and where it came from (`PREFIX_FROM_*`).
@@ -99,6 +102,13 @@ impl SharedMaps {
                 .map_err(map_error("PREFILTER_V4"))?,
             prefilter_v6: Array::try_from(take(map_names::PREFILTER_V6)?)
                 .map_err(map_error("PREFILTER_V6"))?,
+            // Only a shortcut for the program: without it every allowed
+            // source is judged by the trie, as before the map existed.
+            covered_v4: take(map_names::COVERED_V4)
+                .ok()
+                .map(Array::try_from)
+                .transpose()
+                .map_err(map_error("COVERED_V4"))?,
         })
     }
 
@@ -199,6 +209,12 @@ impl SharedMaps {
     /// settings write) keeps the program's hot path to a single lookup.
     /// The prefilter follows the same order: its bits for the union of old
     /// and new prefixes are set first, and cleared down to the new set last.
+    /// `COVERED_V4` lets the program allow a source without the trie, so
+    /// its bits must never claim more than the trie holds, even if the
+    /// daemon is killed between two writes: they are made the new set's
+    /// while the trie holds both sets, after the additions and before the
+    /// removals. A bit that is missing only costs a trie walk, and the next
+    /// apply writes it.
     pub fn apply_allowlist(
         &mut self,
         desired: &[TaggedPrefix],
@@ -218,6 +234,9 @@ impl SharedMaps {
             self.allow.insert(prefix, tag)?;
             stats.added += 1;
         }
+        // The trie holds both sets now, so both sets' covered bits are true
+        // of it: the old set's leave and the new set's arrive in one pass.
+        self.write_covered(current.keys(), desired.keys())?;
         for &prefix in current.keys() {
             if !desired.contains_key(&prefix) {
                 self.allow.remove(prefix)?;
@@ -230,6 +249,32 @@ impl SharedMaps {
         }
         self.write_prefilter(&cleared)?;
         Ok(stats)
+    }
+
+    /// Makes `COVERED_V4` the bits of the /24s that `desired` covers, from
+    /// what `current` (every set bit's source) had set.
+    fn write_covered<'a>(
+        &mut self,
+        current: impl Iterator<Item = &'a IpNetwork>,
+        desired: impl Iterator<Item = &'a IpNetwork>,
+    ) -> Result<(), DataplaneError> {
+        let Some(map) = &mut self.covered_v4 else {
+            return Ok(());
+        };
+        let mut words = covered_words(desired);
+        for index in covered_words(current).into_keys() {
+            words.entry(index).or_insert(0);
+        }
+        for (index, want) in words {
+            let have = map
+                .get(&index, 0)
+                .map_err(map_error("cannot read COVERED_V4"))?;
+            if have != want {
+                map.set(index, want, 0)
+                    .map_err(map_error("cannot write COVERED_V4"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes the given prefilter words where the kernel's differ.
@@ -251,6 +296,19 @@ impl SharedMaps {
             }
         }
         Ok(())
+    }
+
+    /// Whether `COVERED_V4` lets the program allow `address` without the
+    /// trie; `None` without that map.
+    pub fn covered(&self, address: std::net::Ipv4Addr) -> Result<Option<bool>, DataplaneError> {
+        let Some(map) = &self.covered_v4 else {
+            return Ok(None);
+        };
+        let index = prefilter_index(address.octets());
+        let word = map
+            .get(&(index >> 6), 0)
+            .map_err(map_error("cannot read COVERED_V4"))?;
+        Ok(Some(word & (1u64 << (index & 63)) != 0))
     }
 
     /// Whether the kernel's trie allows `address` (one LPM lookup).
@@ -389,6 +447,15 @@ fn prefilter_words<'a>(
     words
 }
 
+/// The `COVERED_V4` words (by index) of the /24s the IPv4 prefixes of
+/// /24 or shorter cover entirely.
+fn covered_words<'a>(prefixes: impl Iterator<Item = &'a IpNetwork>) -> BTreeMap<u32, u64> {
+    prefilter_words(prefixes.filter(|p| matches!(p, IpNetwork::V4(v4) if v4.prefix() <= 24)))
+        .into_iter()
+        .map(|((_, index), word)| (index, word))
+        .collect()
+}
+
 fn canonical(prefix: IpNetwork) -> IpNetwork {
     IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix)
 }
@@ -497,5 +564,45 @@ mod error_tests {
         let (count, text) = count_in_chain(error, "FD is not known");
         assert_eq!(count, 1, "{text}");
         assert!(text.starts_with("cannot pin the program at /p: "), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefixes(texts: &[&str]) -> Vec<IpNetwork> {
+        texts.iter().map(|t| t.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn covered_words_hold_the_whole_24s_of_short_ipv4_prefixes_only() {
+        let set = prefixes(&[
+            "104.16.0.0/13",
+            "173.245.50.0/24",
+            "198.51.100.7/32",
+            "203.0.113.0/25",
+            "2400:cb00::/32",
+        ]);
+        let words = covered_words(set.iter());
+        let first = prefilter_index([104, 16, 0, 0]);
+        // A /13 is 2^11 /24s: 32 whole words from an aligned start.
+        for index in (first >> 6)..(first >> 6) + 32 {
+            assert_eq!(words.get(&index), Some(&u64::MAX), "word {index}");
+        }
+        let one = prefilter_index([173, 245, 50, 0]);
+        assert_eq!(words.get(&(one >> 6)), Some(&(1u64 << (one & 63))));
+        // The /32, the /25 and the IPv6 prefix cover no whole /24.
+        assert_eq!(words.len(), 33, "{words:?}");
+    }
+
+    #[test]
+    fn covered_bits_are_a_subset_of_the_prefilter_bits() {
+        let set = prefixes(&["162.158.0.0/15", "131.0.72.0/22", "192.0.2.1/32"]);
+        let prefilter = prefilter_words(set.iter());
+        for (index, word) in covered_words(set.iter()) {
+            let may = prefilter.get(&(Family::V4, index)).copied().unwrap_or(0);
+            assert_eq!(word & !may, 0, "word {index}");
+        }
     }
 }
