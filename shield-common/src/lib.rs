@@ -381,16 +381,24 @@ pub const PREFIX_FROM_JDCLOUD: u8 = 3;
 /// IPv4 and IPv6 alike), set when some allowed prefix overlaps that /24.
 /// A clear bit means "outside" without walking the LPM trie, which is what
 /// most flood packets hit; a set bit still goes to the trie for the answer.
-///
-/// `COVERED_V4` has the same layout: its bit is set when an allowed prefix
-/// covers the whole /24, so a source there is allowed without the trie
-/// walk, which costs several times the rest of the drop path. The daemon
-/// keeps it a subset of what the trie covers at every instant (see
-/// `apply_allowlist`), so a stale or missing bit only costs a walk. IPv6
-/// has no such map: its allowed prefixes are all longer than the 24 bits
-/// indexed, so no bit would ever be set.
 pub const PREFILTER_BITS: u32 = 1 << 24;
 pub const PREFILTER_WORDS: u32 = PREFILTER_BITS / 64;
+
+/// `COVERED_V4`: one bit per IPv4 /24, indexed as the prefilter, set when
+/// an allowed prefix covers the whole /24, so a source there is allowed
+/// without the trie walk (which, on a flood's random sources, costs more
+/// than the rest of the path). The daemon keeps it a subset of what the
+/// trie covers at every instant (see `apply_allowlist`), so a missing bit
+/// only costs a walk. The words come in entries of
+/// [`COVERED_WORDS_PER_ENTRY`], so the daemon can read and rewrite all of
+/// it on every update in a few hundred map operations. IPv6 has no such
+/// map: its allowed prefixes are all longer than the 24 bits indexed, so
+/// no bit would ever be set.
+pub const COVERED_WORDS_PER_ENTRY: u32 = 512;
+pub const COVERED_ENTRIES: u32 = PREFILTER_WORDS / COVERED_WORDS_PER_ENTRY;
+
+/// One entry of `COVERED_V4`.
+pub type CoveredWords = [u64; COVERED_WORDS_PER_ENTRY as usize];
 
 /// The prefilter bit for an address, from its first four bytes (the
 /// fourth is ignored). One big-endian load and a shift: the XDP program
@@ -579,6 +587,8 @@ pub mod map_specs {
     };
     pub const COVERED_V4: MapSpec = MapSpec {
         name: "COVERED_V4",
+        value_size: size_of::<CoveredWords>() as u32,
+        max_entries: COVERED_ENTRIES,
         ..PREFILTER_V4
     };
     /// A ring buffer has no key or value; its size is `max_entries` bytes.

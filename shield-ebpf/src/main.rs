@@ -20,9 +20,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use shield_common::{
-    counter_index, map_specs, prefilter_index, CpuCounters, DropEvent, EventBudget, FragmentPolicy,
-    Policy, PortProtocol, Reason, DROP_EVENTS_PER_CPU_PER_SECOND, MAX_IPV6_EXT_HEADERS,
-    MAX_VLAN_TAGS,
+    counter_index, map_specs, prefilter_index, CoveredWords, CpuCounters, DropEvent, EventBudget,
+    FragmentPolicy, Policy, PortProtocol, Reason, COVERED_WORDS_PER_ENTRY,
+    DROP_EVENTS_PER_CPU_PER_SECOND, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
 };
 
 // Sizes come from the one table of map layouts (`map_specs`), which the
@@ -50,7 +50,8 @@ static DESTINATIONS_V6: LpmTrie<[u8; 16], u8> =
 static PREFILTER_V4: Array<u64> = Array::with_max_entries(map_specs::PREFILTER_V4.max_entries, 0);
 
 #[map]
-static COVERED_V4: Array<u64> = Array::with_max_entries(map_specs::COVERED_V4.max_entries, 0);
+static COVERED_V4: Array<CoveredWords> =
+    Array::with_max_entries(map_specs::COVERED_V4.max_entries, 0);
 
 #[map]
 static PREFILTER_V6: Array<u64> = Array::with_max_entries(map_specs::PREFILTER_V6.max_entries, 0);
@@ -350,7 +351,7 @@ impl Address for V4 {
     fn is_allowed(&self) -> bool {
         let index = prefilter_index(self.source);
         has_bit(&PREFILTER_V4, index)
-            && (has_bit(&COVERED_V4, index) || ALLOW_V4.get(Key::new(32, self.source)).is_some())
+            && (is_covered(index) || ALLOW_V4.get(Key::new(32, self.source)).is_some())
     }
 
     #[inline(always)]
@@ -586,7 +587,19 @@ fn may_be_allowed(prefilter: &Array<u64>, first_four: [u8; 4]) -> bool {
     has_bit(prefilter, prefilter_index(first_four))
 }
 
-/// Bit `index` of a bitmap of /24s (`PREFILTER_*`, `COVERED_V4`).
+/// Bit `index` (a /24, as [`prefilter_index`]) of `COVERED_V4`.
+#[inline(always)]
+fn is_covered(index: u32) -> bool {
+    let Some(words) = COVERED_V4.get(index / COVERED_WORDS_PER_ENTRY / 64) else {
+        return false;
+    };
+    match words.get(((index / 64) % COVERED_WORDS_PER_ENTRY) as usize) {
+        Some(word) => *word & (1u64 << (index & 63)) != 0,
+        None => false,
+    }
+}
+
+/// Bit `index` of a prefilter bitmap of /24s.
 #[inline(always)]
 fn has_bit(bitmap: &Array<u64>, index: u32) -> bool {
     match bitmap.get(index >> 6) {

@@ -792,4 +792,48 @@ fn covered_24s_follow_the_allowlist_and_never_outlive_it() {
         let (_, kernel, oracle) = judge(&program, &second, &frame);
         assert_eq!((kernel, oracle), (reason, reason), "from {source}");
     }
+
+    // A bit the trie does not back, as a daemon that did not know the map
+    // would leave behind after changing the trie: the program trusts it
+    // (which is why it must never be stale), and the next apply clears it.
+    let third = policy(&["192.0.2.0/25", CF_V6], true, FragmentPolicy::JudgeFirst);
+    apply(&mut program, &third);
+    let stray = "192.0.2.200";
+    assert!(!covered(&mut program, stray));
+    set_covered_bit(&program, stray);
+    assert!(covered(&mut program, stray));
+    assert_eq!(
+        program.run(&ipv4_tcp(stray, 443)).unwrap(),
+        2,
+        "the program allows a covered source without the trie"
+    );
+    apply(&mut program, &third);
+    assert!(!covered(&mut program, stray));
+    let (_, kernel, oracle) = judge(&program, &third, &ipv4_tcp(stray, 443));
+    assert_eq!(
+        (kernel, oracle),
+        (Reason::OutsideRanges, Reason::OutsideRanges)
+    );
+}
+
+/// Sets the `COVERED_V4` bit of `address`'s /24 behind the daemon's back.
+fn set_covered_bit(program: &TestProgram, address: &str) {
+    use aya::maps::{Array, Map, MapData};
+    use shield_common::{prefilter_index, CoveredWords, COVERED_WORDS_PER_ENTRY};
+    let (_, info) = program
+        .map_infos()
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| name == "COVERED_V4")
+        .expect("the program has COVERED_V4");
+    let data = MapData::from_id(info.id()).unwrap();
+    let mut map: Array<MapData, CoveredWords> = Array::try_from(Map::Array(data)).unwrap();
+    let index = prefilter_index(v4(address));
+    let (entry, word) = (
+        index / 64 / COVERED_WORDS_PER_ENTRY,
+        index / 64 % COVERED_WORDS_PER_ENTRY,
+    );
+    let mut words = map.get(&entry, 0).unwrap();
+    words[word as usize] |= 1u64 << (index % 64);
+    map.set(entry, words, 0).unwrap();
 }

@@ -8,8 +8,8 @@ use std::{
 use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use ipnetwork::IpNetwork;
 use shield_common::{
-    counter_index, map_names, prefilter_index, Counter, CpuCounters, MapKind, Policy, PortProtocol,
-    Reason, Settings, Verdict,
+    counter_index, map_names, prefilter_index, Counter, CoveredWords, CpuCounters, MapKind, Policy,
+    PortProtocol, Reason, Settings, Verdict, COVERED_ENTRIES, COVERED_WORDS_PER_ENTRY,
 };
 
 use super::DataplaneError;
@@ -23,7 +23,7 @@ pub struct SharedMaps {
     prefilter_v6: Array<MapData, u64>,
     /// `None` with an object or pins from before the map existed, whose
     /// program walks the trie for every allowed source.
-    covered_v4: Option<Array<MapData, u64>>,
+    covered_v4: Option<Array<MapData, CoveredWords>>,
 }
 
 /// An allowed prefix and where it came from (`PREFIX_FROM_*`).
@@ -213,8 +213,10 @@ impl SharedMaps {
     /// its bits must never claim more than the trie holds, even if the
     /// daemon is killed between two writes: they are made the new set's
     /// while the trie holds both sets, after the additions and before the
-    /// removals. A bit that is missing only costs a trie walk, and the next
-    /// apply writes it.
+    /// removals. All of it is compared and rewritten each time, so a bit
+    /// left stale by a daemon that did not know the map (a downgrade, then
+    /// an upgrade) is cleared before this build's program is attached. A
+    /// bit that is missing only costs a trie walk.
     pub fn apply_allowlist(
         &mut self,
         desired: &[TaggedPrefix],
@@ -234,9 +236,9 @@ impl SharedMaps {
             self.allow.insert(prefix, tag)?;
             stats.added += 1;
         }
-        // The trie holds both sets now, so both sets' covered bits are true
-        // of it: the old set's leave and the new set's arrive in one pass.
-        self.write_covered(current.keys(), desired.keys())?;
+        // The trie holds both sets now: the new set's covered bits are
+        // true of it, and clearing any other bit is always safe.
+        self.write_covered(desired.keys())?;
         for &prefix in current.keys() {
             if !desired.contains_key(&prefix) {
                 self.allow.remove(prefix)?;
@@ -251,26 +253,27 @@ impl SharedMaps {
         Ok(stats)
     }
 
-    /// Makes `COVERED_V4` the bits of the /24s that `desired` covers, from
-    /// what `current` (every set bit's source) had set.
+    /// Makes `COVERED_V4` the bits of the /24s that `desired` covers and no
+    /// other, writing the entries that differ.
     fn write_covered<'a>(
         &mut self,
-        current: impl Iterator<Item = &'a IpNetwork>,
         desired: impl Iterator<Item = &'a IpNetwork>,
     ) -> Result<(), DataplaneError> {
         let Some(map) = &mut self.covered_v4 else {
             return Ok(());
         };
-        let mut words = covered_words(desired);
-        for index in covered_words(current).into_keys() {
-            words.entry(index).or_insert(0);
-        }
-        for (index, want) in words {
+        let words = covered_words(desired);
+        let per_entry = COVERED_WORDS_PER_ENTRY;
+        for entry in 0..COVERED_ENTRIES {
+            let mut want: CoveredWords = [0; COVERED_WORDS_PER_ENTRY as usize];
+            for (&index, &word) in words.range(entry * per_entry..(entry + 1) * per_entry) {
+                want[(index % per_entry) as usize] = word;
+            }
             let have = map
-                .get(&index, 0)
+                .get(&entry, 0)
                 .map_err(map_error("cannot read COVERED_V4"))?;
             if have != want {
-                map.set(index, want, 0)
+                map.set(entry, want, 0)
                     .map_err(map_error("cannot write COVERED_V4"))?;
             }
         }
@@ -304,11 +307,14 @@ impl SharedMaps {
         let Some(map) = &self.covered_v4 else {
             return Ok(None);
         };
-        let index = prefilter_index(address.octets());
-        let word = map
-            .get(&(index >> 6), 0)
+        let word = prefilter_index(address.octets()) / 64;
+        let words = map
+            .get(&(word / COVERED_WORDS_PER_ENTRY), 0)
             .map_err(map_error("cannot read COVERED_V4"))?;
-        Ok(Some(word & (1u64 << (index & 63)) != 0))
+        let bit = prefilter_index(address.octets()) % 64;
+        Ok(Some(
+            words[(word % COVERED_WORDS_PER_ENTRY) as usize] & (1u64 << bit) != 0,
+        ))
     }
 
     /// Whether the kernel's trie allows `address` (one LPM lookup).
