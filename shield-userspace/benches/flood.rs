@@ -954,8 +954,18 @@ fn main() -> anyhow::Result<()> {
     let floods = selected_floods(std::env::var("SHIELD_BENCH_FLOODS").ok().as_deref())?;
     let bench = Bench::new(seconds)?;
     let mut rows = Vec::new();
+    // SHIELD_BENCH_FILTERS=shield,trivial: only the contenders whose name
+    // holds one of these words.
+    let only = std::env::var("SHIELD_BENCH_FILTERS").ok();
+    let chosen = |filter: Filter| {
+        only.as_deref().is_none_or(|words| {
+            words
+                .split(',')
+                .any(|word| filter.name().contains(word.trim()))
+        })
+    };
     for &flood in &floods {
-        for &filter in flood.contenders() {
+        for &filter in flood.contenders().iter().filter(|&&f| chosen(f)) {
             eprintln!(
                 "flood bench: round 1 of {rounds}: {} / {}",
                 flood.name(),
