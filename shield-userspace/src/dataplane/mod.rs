@@ -51,6 +51,32 @@ use crate::config::{self, Config};
 pub static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shield-xdp"));
 
+/// Names an XDP object file to load instead of [`PROGRAM_OBJECT`]. A test
+/// hook: it lets the fallback for kernels that refuse the cookie program
+/// (`load_program`) run on a kernel that does not, by giving it an object
+/// whose cookie program calls a helper no kernel has. A start that uses it
+/// says so in its log.
+pub const OBJECT_ENV: &str = "SHIELD_XDP_OBJECT";
+
+/// The object the loader loads: [`PROGRAM_OBJECT`], or the file
+/// [`OBJECT_ENV`] names.
+fn program_object() -> Result<std::borrow::Cow<'static, [u8]>, DataplaneError> {
+    let Some(path) = std::env::var_os(OBJECT_ENV) else {
+        return Ok(std::borrow::Cow::Borrowed(PROGRAM_OBJECT));
+    };
+    let path = std::path::PathBuf::from(path);
+    tracing::warn!(
+        path = %path.display(),
+        "loading the XDP program from {OBJECT_ENV}, not the one built into this binary"
+    );
+    std::fs::read(&path)
+        .map(std::borrow::Cow::Owned)
+        .map_err(io_error(format!(
+            "cannot read the XDP object {OBJECT_ENV}={}",
+            path.display()
+        )))
+}
+
 /// Why the dataplane could not be set up, read or changed. The cause, an
 /// aya or OS error, is the `source()`, never part of the message.
 #[derive(Debug, thiserror::Error)]
@@ -730,7 +756,7 @@ fn load_program(
         loader.map_pin_path(spec.name, layout::pin_path(layout, spec, interface));
     }
     let mut ebpf = loader
-        .load(PROGRAM_OBJECT)
+        .load(&program_object()?)
         .map_err(DataplaneError::Object)?;
     let refusal = match xdp_program(&mut ebpf, PROGRAM_NAME, interface)?.load() {
         Ok(()) => return Ok((ebpf, PROGRAM_NAME)),
