@@ -411,6 +411,11 @@ pub const fn prefilter_index(first_four: [u8; 4]) -> u32 {
 /// `extra_allow` and future growth fit.
 pub const MAX_PREFIXES: u32 = 16384;
 
+/// Flows `COOKIE_FLOWS` remembers: each is needed for a few microseconds,
+/// so this holds every connection opened in the last second or so at
+/// several thousand a second before the oldest is forgotten.
+pub const MAX_COOKIE_FLOWS: u32 = 8192;
+
 /// Capacity of each protected-destination trie: a host's own addresses.
 pub const MAX_DESTINATIONS: u32 = 1024;
 
@@ -488,6 +493,7 @@ pub enum MapKind {
     PerCpuArray,
     LpmTrie,
     RingBuf,
+    LruHash,
 }
 
 /// Where a map is pinned: once for every interface, or once per interface.
@@ -510,6 +516,9 @@ pub enum MapContents {
     Counts,
     /// A ring of events in flight: a replacement starts empty.
     Events,
+    /// Connections in their first round trip: a replacement starts empty,
+    /// which costs such a connection at most a retransmission.
+    Flows,
 }
 
 /// The layout of one of the XDP program's maps. The program declares its
@@ -591,6 +600,23 @@ pub mod map_specs {
         max_entries: COVERED_ENTRIES,
         ..PREFILTER_V4
     };
+    /// Flows whose cookie ACK the program passed, keyed by their socket
+    /// tuple (`bpf_sock_tuple`: 12 bytes for IPv4, 36 for IPv6, the rest
+    /// zero), valued by that ACK's acknowledgement number as on the wire.
+    /// The kernel makes the flow's socket only when its stack takes that
+    /// ACK, after the program has judged the rest of the driver's batch:
+    /// the client's next segments, already behind it, find the listener
+    /// alone and no longer carry the cookie's sequence number, and they
+    /// pass here instead of being dropped as stray ACKs.
+    pub const COOKIE_FLOWS: MapSpec = MapSpec {
+        name: "COOKIE_FLOWS",
+        kind: MapKind::LruHash,
+        key_size: size_of::<[u32; 9]>() as u32,
+        value_size: size_of::<u32>() as u32,
+        max_entries: MAX_COOKIE_FLOWS,
+        scope: MapScope::Shared,
+        contents: MapContents::Flows,
+    };
     /// A ring buffer has no key or value; its size is `max_entries` bytes.
     pub const DROP_EVENTS: MapSpec = MapSpec {
         name: "DROP_EVENTS",
@@ -612,7 +638,7 @@ pub mod map_specs {
     };
 
     /// Every map of the program.
-    pub const ALL: [MapSpec; 10] = [
+    pub const ALL: [MapSpec; 11] = [
         POLICY,
         ALLOW_V4,
         ALLOW_V6,
@@ -623,6 +649,7 @@ pub mod map_specs {
         DESTINATIONS_V4,
         DESTINATIONS_V6,
         COVERED_V4,
+        COOKIE_FLOWS,
     ];
 }
 
@@ -640,6 +667,7 @@ pub mod map_names {
     pub const DESTINATIONS_V4: &str = map_specs::DESTINATIONS_V4.name;
     pub const DESTINATIONS_V6: &str = map_specs::DESTINATIONS_V6.name;
     pub const COVERED_V4: &str = map_specs::COVERED_V4.name;
+    pub const COOKIE_FLOWS: &str = map_specs::COOKIE_FLOWS.name;
 }
 
 /// The name of the XDP program in the object file.

@@ -16,7 +16,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use shield_common::{
@@ -55,6 +55,10 @@ static COVERED_V4: Array<CoveredWords> =
 
 #[map]
 static PREFILTER_V6: Array<u64> = Array::with_max_entries(map_specs::PREFILTER_V6.max_entries, 0);
+
+#[map]
+static COOKIE_FLOWS: LruHashMap<[u32; 9], u32> =
+    LruHashMap::with_max_entries(map_specs::COOKIE_FLOWS.max_entries, 0);
 
 #[map]
 static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(map_specs::DROP_EVENTS.max_entries, 0);
@@ -382,7 +386,8 @@ impl Address for V4 {
 
     #[inline(always)]
     fn payload_len(&self) -> usize {
-        // Only asked of a header without options.
+        // Options count as payload: the answer asks only of a header
+        // without them, and `tcp::judge_ack` only whether data may follow.
         (self.header.be16::<2>() as usize).saturating_sub(IPV4_MIN_HEADER_LEN)
     }
 

@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use shield_common::{Reason, Settings, COOKIE_SACK, COOKIE_TIMESTAMPS, COOKIE_WINDOW_SCALING};
 
-use crate::{Address, Header, Walk, ETH_HEADER_LEN, TCP_MIN_HEADER_LEN};
+use crate::{Address, Header, Walk, COOKIE_FLOWS, ETH_HEADER_LEN, TCP_MIN_HEADER_LEN};
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -84,7 +84,13 @@ pub(crate) fn judge<A: Address, const ANSWERS: bool>(
 
 /// An ACK passes when a socket other than a listener owns it (an
 /// established, request or time-wait socket), or when a listener owns it
-/// and it carries a valid cookie; else no socket expects it.
+/// and it carries a valid cookie; else no socket expects it. The kernel
+/// makes a cookie's socket only when its stack takes the ACK, after this
+/// program has judged the rest of the driver's batch, so the client's next
+/// segments (a ClientHello over one MSS, as post-quantum key shares make
+/// it) can still find the listener alone, and no longer carry the cookie's
+/// sequence number: a segment with data of a flow whose cookie ACK passed,
+/// acknowledging the same SYN-ACK, passes too (`COOKIE_FLOWS`).
 #[inline(always)]
 fn judge_ack<A: Address>(ctx: &XdpContext, source: &A, tcp: Header<TCP_MIN_HEADER_LEN>) -> Reason {
     let mut tuple = [0u32; 9];
@@ -95,7 +101,7 @@ fn judge_ack<A: Address>(ctx: &XdpContext, source: &A, tcp: Header<TCP_MIN_HEADE
     }
     // SAFETY: a socket the lookup returned, not yet released.
     let state = unsafe { (*sk).state };
-    let valid = if state == TCP_LISTEN {
+    let cookie = state == TCP_LISTEN && {
         let (ip, ip_len) = source.header();
         // SAFETY: the helper reads `ip_len` bytes of the IP header and the
         // fixed TCP header, both checked to be inside the packet.
@@ -109,16 +115,33 @@ fn judge_ack<A: Address>(ctx: &XdpContext, source: &A, tcp: Header<TCP_MIN_HEADE
             )
         };
         checked == 0
-    } else {
-        true
     };
     // SAFETY: released exactly once, on every path that looked it up.
     unsafe { bpf_sk_release(sk.cast()) };
-    if valid {
-        Reason::Allowed
-    } else {
-        Reason::BadAck
+    if state != TCP_LISTEN {
+        return Reason::Allowed;
     }
+    // As on the wire: only compared.
+    let ack = tcp.field::<u32, 8>();
+    if cookie {
+        // A full map forgets its oldest flow, which then risks only a
+        // retransmission.
+        let _ = COOKIE_FLOWS.insert(tuple, ack, 0);
+        return Reason::Allowed;
+    }
+    // A pure ACK never needs this: the client sends one after the cookie
+    // ACK only for data the server sent, from a socket that exists. Pure
+    // ACKs, the flood's, skip the lookup.
+    let header_len = (tcp.field::<u8, 12>() >> 4) as usize * 4;
+    if source.payload_len() > header_len {
+        // SAFETY: the value is read at once, not kept.
+        if let Some(&expected) = unsafe { COOKIE_FLOWS.get(tuple) } {
+            if expected == ack {
+                return Reason::Allowed;
+            }
+        }
+    }
+    Reason::BadAck
 }
 
 #[inline(always)]

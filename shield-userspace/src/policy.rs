@@ -79,6 +79,11 @@ pub struct Sockets {
     /// ACKs that carry a cookie the kernel issued: source, source port,
     /// destination port, acknowledgement number.
     pub cookie_acks: BTreeSet<(IpAddr, u16, u16, u32)>,
+    /// Flows whose cookie ACK the program passed before the kernel made
+    /// their socket (`COOKIE_FLOWS`): source, source port, destination
+    /// port, and that ACK's acknowledgement number, which their next
+    /// segments with data carry too.
+    pub cookie_flows: BTreeSet<(IpAddr, u16, u16, u32)>,
 }
 
 /// The verdict for one packet and why.
@@ -278,9 +283,14 @@ impl Classifier {
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                 .unwrap_or(0);
             let sockets = &self.sockets;
+            let flow = (source, sport, dport, ack);
+            // By the IP header's length: options and extensions count.
+            let carries_data =
+                segment.ip_payload > usize::from(tcp.get(12).map_or(0, |b| b >> 4)) * 4;
             let owned = sockets.connections.contains(&(source, sport, dport))
                 || (sockets.listening.contains(&dport)
-                    && sockets.cookie_acks.contains(&(source, sport, dport, ack)));
+                    && (sockets.cookie_acks.contains(&flow)
+                        || (carries_data && sockets.cookie_flows.contains(&flow))));
             return if owned {
                 Reason::Allowed
             } else {

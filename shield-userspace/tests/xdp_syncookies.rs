@@ -270,6 +270,48 @@ fn a_syn_from_inside_is_answered_with_a_cookie_syn_ack() {
             stray.ack = ack.ack.wrapping_add(0x4000_0000);
             let (action, _) = h.expect(&stray.frame(), Reason::BadAck);
             assert_eq!(action, XDP_DROP);
+
+            // The client's second segment of a ClientHello over one MSS, in
+            // the same driver batch as its ACK: the kernel has no socket
+            // for the flow yet (a test run never hands the ACK to the
+            // stack), and its sequence number is no longer the cookie's.
+            // It passes because the cookie ACK of its flow did.
+            let mut second = ack.clone();
+            second.flags = ACK | PSH;
+            second.seq = ack.seq.wrapping_add(1448);
+            second.payload = vec![0x16; 105];
+            policy.sockets.cookie_acks.clear();
+            policy
+                .sockets
+                .cookie_flows
+                .insert((syn.source, syn.source_port, 443, ack.ack));
+            let (action, kernel, oracle) = judge(&h.program, &policy, &second.frame());
+            assert_eq!(
+                (action, kernel, oracle),
+                (XDP_PASS, Reason::Allowed, Reason::Allowed),
+                "a segment with data behind its flow's cookie ACK"
+            );
+            // Not for a segment acknowledging anything else, for a pure
+            // ACK, or for another flow.
+            let mut other_ack = second.clone();
+            other_ack.ack = second.ack.wrapping_add(1);
+            let mut pure = second.clone();
+            pure.payload.clear();
+            pure.flags = ACK;
+            let mut other_flow = second.clone();
+            other_flow.source_port += 1;
+            for (frame, what) in [
+                (other_ack.frame(), "another acknowledgement"),
+                (pure.frame(), "a pure ACK"),
+                (other_flow.frame(), "another flow"),
+            ] {
+                let (action, kernel, oracle) = judge(&h.program, &policy, &frame);
+                assert_eq!(
+                    (action, kernel, oracle),
+                    (XDP_DROP, Reason::BadAck, Reason::BadAck),
+                    "{what}"
+                );
+            }
         }
     });
 }

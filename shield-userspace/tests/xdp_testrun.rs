@@ -709,6 +709,7 @@ fn the_object_declares_the_map_layouts_of_the_table() {
             MapType::PerCpuArray => MapKind::PerCpuArray,
             MapType::LpmTrie => MapKind::LpmTrie,
             MapType::RingBuf => MapKind::RingBuf,
+            MapType::LruHash => MapKind::LruHash,
             other => panic!("{}: unexpected kind {other:?}", spec.name),
         };
         assert_eq!(

@@ -84,6 +84,7 @@ fn kind_of(map_type: MapType) -> Option<MapKind> {
         MapType::PerCpuArray => Some(MapKind::PerCpuArray),
         MapType::LpmTrie => Some(MapKind::LpmTrie),
         MapType::RingBuf => Some(MapKind::RingBuf),
+        MapType::LruHash => Some(MapKind::LruHash),
         _ => None,
     }
 }
@@ -189,6 +190,9 @@ impl Retirements {
                 MapContents::Policy => "a new map is filled before the program swap",
                 MapContents::Counts => "its counts restart from zero",
                 MapContents::Events => "events in flight are lost",
+                MapContents::Flows => {
+                    "connections in their first round trip may need a retransmission"
+                }
             };
             tracing::warn!(
                 map = spec.name,

@@ -53,6 +53,7 @@ pub(super) fn typed(name: &str, data: MapData) -> Map {
         Some(MapKind::LpmTrie) => Map::LpmTrie(data),
         Some(MapKind::PerCpuArray) => Map::PerCpuArray(data),
         Some(MapKind::RingBuf) => Map::RingBuf(data),
+        Some(MapKind::LruHash) => Map::LruHashMap(data),
         Some(MapKind::Array) | None => Map::Array(data),
     }
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! /sys/fs/bpf/shield/            shared by every interface
 //!   POLICY ALLOW_V4 ALLOW_V6 PREFILTER_V4 PREFILTER_V6 COVERED_V4
-//!   DESTINATIONS_V4 DESTINATIONS_V6 DROP_EVENTS
+//!   DESTINATIONS_V4 DESTINATIONS_V6 COOKIE_FLOWS DROP_EVENTS
 //!   saved_sysctls                what syn_cookies = "always" replaced
 //!   ifaces/<name>/               one per attached interface
 //!     link  prog  COUNTERS  state
