@@ -69,18 +69,6 @@ fn lab() -> Option<Lab> {
     Some(lab)
 }
 
-fn scrape(lab: &Lab) -> String {
-    lab.origin
-        .exec_check(&[
-            "curl",
-            "-sS",
-            "--max-time",
-            "2",
-            "http://127.0.0.1:9469/metrics",
-        ])
-        .expect("scrape /metrics")
-}
-
 /// The origin's plain-HTTP test server, which the lab's XDP rules guard.
 fn origin_url() -> String {
     format!("http://{ORIGIN_V4}:443/")
@@ -147,7 +135,7 @@ fn a_kernel_that_refuses_the_cookie_program_gets_the_fallback_or_a_clear_refusal
     assert!(xdp_attached(&lab));
     assert!(!lab.curl(&lab.attacker, &origin_url()).unwrap());
     assert!(lab.curl(&lab.edge, &origin_url()).unwrap());
-    let metrics = scrape(&lab);
+    let metrics = lab.metrics().unwrap();
     assert!(
         metrics.contains("\nshield_xdp_syn_cookies_active 0\n"),
         "{metrics}"
@@ -180,5 +168,8 @@ fn a_kernel_that_refuses_the_cookie_program_gets_the_fallback_or_a_clear_refusal
     );
     assert!(!lab.curl(&lab.attacker, &origin_url()).unwrap());
     assert!(lab.curl(&lab.edge, &origin_url()).unwrap());
-    assert!(scrape(&lab).contains("\nshield_xdp_syn_cookies_active 0\n"));
+    assert!(lab
+        .metrics()
+        .unwrap()
+        .contains("\nshield_xdp_syn_cookies_active 0\n"));
 }

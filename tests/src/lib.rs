@@ -464,6 +464,18 @@ impl Lab {
             .unwrap_or(0))
     }
 
+    /// The daemon's `/metrics` text, scraped inside the origin at the
+    /// default metrics address.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        self.origin.exec_check(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:9469/metrics",
+        ])
+    }
+
     /// curl from a namespace; Ok(true) on an HTTP answer, Ok(false) on a
     /// timeout (exit 28), an error on anything else.
     pub fn curl(&self, from: &Netns, url: &str) -> anyhow::Result<bool> {

@@ -583,17 +583,7 @@ fn metrics_endpoint_reports_drops_by_reason_read_at_scrape_time() {
     let Some(lab) = lab() else { return };
     let config = lab.write_config("shield.toml", "").unwrap();
     let shield = lab.start_shield(&config).unwrap();
-    let scrape = || {
-        lab.origin
-            .exec_check(&[
-                "curl",
-                "-sS",
-                "--max-time",
-                "2",
-                "http://127.0.0.1:9469/metrics",
-            ])
-            .expect("scrape /metrics")
-    };
+    let scrape = || lab.metrics().expect("scrape /metrics");
     let drops = [
         ("interface", "eth1"),
         ("verdict", "drop"),
@@ -830,17 +820,7 @@ fn the_daemon_refreshes_applies_and_caches_a_new_range_list_without_dropping_the
     )
     .unwrap();
     let _shield = lab.start_shield(&config).unwrap();
-    let scrape = || {
-        lab.origin
-            .exec_check(&[
-                "curl",
-                "-sS",
-                "--max-time",
-                "2",
-                "http://127.0.0.1:9469/metrics",
-            ])
-            .unwrap_or_default()
-    };
+    let scrape = || lab.metrics().unwrap_or_default();
     assert!(
         scrape().contains("shield_ranges_prefixes{family=\"ipv4\"} 15"),
         "starts from the snapshot"
