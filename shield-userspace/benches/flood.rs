@@ -149,6 +149,10 @@ struct Bench {
     rx_mac: [u8; 6],
     gen_mac: [u8; 6],
     gen_ifindex: u32,
+    /// The interfaces whose NAPI runs under SCHED_FIFO during the request
+    /// phases (`SHIELD_BENCH_NAPI_FIFO`, comma-separated; default g0,
+    /// empty for none).
+    napi_fifo: String,
     upstream: Option<Child>,
     /// The sink on g0: the edge's traffic passes, answers to forged
     /// sources drop (and XDP_TX frames from r0 reach g0 at all).
@@ -229,6 +233,7 @@ impl Bench {
             rx_mac,
             gen_mac,
             gen_ifindex,
+            napi_fifo: std::env::var("SHIELD_BENCH_NAPI_FIFO").unwrap_or_else(|_| "g0".into()),
             upstream: None,
             gen_sink: None,
         };
@@ -281,20 +286,32 @@ impl Bench {
                 &format!("echo 1 > /sys/class/net/{interface}/threaded"),
             ],
         )?;
-        let out = check("ps", &["-eo", "pid,comm"])?;
-        let mut pinned = 0;
-        for line in out.lines() {
-            let mut fields = line.split_whitespace();
-            let (Some(pid), Some(comm)) = (fields.next(), fields.next()) else {
-                continue;
-            };
-            if comm.starts_with(&format!("napi/{interface}")) {
-                check("taskset", &["-pc", &cpu.to_string(), pid])?;
-                pinned += 1;
-            }
+        for pid in napi_threads(interface)? {
+            check("taskset", &["-pc", &cpu.to_string(), &pid])?;
         }
-        if pinned == 0 {
-            bail!("no napi/{interface} thread to pin: threaded NAPI did not start");
+        Ok(())
+    }
+
+    /// Puts the NAPI threads named by `SHIELD_BENCH_NAPI_FIFO` (g0's by
+    /// default) under SCHED_FIFO (`fifo`) or back to the normal policy.
+    /// g0's NAPI shares CPU 0 with the generator, which stands in for a
+    /// flood from other hosts: as a CFS thread it waits behind the
+    /// generator while g0's ring overflows with r0's answers, and a lost
+    /// segment of the edge costs a 200 ms retransmission, which no real
+    /// edge would see. Only the request phases run it so: at full speed
+    /// the kernel's RT throttling would cap it at 95% of the core.
+    fn napi_fifo(&self, fifo: bool) -> anyhow::Result<()> {
+        let policy: &[&str] = if fifo {
+            &["-f", "-p", "50"]
+        } else {
+            &["-o", "-p", "0"]
+        };
+        for interface in self.napi_fifo.split(',').filter(|i| !i.is_empty()) {
+            for pid in napi_threads(interface)? {
+                let mut args = policy.to_vec();
+                args.push(&pid);
+                check("chrt", &args)?;
+            }
         }
         Ok(())
     }
@@ -802,6 +819,24 @@ fn pin_thread(cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pids of `interface`'s threaded NAPI kthreads (`napi/<if>-<id>`).
+fn napi_threads(interface: &str) -> anyhow::Result<Vec<String>> {
+    let out = check("ps", &["-eo", "pid,comm"])?;
+    let prefix = format!("napi/{interface}-");
+    let pids: Vec<String> = out
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (pid, comm) = (fields.next()?, fields.next()?);
+            comm.starts_with(&prefix).then(|| pid.to_string())
+        })
+        .collect();
+    if pids.is_empty() {
+        bail!("no napi/{interface} thread: threaded NAPI did not start");
+    }
+    Ok(pids)
+}
+
 fn ifindex(netns: &Netns, interface: &str) -> anyhow::Result<u32> {
     let out = netns.exec_check(&["ip", "-o", "link", "show", interface])?;
     out.split(':')
@@ -821,19 +856,23 @@ fn run_row(bench: &Bench, flood: Flood, filter: Filter) -> anyhow::Result<Row> {
     let (shield, setup) = bench.arm(filter, flood)?;
     // The anchors drop the edge too.
     let serves = !matches!(filter, Filter::XdpDrop | Filter::XdpReadDrop);
+    bench.napi_fifo(true)?;
     let quiet = if serves {
         wait_for(Duration::from_secs(10), || bench.get_ok()).context("the site serves")?;
         Some(bench.legit_result(bench.legit_client()?)?)
     } else {
         None
     };
+    bench.napi_fifo(false)?;
     let (offered, absorbed) = bench.full_speed(flood)?;
+    bench.napi_fifo(true)?;
     let client = serves.then(|| bench.legit_client()).transpose()?;
     let before = bench.absorbed()?;
     let started = Instant::now();
     bench.generate(flood, Some(PACED))?;
     let paced_absorbed = (bench.absorbed()? - before) as f64 / started.elapsed().as_secs_f64();
     let loaded = client.map(|c| bench.legit_result(c)).transpose()?;
+    bench.napi_fifo(false)?;
     bench.teardown(setup)?;
     drop(shield);
     Ok(Row {
