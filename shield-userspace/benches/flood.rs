@@ -152,7 +152,7 @@ struct Bench {
     /// The interfaces whose NAPI runs under SCHED_FIFO during the request
     /// phases (`SHIELD_BENCH_NAPI_FIFO`, comma-separated; default g0,
     /// empty for none).
-    napi_fifo: String,
+    napi_fifo: Vec<String>,
     upstream: Option<Child>,
     /// The sink on g0: the edge's traffic passes, answers to forged
     /// sources drop (and XDP_TX frames from r0 reach g0 at all).
@@ -233,7 +233,13 @@ impl Bench {
             rx_mac,
             gen_mac,
             gen_ifindex,
-            napi_fifo: std::env::var("SHIELD_BENCH_NAPI_FIFO").unwrap_or_else(|_| "g0".into()),
+            napi_fifo: std::env::var("SHIELD_BENCH_NAPI_FIFO")
+                .unwrap_or_else(|_| "g0".into())
+                .split(',')
+                .map(str::trim)
+                .filter(|interface| !interface.is_empty())
+                .map(str::to_owned)
+                .collect(),
             upstream: None,
             gen_sink: None,
         };
@@ -306,7 +312,7 @@ impl Bench {
         } else {
             &["-o", "-p", "0"]
         };
-        for interface in self.napi_fifo.split(',').filter(|i| !i.is_empty()) {
+        for interface in &self.napi_fifo {
             for pid in napi_threads(interface)? {
                 let mut args = policy.to_vec();
                 args.push(&pid);
